@@ -1,0 +1,35 @@
+# attnprobe: `make demo` and `make test` set up .venv on a fresh machine and run.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+NOTEBOOKS := $(wildcard notebooks/*.ipynb)
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+# torch first, pinned (the CPU build on this machine's disk); then the package with dev extras.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/attnprobe reproduce --out runs/demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check probe editing tests
+	$(VENV)/bin/ruff format --check probe editing
+	$(VENV)/bin/mypy probe editing
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest -q tests $(if $(NOTEBOOKS),--nbmake $(NOTEBOOKS))
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py --out benchmarks/results
+
+clean:
+	rm -rf $(VENV) runs

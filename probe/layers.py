@@ -1,0 +1,291 @@
+"""The attention layers of a diffusers UNet, in execution order, and layer specs that name them.
+
+A *layer* is one transformer block: a pair of ``Attention`` modules, ``attn1`` (self) and
+``attn2`` (cross). SD 1.x/2.x UNets have 16: two in each of ``down_blocks.0-2``, one in the
+mid block and three in each of ``up_blocks.1-3``. Layers are numbered 0-based in the order the
+UNet runs them (down → mid → up), by walking the model; the order of ``unet.attn_processors``
+(down, up, mid) is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from diffusers import UNet2DConditionModel
+from torch import nn
+
+Place = Literal["down", "mid", "up"]
+Kind = Literal["self", "cross"]
+LayerSpec = int | str | Path | Sequence[int | str] | None
+
+PRESETS: dict[str, str] = {
+    "all": "all",
+    # the official FPE code: every layer whose query map is at most 32x32 at 512 px, i.e. all but
+    # the finest resolution (flat indices 2-12 on SD 1.x)
+    "fpe": "res<max",
+    # the paper's wording, "layers 4-14"
+    "paper": "4-14",
+    # MasaCtrl's default start layer 10 of 16: the decoder's two finest resolutions
+    "masactrl": "10-15",
+    # Prompt-to-Prompt stores and edits only maps of at most 32x32 positions at 512 px
+    "p2p": "res<max",
+}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One attention layer (a transformer block) of a UNet.
+
+    Attributes:
+        index: 0-based position in execution order (down → mid → up).
+        name: the module path of its transformer block, e.g. ``up_blocks.1.attentions.0``
+            (``...transformer_blocks.K`` is appended when a block holds several).
+        place: ``"down"``, ``"mid"`` or ``"up"``.
+        level: how many times the latent was halved before this layer (0 = finest).
+        heads: attention heads.
+        channels: query channels.
+        cross_dim: channels of the text embeddings its cross-attention reads.
+        resolution: query map (height, width) in latent positions for the latent size the
+            table was built for.
+    """
+
+    index: int
+    name: str
+    place: Place
+    level: int
+    heads: int
+    channels: int
+    cross_dim: int
+    resolution: tuple[int, int]
+
+    @property
+    def positions(self) -> int:
+        """Number of query positions (height × width)."""
+        return self.resolution[0] * self.resolution[1]
+
+    def resolution_at(self, latent_height: int, latent_width: int) -> tuple[int, int]:
+        """Query map (height, width) of this layer for a latent of the given size."""
+        return _halve(latent_height, self.level), _halve(latent_width, self.level)
+
+
+def _halve(size: int, times: int) -> int:
+    for _ in range(times):
+        size = (size + 1) // 2  # stride-2 conv with padding 1
+    return size
+
+
+def _transformer_blocks(block: nn.Module, prefix: str) -> list[tuple[str, Any]]:
+    found = []
+    for i, attention in enumerate(getattr(block, "attentions", None) or []):
+        tblocks = list(getattr(attention, "transformer_blocks", []))
+        for j, tb in enumerate(tblocks):
+            name = f"{prefix}.attentions.{i}"
+            if len(tblocks) > 1:
+                name += f".transformer_blocks.{j}"
+            found.append((name, tb))
+    return found
+
+
+def _walk(unet: UNet2DConditionModel) -> list[tuple[str, Place, int, Any]]:
+    """(name, place, level, transformer block) for every layer, in execution order."""
+    out: list[tuple[str, Place, int, Any]] = []
+    level = 0
+    for i, block in enumerate(unet.down_blocks):
+        out += [(n, "down", level, tb) for n, tb in _transformer_blocks(block, f"down_blocks.{i}")]
+        if getattr(block, "downsamplers", None) is not None:
+            level += 1
+    if unet.mid_block is not None:
+        out += [(n, "mid", level, tb) for n, tb in _transformer_blocks(unet.mid_block, "mid_block")]
+    for i, block in enumerate(unet.up_blocks):
+        out += [(n, "up", level, tb) for n, tb in _transformer_blocks(block, f"up_blocks.{i}")]
+        if getattr(block, "upsamplers", None) is not None:
+            level -= 1
+    return out
+
+
+def unet_layers(
+    unet: UNet2DConditionModel, height: int | None = None, width: int | None = None
+) -> list[LayerInfo]:
+    """Every attention layer of ``unet``, in execution order.
+
+    Args:
+        unet: a diffusers ``UNet2DConditionModel`` (SD 1.x/2.x or similar).
+        height: latent height in positions (pixels / 8 for SD's VAE); default the UNet's
+            ``sample_size`` (64 for SD 1.5, i.e. 512 px).
+        width: latent width; default ``height``.
+
+    Returns:
+        One :class:`LayerInfo` per transformer block, indexed 0..N-1.
+
+    Example:
+        >>> [layer.resolution[0] for layer in unet_layers(pipe.unet)]  # SD 1.5
+        [64, 64, 32, 32, 16, 16, 8, 16, 16, 16, 32, 32, 32, 64, 64, 64]
+    """
+    size = unet.config.sample_size
+    default = size if isinstance(size, int) else size[0]
+    height = height or default
+    width = width or height
+    layers = []
+    for index, (name, place, level, tb) in enumerate(_walk(unet)):
+        attn1, attn2 = tb.attn1, getattr(tb, "attn2", None)
+        layers.append(
+            LayerInfo(
+                index=index,
+                name=name,
+                place=place,
+                level=level,
+                heads=attn1.heads,
+                channels=attn1.to_q.in_features,
+                cross_dim=attn2.to_k.in_features if attn2 is not None else 0,
+                resolution=(_halve(height, level), _halve(width, level)),
+            )
+        )
+    return layers
+
+
+def attention_modules(unet: UNet2DConditionModel) -> dict[str, tuple[int, Kind]]:
+    """Map each attention processor name (``...attn1.processor``) to (layer index, kind)."""
+    out: dict[str, tuple[int, Kind]] = {}
+    for index, (name, _place, _level, tb) in enumerate(_walk(unet)):
+        tb_name = name if ".transformer_blocks." in name else f"{name}.transformer_blocks.0"
+        out[f"{tb_name}.attn1.processor"] = (index, "self")
+        if getattr(tb, "attn2", None) is not None:
+            out[f"{tb_name}.attn2.processor"] = (index, "cross")
+    return out
+
+
+_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+_RES = re.compile(r"^res\s*(<=|>=|<|>|==)\s*(\d+|max|min)(?:/(\d+))?$")
+
+
+def resolve_layers(
+    unet_or_layers: UNet2DConditionModel | list[LayerInfo], spec: LayerSpec
+) -> list[int]:
+    """Turn a layer spec into sorted layer indices.
+
+    Args:
+        unet_or_layers: the UNet, or its :func:`unet_layers` table.
+        spec: ``None``/``"all"``; an int; ``"4-14"``; ``"2,5,7"``; a list of any of these; a block
+            name (``"up_blocks.1"`` or ``"up_blocks.1.attentions.0"``); a place (``"down"``,
+            ``"mid"``, ``"up"``); a resolution rule in latent positions per side (``"res<=32"``,
+            ``"res<max"`` = all but the finest resolution); a preset (``fpe``, ``paper``,
+            ``masactrl``, ``p2p``, ``all``); ``"none"``; or the path of a saved layer-selection
+            JSON file (with a ``"layers"`` key).
+
+    Returns:
+        Sorted, de-duplicated layer indices.
+
+    Raises:
+        ValueError: a layer that does not exist or a spec that cannot be read; the message
+            lists what the UNet has.
+
+    Example:
+        >>> resolve_layers(pipe.unet, "fpe")  # SD 1.5 at 512 px
+        [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    """
+    layers = unet_or_layers if isinstance(unet_or_layers, list) else unet_layers(unet_or_layers)
+    return sorted(set(_resolve(layers, spec)))
+
+
+def _resolve(layers: list[LayerInfo], spec: LayerSpec) -> Iterable[int]:
+    n = len(layers)
+    if spec is None:
+        return range(n)
+    if isinstance(spec, bool):
+        raise ValueError(f"layer spec {spec!r} is not a layer: use an int, a range or 'all'")
+    if isinstance(spec, int):
+        if not 0 <= spec < n:
+            raise ValueError(
+                f"layer {spec} does not exist: this UNet has layers 0-{n - 1} "
+                "(see `attnprobe layers --model ...`)"
+            )
+        return [spec]
+    if isinstance(spec, Path):
+        return _from_file(layers, spec)
+    if isinstance(spec, str):
+        return _resolve_str(layers, spec.strip())
+    if isinstance(spec, Sequence):
+        return [i for part in spec for i in _resolve(layers, part)]
+    raise ValueError(f"cannot read layer spec {spec!r}: use an int, '4-14', a list, or a name")
+
+
+def _resolve_str(layers: list[LayerInfo], spec: str) -> Iterable[int]:
+    n = len(layers)
+    low = spec.lower()
+    if low in ("all", ""):
+        return range(n)
+    if low == "none":
+        return []
+    if low in PRESETS:
+        return _resolve_str(layers, PRESETS[low])
+    if low.isdigit():
+        return _resolve(layers, int(low))
+    if "," in spec:
+        return [i for part in spec.split(",") for i in _resolve_str(layers, part.strip())]
+    if m := _RANGE.match(spec):
+        lo, hi = int(m[1]), int(m[2])
+        if lo > hi:
+            raise ValueError(f"layer range {spec!r} is empty: write it low-high, e.g. '4-14'")
+        return [i for k in range(lo, hi + 1) for i in _resolve(layers, k)]
+    if low in ("down", "mid", "up"):
+        return [layer.index for layer in layers if layer.place == low]
+    if m := _RES.match(low.replace(" ", "")):
+        return _by_resolution(layers, m[1], m[2], int(m[3] or 1))
+    named = [
+        layer.index for layer in layers if layer.name == spec or layer.name.startswith(spec + ".")
+    ]
+    if named:
+        return named
+    if spec.endswith(".json") or Path(spec).is_file():
+        return _from_file(layers, Path(spec))
+    raise ValueError(
+        f"unknown layer spec {spec!r}: use an index (0-{n - 1}), a range '4-14', a list '2,5', "
+        f"a place (down/mid/up), a rule 'res<=16' or 'res<max', a preset ({', '.join(PRESETS)}), "
+        f"a block name such as {layers[0].name!r}, or a selection .json file"
+    )
+
+
+def _by_resolution(layers: list[LayerInfo], op: str, value: str, divisor: int = 1) -> list[int]:
+    sides = [max(layer.resolution) for layer in layers]
+    bound = max(sides) if value == "max" else min(sides) if value == "min" else int(value)
+    bound //= divisor
+    compare = {
+        "<=": lambda a: a <= bound,
+        ">=": lambda a: a >= bound,
+        "<": lambda a: a < bound,
+        ">": lambda a: a > bound,
+        "==": lambda a: a == bound,
+    }[op]
+    return [layer.index for layer, side in zip(layers, sides, strict=True) if compare(side)]
+
+
+def _from_file(layers: list[LayerInfo], path: Path) -> list[int]:
+    if not path.is_file():
+        raise ValueError(f"layer selection file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+        spec = data["layers"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{path} is not a layer selection file (JSON with a 'layers' list): {err}; "
+            "make one with `attnprobe select`"
+        ) from err
+    return list(_resolve(layers, spec))
+
+
+def format_layer_table(layers: list[LayerInfo]) -> str:
+    """A plain-text table of layers, as ``attnprobe layers`` prints it."""
+    head = f"{'idx':>3}  {'place':<5} {'block':<40} {'res':>7} {'heads':>5} {'ch':>5} {'xdim':>5}"
+    rows = [head, "-" * len(head)]
+    for layer in layers:
+        res = f"{layer.resolution[0]}x{layer.resolution[1]}"
+        rows.append(
+            f"{layer.index:>3}  {layer.place:<5} {layer.name:<40} {res:>7} {layer.heads:>5} "
+            f"{layer.channels:>5} {layer.cross_dim:>5}"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+
+from probe.cli import main
+from probe.maps import AttentionMaps
+
+
+def test_layers_command(capsys):
+    assert main(["layers", "--model", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "up_blocks.3.attentions.2" in out and out.count("\n") == 18
+    assert main(["layers", "--model", "tiny", "--spec", "fpe"]) == 0
+    assert "down_blocks.0" not in capsys.readouterr().out
+
+
+def test_errors_are_one_line_with_exit_code_2(capsys):
+    assert main(["layers", "--model", "tiny", "--spec", "17"]) == 2
+    err = capsys.readouterr().err
+    assert "layer 17 does not exist: this UNet has layers 0-15" in err
+    assert main(["layers", "--model", "/no/such/model"]) == 2
+    assert "never downloads weights" in capsys.readouterr().err
+
+
+def test_record_command_writes_image_and_maps(tmp_path, capsys):
+    out = tmp_path / "rec"
+    code = main(["record", "--model", "tiny", "--prompt", "a blue car", "--out", str(out),
+                 "--num-steps", "4", "--layers", "fpe"])  # fmt: skip
+    assert code == 0
+    maps = AttentionMaps.load(out / "maps.safetensors")
+    assert maps.recorded_layers() == list(range(2, 13))
+    assert maps.steps == [0, 1, 2, 3]
+    assert (out / "image.png").stat().st_size > 0
+    assert json.loads((out / "settings.json").read_text())["prompt"] == "a blue car"
+    assert str(out / "maps.safetensors") in capsys.readouterr().out
+
+
+def test_demo_command(tmp_path):
+    assert main(["demo", "--model", "tiny", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["layers"] == list(range(16)) and summary["steps"] == 20
+    assert (tmp_path / "word_heatmaps.png").stat().st_size > 10_000
