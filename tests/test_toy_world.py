@@ -1,0 +1,227 @@
+"""The toy world: renderer, templates, judges and the ``toy render`` command."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from probe.cli import main
+from probe.templates import TemplateError, list_templates, load_template, template_words
+from probe.toy.judge import (
+    NoObjectError,
+    find_object,
+    judge,
+    judge_category,
+    judge_category_probs,
+    judge_colour,
+    mask_iou,
+    shape_distance,
+)
+from probe.toy.train_judge import degrade
+from probe.toy.world import (
+    BACKGROUNDS,
+    CATEGORIES,
+    PALETTE,
+    Scene,
+    check_vocabulary,
+    random_scene,
+    render_scene,
+)
+
+HELD_OUT_SEED = 2026  # the judge trains on scenes from default_rng(0) and default_rng(1)
+
+
+# --- renderer -------------------------------------------------------------------------------
+
+
+def test_render_is_deterministic_for_a_scene():
+    scene = Scene("giraffe", "orange", "street", x=0.4, y=0.55, scale=0.7, flip=True, seed=3)
+    a, b = render_scene(scene), render_scene(scene)
+    assert a.image.dtype == np.uint8 and a.image.shape == (64, 64, 3)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    moved = render_scene(Scene("giraffe", "orange", "street", x=0.6, y=0.55, scale=0.7, flip=True))
+    assert not np.array_equal(a.mask, moved.mask)
+    assert render_scene(scene, size=96).image.shape == (96, 96, 3)
+
+
+@pytest.mark.parametrize("background", list(BACKGROUNDS))
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_every_category_is_drawn_and_its_mask_matches_the_pixels(category, background):
+    render = render_scene(Scene(category, "blue", background, x=0.5, y=0.55, scale=0.7))
+    top, bottom, horizon = BACKGROUNDS[background]
+    bg = np.empty((64, 64, 3), np.float32)
+    bg[: round(horizon * 64)], bg[round(horizon * 64) :] = top, bottom
+    img = render.image.astype(np.float32)
+    # alpha > 0.5 <=> nearer the object colour than the background, except at near-ties
+    # (alpha 127/255 or 128/255), which uint8 rounding cannot tell apart
+    d_object = np.linalg.norm(img - PALETTE["blue"], axis=-1)
+    d_background = np.linalg.norm(img - bg, axis=-1)
+    clear = np.abs(d_object - d_background) > 2
+    assert np.array_equal((d_object < d_background)[clear], render.mask[clear])
+    assert (~clear).mean() < 0.04
+    assert 150 < render.mask.sum() < 0.6 * 64 * 64
+    far = ~ndimage.binary_dilation(render.mask, iterations=2)
+    assert np.array_equal(img[far], bg[far])
+    assert (np.abs(img[render.mask] - PALETTE["blue"]).sum(-1) < 1).mean() > 0.5  # the rest: edges
+
+
+def test_categories_have_distinct_silhouettes():
+    masks = {c: render_scene(Scene(c, "red", x=0.5, scale=0.7)).mask for c in CATEGORIES}
+    for i, a in enumerate(CATEGORIES):
+        for b in CATEGORIES[i + 1 :]:
+            assert shape_distance(masks[a], masks[b]) > 0.15, (a, b)
+
+
+@pytest.mark.parametrize("colour", list(PALETTE))
+def test_every_colour_is_drawn_exactly(colour):
+    render = render_scene(Scene("sheep", colour, "park"))
+    pure = render.image[render.mask]
+    assert (np.abs(pure.astype(int) - PALETTE[colour]).sum(-1) == 0).mean() > 0.7
+
+
+def test_scene_errors_name_the_bad_value():
+    with pytest.raises(ValueError, match="unknown colour 'teal'"):
+        Scene("car", "teal")
+    with pytest.raises(ValueError, match="unknown category 'zebra'"):
+        Scene("zebra")
+
+
+# --- templates ------------------------------------------------------------------------------
+
+
+def test_built_in_templates_load_and_match_the_world():
+    check_vocabulary()
+    names = list_templates()
+    assert {"colour_car", "animal_park", "colour_animal", "colour_edits", "animal_edits"} <= set(names)
+    assert len(load_template("colour_animal")) == len(PALETTE) * (len(CATEGORIES) - 1)
+
+
+BAD_TEMPLATES = {
+    "unknown field": ('name: bad\nprompt: "a {colour} car"\ncolours: [red]\nslots:\n  colour: [red]\n', 3, "unknown field 'colours'"),
+    "empty list": ('name: bad\nprompt: "a {colour} car"\nslots:\n  colour: []\n', 4, "non-empty list"),
+    "label word missing": ('name: bad\nprompt: "a red car"\nslots:\n  colour: [red, blue]\n', 2, "missing from the prompt"),
+    "unknown list": ('name: bad\nprompt: "a {colour} car"\nslots:\n\n  colour: $hues\n', 5, "refers to $hues"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TEMPLATES))
+def test_template_errors_name_the_file_and_line(tmp_path, case):
+    text, line, message = BAD_TEMPLATES[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(TemplateError) as info:
+        load_template(path)
+    assert f"{path}:{line}:" in str(info.value)
+    assert message in str(info.value)
+
+
+def test_every_template_word_is_one_token(tiny_pipe):
+    tokenizer = tiny_pipe.tokenizer
+    words = template_words()
+    assert {"red", "car", "giraffe", "park", "standing"} <= set(words)
+    for word in words:
+        assert len(tokenizer.tokenize(word)) == 1, word
+    assert len(tokenizer.tokenize("xylophone")) > 1  # the check can fail
+
+
+# --- judges ---------------------------------------------------------------------------------
+
+
+def test_judges_on_1000_held_out_noisy_renders():
+    """Acceptance: blur sigma 1 px, per-channel shift up to ±15, gaussian noise sigma 8."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(HELD_OUT_SEED)
+    start, cpu = time.time(), time.process_time()
+    colour_ok = category_ok = 0
+    ious = []
+    for _ in range(1000):
+        _, scene = random_scene(rng)
+        render = render_scene(scene)
+        image = degrade(render.image, rng, noise=8.0, blur=1.0, shift=15.0)
+        mask = find_object(image)
+        ious.append(mask_iou(mask, render.mask))
+        if mask.any():
+            colour_ok += judge_colour(image, mask) == scene.colour
+            category_ok += judge_category(image, mask) == scene.category
+    print(f"\ncolour {colour_ok / 1000:.3f}, category {category_ok / 1000:.3f}, "
+          f"mean IoU {np.mean(ious):.3f} (min {np.min(ious):.3f}), "
+          f"{time.time() - start:.1f}s wall, {time.process_time() - cpu:.1f}s CPU")  # fmt: skip
+    assert colour_ok >= 980
+    assert category_ok >= 950
+    assert np.mean(ious) >= 0.9
+
+
+def test_judge_reads_a_clean_render_in_any_form():
+    render = render_scene(Scene("horse", "purple", "street", x=0.45, scale=0.75))
+    j = judge(render.image)
+    assert (j.found, j.colour, j.category) == (True, "purple", "horse")
+    assert j.confidence > 0.5 and j.colour_distance < 5 and mask_iou(j.mask, render.mask) > 0.95
+    assert "mask" not in repr(j)
+    assert judge(Image.fromarray(render.image)).category == "horse"
+    assert judge(render.image.astype(np.float32) / 255).colour == "purple"
+    big = render_scene(Scene("rabbit", "cyan", "park", scale=0.7), size=128)
+    assert (judge(big.image).category, judge(big.image).colour) == ("rabbit", "cyan")
+    probs = judge_category_probs(render.image, render.mask)
+    assert set(probs) == set(CATEGORIES) and abs(sum(probs.values()) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("background", list(BACKGROUNDS))
+def test_no_object_is_reported_not_crashed(background):
+    empty = render_scene(Scene("car", "red", background, x=3.0)).image  # drawn off-canvas
+    noisy = degrade(empty, np.random.default_rng(0))
+    not_toy = np.zeros((64, 48, 3), np.uint8)  # no toy background at all
+    for image in (empty, noisy, not_toy):
+        assert not find_object(image).any()
+        j = judge(image)
+        assert (j.found, j.colour, j.category, j.area) == (False, None, None, 0)
+        with pytest.raises(NoObjectError, match="no object"):
+            judge_colour(image)
+        with pytest.raises(NoObjectError):
+            judge_category(image)
+
+
+def test_mask_metrics():
+    a = render_scene(Scene("dog", "red", x=0.5, scale=0.7)).mask
+    moved = render_scene(Scene("dog", "red", x=0.35, scale=0.5)).mask
+    cat = render_scene(Scene("cat", "red", x=0.5, scale=0.7)).mask
+    empty = np.zeros_like(a)
+    assert mask_iou(a, a) == 1.0 and mask_iou(a, empty) == 0.0 and mask_iou(empty, empty) == 1.0
+    assert mask_iou(a, moved) < 0.6
+    assert shape_distance(a, moved) < 0.25 < 0.3 < shape_distance(a, cat)
+    assert shape_distance(a, empty) == 1.0 and shape_distance(empty, empty) == 0.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        mask_iou(a, a[:10])
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def test_toy_render_command_writes_images_and_labels(tmp_path, capsys):
+    out = tmp_path / "renders"
+    args = ["toy", "render", "--template", "colour_car", "--n", "12", "--seed", "0"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert str(out / "labels.jsonl") in capsys.readouterr().out
+    lines = [json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines()]
+    assert len(lines) == 12 and len(list(out.glob("*.png"))) == 12
+    assert [x["labels"]["colour"] for x in lines[:10]] == list(PALETTE)
+    for line in lines:
+        image = np.asarray(Image.open(out / line["file"]))
+        assert line["prompt"] == f"a {line['labels']['colour']} car"
+        assert np.array_equal(image, render_scene(Scene(**line["scene"])).image)
+        assert judge_colour(image) == line["scene"]["colour"] == line["labels"]["colour"]
+    again = tmp_path / "again"
+    assert main([*args, "--out", str(again)]) == 0
+    assert (again / "labels.jsonl").read_text() == (out / "labels.jsonl").read_text()
+
+
+def test_toy_render_command_errors(tmp_path, capsys):
+    assert main(["toy", "render", "--template", "no_such", "--out", str(tmp_path)]) == 2
+    assert "no template named 'no_such'" in capsys.readouterr().err
+    assert main(["toy", "render", "--template", "colour_car", "--n", "0", "--out", str(tmp_path)]) == 2
+    assert "--n 0" in capsys.readouterr().err
