@@ -1,0 +1,105 @@
+"""The toy model: the training script's smoke path end to end, and the shipped weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from probe.models import TOY_DIR
+
+needs_toy = pytest.mark.skipif(
+    not (TOY_DIR / "model_index.json").is_file(), reason="toy weights not shipped in this checkout"
+)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    from probe.cli import main
+
+    out = tmp_path_factory.mktemp("toy_train")
+    assert main(["toy", "train", "--smoke", "--out", str(out), "--threads", "1"]) == 0
+    return out
+
+
+def test_smoke_training_exports_a_loadable_pipeline(smoke_run):
+    from diffusers import StableDiffusionPipeline
+
+    from probe.models import load_pipeline
+
+    folder = smoke_run / "model"
+    pipe = load_pipeline(str(folder))
+    assert pipe.unet.config.sample_size == 16  # 64 px through a factor-4 VAE
+    assert len(pipe.unet.attn_processors) == 32  # 16 transformer blocks, self + cross
+    scaling = pipe.vae.config.scaling_factor
+    assert scaling != pytest.approx(0.18215)  # measured from the trained VAE, not SD's
+    assert json.loads((folder / "attnprobe.json").read_text())["height"] == 64
+    image = pipe("a red car", num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 64, 64, 3)
+    assert StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+
+
+def test_smoke_training_logs_every_stage_and_resumes_as_done(smoke_run):
+    from probe.toy.train import TrainConfig, train
+
+    lines = [json.loads(x) for x in (smoke_run / "work" / "loss.jsonl").read_text().splitlines()]
+    assert {x["stage"] for x in lines} >= {"export"}
+    for name in ("vae.pt", "unet.pt", "latents.safetensors"):
+        assert (smoke_run / "work" / name).is_file()
+    state = torch.load(smoke_run / "work" / "unet.pt", weights_only=False)
+    assert state["done"] and state["step"] == 3
+    # a rerun finds every stage done and only re-exports
+    train(TrainConfig.smoke(smoke_run))
+    assert torch.load(smoke_run / "work" / "unet.pt", weights_only=False)["step"] == 3
+
+
+def test_interrupted_unet_stage_resumes_where_it_stopped(tmp_path, monkeypatch):
+    from probe.toy import train as train_mod
+
+    cfg = train_mod.TrainConfig.smoke(tmp_path)
+    cfg.max_unet_steps = 4
+    calls = {"n": 0}
+    real_step = train_mod._UNetTrainer.train_step
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real_step(self)
+
+    monkeypatch.setattr(train_mod._UNetTrainer, "train_step", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(cfg)
+    state = torch.load(tmp_path / "work" / "unet.pt", weights_only=False)
+    assert state["step"] == 2 and not state["done"]
+    train_mod.train(cfg)
+    state = torch.load(tmp_path / "work" / "unet.pt", weights_only=False)
+    assert state["step"] == 4 and state["done"]
+
+
+@needs_toy
+def test_toy_is_the_default_model():
+    from probe.cli import default_model
+
+    assert default_model() == "toy"
+
+
+@needs_toy
+@pytest.mark.slow
+def test_shipped_toy_draws_the_colour_it_is_asked_for():
+    """20 prompts, one seed: the judged colour matches the prompt in at least 80%."""
+    from probe.models import generation_defaults, load_pipeline
+    from probe.templates import load_template
+    from probe.toy.evaluate import expected_labels, generate
+    from probe.toy.judge import judge_colour
+
+    pipe = load_pipeline("toy")
+    prompts = [i.prompt for i in load_template("colour_car")]
+    prompts += [i.prompt for i in load_template("colour_animal")][::10]
+    assert len(prompts) == 20
+    d = generation_defaults(pipe)
+    images = generate(pipe, prompts, [2024] * 20, d["guidance_scale"], d["num_inference_steps"], 64)
+    right = [judge_colour(img) == expected_labels(p)[0] for p, img in zip(prompts, images, strict=True)]
+    assert np.mean(right) >= 0.8, list(zip(prompts, right, strict=True))
