@@ -1,0 +1,61 @@
+"""``attnprobe sweep``: edit an editing set with attention replaced in many layer ranges and
+score every edit with the toy world's judges."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from probe.cli import add_model_arg, default_model
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from editing.sweep import format_summary, summarise_rows, sweep
+    from editing.sweep_ranges import parse_seeds, select_pairs
+    from probe.models import load_pipeline
+    from probe.templates import load_edit_pairs
+
+    seeds = parse_seeds(args.seeds)
+    pairs = select_pairs(load_edit_pairs(args.pairs).pairs, args.max_pairs)
+    model = args.model or default_model()
+    pipe = load_pipeline(model)
+    rows = sweep(
+        pipe, pairs, args.ranges, kinds=args.kinds, seeds=seeds,
+        step_fractions=args.step_fractions, out=args.out, num_steps=args.num_steps,
+        guidance_scale=args.guidance, batch_size=args.batch_size, model_name=model,
+        save_images=args.save_images,
+    )  # fmt: skip
+    print(format_summary(summarise_rows(rows)))
+    out = Path(args.out)
+    print(f"\n{len(rows)} edits: {out}/sweep.csv, summary.json, tradeoff.png, windows.png")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``sweep`` to the ``attnprobe`` command line."""
+    p = sub.add_parser(
+        "sweep", help="edit over layer ranges (self/cross replacement) and score the edits"
+    )
+    add_model_arg(p)
+    p.add_argument("--pairs", default="colour_edits", help="editing set (default colour_edits)")
+    p.add_argument("--out", required=True, help="output folder (a rerun resumes it)")
+    p.add_argument(
+        "--ranges", nargs="+", default=["default"],
+        help="layer ranges: default | presets | windows | prefixes | suffixes | a preset "
+        "(none, fpe, paper, all) | a spec such as 4-14 or 2,5,7 | a selection .json",
+    )  # fmt: skip
+    p.add_argument(
+        "--kinds", nargs="+", default=["self", "cross"], choices=("self", "cross"),
+        help="which attention to replace (default both)",
+    )  # fmt: skip
+    p.add_argument("--seeds", default="0", help="noise seeds, e.g. 0-3 or 0,5 (default 0)")
+    p.add_argument(
+        "--step-fractions", nargs="+", type=float, default=[0.8],
+        help="first fraction(s) of steps to replace in (default 0.8)",
+    )  # fmt: skip
+    p.add_argument("--max-pairs", type=int, default=None, help="at most N pairs, evenly spread")
+    p.add_argument("--num-steps", type=int, default=None, help="default: the model's")
+    p.add_argument("--guidance", type=float, default=None, help="default: the model's")
+    p.add_argument("--batch-size", type=int, default=9, help="targets edited together")
+    p.add_argument("--save-images", action="store_true", help="also save every edit (images/)")
+    p.set_defaults(func=_cmd_sweep)

@@ -1,0 +1,176 @@
+"""The layer-range sweep: ranges, seeds, resuming, the table, the plot and the CLI (on tiny);
+and the FPE behaviour on the trained toy model (slow)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+import editing.edit
+from editing.sweep import FIELDS, read_rows, summarise_rows, sweep
+from editing.sweep_plots import sweep_tradeoff, sweep_windows
+from editing.sweep_ranges import LayerRange, default_ranges, parse_ranges, parse_seeds, select_pairs
+from probe.cli import main
+from probe.models import TOY_DIR
+from probe.templates import load_edit_pairs
+
+FAST = {"num_steps": 3, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def colour_pairs():
+    return load_edit_pairs("colour_edits").pairs
+
+
+def test_default_ranges_cover_presets_windows_prefixes_and_suffixes():
+    ranges = default_ranges(16)
+    names = [r.name for r in ranges]
+    assert names[:4] == ["none", "fpe", "paper", "all"]
+    assert [r.name for r in ranges if r.group == "window"] == [
+        "0-3", "2-5", "4-7", "6-9", "8-11", "10-13", "12-15"]  # fmt: skip
+    assert [r.name for r in ranges if r.group == "prefix"] == ["0-3", "0-7", "0-11"]
+    assert [r.name for r in ranges if r.group == "suffix"] == ["4-15", "8-15", "12-15"]
+    with pytest.raises(ValueError, match="width 20"):
+        default_ranges(16, width=20)
+
+
+def test_parse_ranges_and_seeds(tmp_path):
+    sel = tmp_path / "probe_pick.json"
+    ranges = parse_ranges(["presets", "windows", "4-14", str(sel), "fpe"])
+    assert [r.name for r in ranges][:4] == ["none", "fpe", "paper", "all"]
+    assert len([r for r in ranges if r.name == "fpe"]) == 1  # no duplicates
+    assert LayerRange("4-14", "4-14", "custom") in ranges
+    assert ranges[-1] == LayerRange("probe_pick", sel, "selection")
+    assert parse_seeds("0-3") == [0, 1, 2, 3] and parse_seeds("1,5") == [1, 5]
+    assert parse_seeds(7) == [7] and parse_seeds([2, 3]) == [2, 3]
+    with pytest.raises(ValueError, match="cannot read seeds 'a-b'"):
+        parse_seeds("a-b")
+    with pytest.raises(ValueError, match="empty range"):
+        parse_seeds("3-1")
+
+
+def test_select_pairs_spreads_over_sources(colour_pairs):
+    picked = select_pairs(colour_pairs, 10)
+    assert len(picked) == 10 and len({p.source for p in picked}) >= 8
+    assert select_pairs(colour_pairs, None) == list(colour_pairs)
+    with pytest.raises(ValueError, match="max_pairs=0"):
+        select_pairs(colour_pairs, 0)
+
+
+def test_sweep_writes_rows_and_resumes(tiny_pipe, colour_pairs, tmp_path, monkeypatch):
+    calls = []
+    real_edit = editing.edit.edit
+    monkeypatch.setattr(editing.edit, "edit", lambda *a, **k: calls.append(k) or real_edit(*a, **k))
+    pairs = colour_pairs[:2]  # red -> two targets: one batch sharing the source branch
+    rows = sweep(tiny_pipe, pairs, ["none", "fpe"], out=tmp_path, **FAST)
+    assert len(rows) == 2 * 2 * 2  # kinds x ranges x pairs
+    assert len(calls) == 3  # "none" once for both kinds, fpe for self and for cross
+    assert {(c["method"], tuple(c.get("layers") or ())) for c in calls} >= {("cross", (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12))}  # fmt: skip
+    with open(tmp_path / "sweep.csv") as f:
+        assert next(csv.reader(f)) == FIELDS
+    saved = read_rows(tmp_path / "sweep.csv")
+    assert len(saved) == 8 and isinstance(saved[0]["success"], bool)
+    nones = [r for r in saved if r["range"] == "none"]
+    assert {r["kind"] for r in nones} == {"self", "cross"} and {r["layers"] for r in nones} == {
+        "none"
+    }
+    assert (tmp_path / "tradeoff.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {(s["kind"], s["range"]) for s in summary} == {
+        (k, r) for k in ("self", "cross") for r in ("none", "fpe")
+    }
+
+    calls.clear()  # a rerun does nothing; a new range runs only its own edits, once
+    again = sweep(tiny_pipe, pairs, ["none", "fpe", "windows", "prefixes"], kinds=["self"],
+                  out=tmp_path, **FAST)  # fmt: skip
+    assert len(calls) == 9 and len(again) == 8 + 9 * 2  # 7 windows, prefixes 0-7 and 0-11
+    calls.clear()
+    again = sweep(tiny_pipe, pairs, ["none", "fpe", "0-3"], out=tmp_path, **FAST)
+    assert len(calls) == 1 and len(again) == 8 + 9 * 2 + 2  # only cross 0-3 is new
+    assert len(read_rows(tmp_path / "sweep.csv")) == len(again)
+
+
+def test_sweep_refuses_other_settings_and_bad_input(tiny_pipe, colour_pairs, tmp_path):
+    sweep(tiny_pipe, colour_pairs[:1], ["none"], kinds=["self"], out=tmp_path, **FAST)
+    with pytest.raises(ValueError, match="other settings .*num_steps"):
+        sweep(tiny_pipe, colour_pairs[:1], ["none"], out=tmp_path, num_steps=4, progress=False)
+    with pytest.raises(ValueError, match="kinds \\['value'\\]"):
+        sweep(tiny_pipe, colour_pairs[:1], ["fpe"], kinds=["value"], **FAST)
+    with pytest.raises(ValueError, match="layer 16 does not exist"):
+        sweep(tiny_pipe, colour_pairs[:1], ["10-16"], **FAST)
+    with pytest.raises(ValueError, match="step fraction 1.5"):
+        sweep(tiny_pipe, colour_pairs[:1], ["fpe"], step_fractions=1.5, **FAST)
+
+
+def test_tradeoff_plot_leaves_pyplot_alone():
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    before = plt.get_fignums()
+    rows = [
+        {"kind": k, "range": r, "group": g, "layers": "x", "step_fraction": 0.8,
+         "success": s, "edit_found": True, "iou": i, "shape_distance": 0.1,
+         "background_psnr": 30.0, "background_diff": 1.0}
+        for k, r, g, s, i in [("self", "fpe", "preset", True, 0.9), ("self", "all", "preset", False, 0.95),
+                              ("cross", "0-3", "window", False, 0.5)]
+    ]  # fmt: skip
+    fig = sweep_tradeoff(rows)
+    assert isinstance(fig, Figure) and plt.get_fignums() == before
+    ax = Figure().add_subplot()
+    assert sweep_tradeoff(summarise_rows(rows), ax=ax) is ax.get_figure()
+    assert len(ax.collections) == 3
+    windows = sweep_windows(rows)
+    assert isinstance(windows, Figure) and plt.get_fignums() == before
+    assert [len(line.get_xdata()) for line in windows.axes[0].lines] == [1, 1]  # the 0-3 window
+
+
+def test_cli_sweep_smoke(tmp_path, capsys):
+    out = tmp_path / "sw"
+    code = main(["sweep", "--model", "tiny", "--pairs", "colour_edits", "--out", str(out),
+                 "--ranges", "none", "paper", "--kinds", "self", "--max-pairs", "2",
+                 "--num-steps", "2", "--seeds", "0", "--save-images"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "paper" in printed and "sweep.csv" in printed
+    assert len(read_rows(out / "sweep.csv")) == 4
+    assert len(list((out / "images").glob("self_paper_0.8/s0_*_to_*.png"))) == 2
+    assert len(list((out / "images" / "source").glob("s0_a_*_car.png"))) == 2
+
+
+# --- behaviour on the trained toy model -------------------------------------------------------
+
+needs_toy = pytest.mark.skipif(
+    not (TOY_DIR / "model_index.json").is_file(),
+    reason=f"the trained toy model is not in {TOY_DIR} (train it with `attnprobe toy train`)",
+)
+
+
+@pytest.fixture(scope="module")
+def toy_sweep(colour_pairs):
+    from probe.models import load_pipeline
+
+    pipe = load_pipeline("toy")
+    pairs = select_pairs(colour_pairs, 12)
+    rows = sweep(
+        pipe, pairs, ["none", "fpe", "all"], kinds=["self", "cross"], seeds=[1001], progress=False
+    )  # fmt: skip held-out seed
+    return {(s["kind"], s["range"]): s for s in summarise_rows(rows)}
+
+
+@pytest.mark.slow
+@needs_toy
+def test_toy_fpe_keeps_structure_better_than_none_and_reaches_the_colour(toy_sweep):
+    fpe, none = toy_sweep["self", "fpe"], toy_sweep["self", "none"]
+    assert fpe["iou"] > none["iou"]
+    assert fpe["success"] >= 0.7
+
+
+@pytest.mark.slow
+@needs_toy
+def test_toy_acceptance_fpe_beats_all_layers_and_cross_replacement(toy_sweep):
+    fpe = toy_sweep["self", "fpe"]
+    assert fpe["success"] >= 0.85 and fpe["iou"] >= 0.75
+    assert fpe["success"] > toy_sweep["self", "all"]["success"]
+    assert fpe["success"] > toy_sweep["cross", "all"]["success"]
