@@ -1,0 +1,157 @@
+"""``attnprobe reproduce``: pair picking, settings guard, claim verdicts, and the quick run on
+``tiny`` end to end (report sections, embedded images, resuming)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import re
+
+import pytest
+from PIL import Image
+
+from editing.claims import HELD, INCONCLUSIVE, NOT_HELD, check_claims
+from editing.reproduce import STAGES, ReproduceConfig, check_settings, pick_pairs
+from probe.classifiers import ProbeResults, ProbeRow
+from probe.templates import load_edit_pairs
+
+SECTIONS = (
+    "Summary: the paper&#x27;s claims here",
+    "Attention maps",
+    "Probes",
+    "Selected layers",
+    "Layer-range sweep",
+    "Edits",
+    "Run",
+)
+
+
+def test_pick_pairs_spreads_sources_and_targets():
+    pairs = pick_pairs(load_edit_pairs("colour_edits").pairs, 3, 2)
+    sources = {p.source for p in pairs}
+    assert len(pairs) == 6 and len(sources) == 3
+    assert all(sum(p.source == s for p in pairs) == 2 for s in sources)
+    assert all(p.source != p.target for p in pairs)
+    with pytest.raises(ValueError, match="sources=0"):
+        pick_pairs(load_edit_pairs("colour_edits").pairs, 0, 1)
+
+
+def test_a_folder_keeps_its_settings(tmp_path):
+    check_settings(tmp_path, ReproduceConfig.preset("tiny", quick=True))
+    check_settings(tmp_path, ReproduceConfig.preset("tiny", quick=True))  # same: fine
+    with pytest.raises(ValueError, match="quick: True → False"):
+        check_settings(tmp_path, ReproduceConfig.preset("tiny"))
+
+
+def results(cross: float, self_: float, shuffled: float = 0.1) -> ProbeResults:
+    row = ProbeRow
+    rows = [
+        row(
+            layer,
+            step,
+            900.0,
+            kind,
+            "linear",
+            acc,
+            0.0,
+            shuffled,
+            math.nan,
+            acc - shuffled,
+            0.1,
+            40,
+            16,
+        )
+        for kind, acc in (("cross", cross), ("self", self_))
+        for layer in range(4)
+        for step in range(3)
+    ]
+    return ProbeResults(rows, "colour")
+
+
+def summary_row(kind: str, name: str, success: float, iou: float, found: float = 1.0):
+    return {"kind": kind, "range": name, "group": "preset", "layers": "", "step_fraction": 0.8,
+            "n": 8.0, "success": success, "iou": iou, "found": found}  # fmt: skip
+
+
+def paper_like_summary(found: float = 1.0) -> list[dict]:
+    return [
+        summary_row("self", "none", 0.95, 0.3, found),
+        summary_row("self", "fpe", 0.9, 0.8, found),
+        summary_row("self", "all", 0.2, 0.95, found),
+        summary_row("cross", "all", 0.1, 0.9, found),
+    ]
+
+
+def test_claims_hold_on_paper_like_numbers():
+    claims = check_claims({"colour": results(0.9, 0.3)}, paper_like_summary())
+    assert [c.verdict for c in claims] == [HELD] * 5
+    assert "0.90" in claims[0].text and "success 0.90, structure IoU 0.80" in claims[3].text
+
+
+def test_claims_fail_on_contrary_numbers():
+    summary = [
+        summary_row("self", "none", 0.9, 0.9),
+        summary_row("self", "fpe", 0.5, 0.5),
+        summary_row("self", "all", 0.9, 0.5),
+        summary_row("cross", "all", 0.9, 0.9),
+    ]
+    claims = check_claims({"colour": results(0.15, 0.9, shuffled=0.1)}, summary)
+    verdicts = [c.verdict for c in claims]
+    assert verdicts == [NOT_HELD, INCONCLUSIVE, NOT_HELD, NOT_HELD, NOT_HELD]
+    assert "nothing to compare against" in claims[1].text  # cross itself carries no colour
+    assert check_claims({"colour": results(0.8, 0.9)}, summary)[1].verdict == NOT_HELD
+
+
+def test_edit_claims_are_inconclusive_when_the_judges_see_nothing():
+    claims = check_claims({}, paper_like_summary(found=0.1))
+    assert [c.verdict for c in claims] == [INCONCLUSIVE] * 5
+    assert "10%" in claims[2].text
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    from probe.cli import main
+
+    out = tmp_path_factory.mktemp("reproduce") / "run"
+    code = main(["reproduce", "--out", str(out), "--model", "tiny", "--quick", "--no-progress"])
+    assert code == 0
+    return out
+
+
+def test_quick_reproduce_writes_every_stage(quick_run):
+    done = json.loads((quick_run / "stages.json").read_text())
+    assert list(done) == list(STAGES)
+    assert (quick_run / "probe" / "colour_car" / "results.csv").is_file()
+    selection = json.loads((quick_run / "selection.json").read_text())
+    assert selection["layers"] and all(0 <= i < 16 for i in selection["layers"])
+    names = {e["file"] for e in json.loads((quick_run / "figures" / "figures.json").read_text())}
+    assert {"token_heatmaps.png", "heatmaps_by_layer.png", "edit_grid.png"} <= names
+
+
+def test_quick_report_has_the_sections_and_embedded_images(quick_run):
+    page = (quick_run / "report.html").read_text()
+    for section in SECTIONS:
+        assert f">{section}</h2>" in page, section
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) >= 10
+    first = Image.open(io.BytesIO(base64.b64decode(images[0])))
+    assert first.format == "PNG" and first.width > 100
+    assert 'src="http' not in page and "<script" not in page  # self-contained
+    assert page.count('class="inc"') + page.count('class="held"') + page.count('class="not"') >= 10
+    selection = json.loads((quick_run / "selection.json").read_text())
+    assert str(selection["layers"]) in page
+
+
+def test_quick_reproduce_resumes_without_redoing_stages(quick_run, capsys):
+    from probe.cli import main
+
+    before = json.loads((quick_run / "stages.json").read_text())
+    assert main(["reproduce", "--out", str(quick_run), "--model", "tiny", "--quick"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("done before") == len(STAGES) - 1
+    after = json.loads((quick_run / "stages.json").read_text())
+    assert {k: v for k, v in after.items() if k != "report"} == {
+        k: v for k, v in before.items() if k != "report"
+    }
