@@ -55,6 +55,34 @@ def test_smoke_training_logs_every_stage_and_resumes_as_done(smoke_run):
     assert torch.load(smoke_run / "work" / "unet.pt", weights_only=False)["step"] == 3
 
 
+def test_model_card_from_the_exported_model_or_from_facts(smoke_run, tmp_path):
+    from PIL import Image
+
+    from probe.toy.model_card import main
+
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    (evaluation / "evaluation.md").write_text("| template | images |\n|---|---:|\n| all | 2 |\n")
+    Image.new("RGB", (8, 8)).save(evaluation / "grid.png")
+    # the exported model keeps its training record, so the card needs nothing else
+    assert (smoke_run / "model" / "training" / "loss.jsonl").is_file()
+    docs = tmp_path / "docs"
+    assert main(["--run", str(smoke_run / "model"), "--eval", str(evaluation), "--out", str(docs)]) == 0
+    card = (docs / "toy_model_card.md").read_text()
+    assert "images/toy_loss.png" in card and (docs / "images" / "toy_loss.png").is_file()
+    assert "| batch | 4 |" in card and "| all | 2 |" in card
+    # no log: the facts fill the table and the card says the curve is missing
+    final = {"vae_minutes": 20.0, "vae_steps": 3575, "psnr": 27.3, "unet_minutes": 70.0}
+    final |= {"unet_steps": 5050, "loss": 0.0269, "scaling": 0.966}
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps({"settings": {"batch": 48}, "final": final}))
+    docs2 = tmp_path / "docs2"
+    assert main(["--eval", str(evaluation), "--out", str(docs2), "--facts", str(facts)]) == 0
+    card = (docs2 / "toy_model_card.md").read_text()
+    assert "No loss curve" in card and "toy_loss.png" not in card
+    assert "5050" in card and "0.0269" in card and "| batch | 48 |" in card
+
+
 def test_interrupted_unet_stage_resumes_where_it_stopped(tmp_path, monkeypatch):
     from probe.toy import train as train_mod
 

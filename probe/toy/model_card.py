@@ -4,7 +4,12 @@
 
 reads ``RUN/train_config.json``, ``RUN/work/loss.jsonl`` and ``EVAL/evaluation.md`` and
 ``EVAL/grid.png``, and writes ``OUT/toy_model_card.md`` with the loss curves in
-``OUT/images/toy_loss.png`` and the sample grid in ``OUT/images/toy_samples.png``.
+``OUT/images/toy_loss.png`` and the sample grid in ``OUT/images/toy_samples.png``. ``RUN`` may
+also be an exported model folder: training keeps its record in ``model/training/``.
+
+Without a loss log, ``--facts FILE`` (JSON: settings plus the final values ``vae_minutes``,
+``vae_steps``, ``psnr``, ``unet_minutes``, ``unet_steps``, ``loss``, ``scaling``) fills the
+training table, and the card says that the curve is missing instead of drawing one.
 """
 
 from __future__ import annotations
@@ -37,33 +42,86 @@ def _minutes(lines: list[dict[str, Any]], stage: str) -> float:
     return max(times) / 60 if times else 0.0
 
 
-def write_card(run: Path, evaluation: Path, out: Path) -> Path:
-    """Write the model card; returns its path."""
-    cfg = json.loads((run / "train_config.json").read_text())
-    lines = [json.loads(x) for x in (run / "work" / "loss.jsonl").read_text().splitlines()]
+def _training_record(run: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Settings and log lines of a run folder or of an exported model folder."""
+    for config, log in [
+        (run / "train_config.json", run / "work" / "loss.jsonl"),
+        (run / "training" / "train_config.json", run / "training" / "loss.jsonl"),
+    ]:
+        if config.is_file() and log.is_file():
+            lines = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+            return json.loads(config.read_text()), lines
+    raise FileNotFoundError(
+        f"no training record in {run}: expected train_config.json and work/loss.jsonl "
+        "(a run folder) or training/ (an exported model); without one, pass --facts"
+    )
+
+
+def _final_values(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    unet = [x for x in lines if x["stage"] == "unet"]
+    vae = [x for x in lines if x["stage"] == "vae"]
+    export: dict[str, Any] = next((x for x in lines if x["stage"] == "export"), {})
+    return {
+        "vae_minutes": _minutes(lines, "vae"),
+        "vae_steps": vae[-1]["step"] if vae else 0,
+        "psnr": vae[-1]["psnr"] if vae else float("nan"),
+        "unet_minutes": _minutes(lines, "unet"),
+        "unet_steps": unet[-1]["step"] if unet else 0,
+        "loss": unet[-1]["loss"] if unet else float("nan"),
+        "scaling": export.get("scaling_factor", float("nan")),
+    }
+
+
+MISSING_CURVE = (
+    "*No loss curve*: the loss log of the shipped run was lost with the machine it ran on (the run "
+    "folder was not kept). The final values above were noted from that log during the run. "
+    "Training now copies its log into the exported model (`model/training/loss.jsonl`), so a "
+    "retrained model's card draws the curve."
+)
+
+
+def write_card(run: Path | None, evaluation: Path, out: Path, facts: Path | None = None) -> Path:
+    """Write the model card; returns its path.
+
+    Args:
+        run: a training run folder or an exported model folder with ``training/``; may be
+            ``None`` when ``facts`` is given.
+        evaluation: a folder written by ``attnprobe toy evaluate``.
+        out: the docs folder.
+        facts: JSON with the settings and final values, used when there is no loss log.
+    """
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
-    loss_curves(lines).savefig(images / "toy_loss.png", dpi=100)
+    if run is not None and (facts is None or _has_record(run)):
+        cfg, lines = _training_record(run)
+        values = _final_values(lines)
+        loss_curves(lines).savefig(images / "toy_loss.png", dpi=100)
+        curve = "![loss curves](images/toy_loss.png)"
+    elif facts is not None:
+        given = json.loads(facts.read_text())
+        cfg, values = given["settings"], given["final"]
+        curve = MISSING_CURVE
+    else:
+        raise ValueError("write_card needs a run folder with a loss log, or --facts")
     shutil.copy(evaluation / "grid.png", images / "toy_samples.png")
-    unet_lines = [x for x in lines if x["stage"] == "unet"]
-    vae_lines = [x for x in lines if x["stage"] == "vae"]
-    export: dict[str, Any] = next((x for x in lines if x["stage"] == "export"), {})
-    table = (evaluation / "evaluation.md").read_text()
     settings = "\n".join(f"| {k} | {v} |" for k, v in cfg.items() if k != "extra")
     text = CARD.format(
-        vae_minutes=_minutes(lines, "vae"),
-        vae_steps=vae_lines[-1]["step"] if vae_lines else 0,
-        psnr=vae_lines[-1]["psnr"] if vae_lines else float("nan"),
-        unet_minutes=_minutes(lines, "unet"),
-        unet_steps=unet_lines[-1]["step"] if unet_lines else 0,
-        loss=unet_lines[-1]["loss"] if unet_lines else float("nan"),
-        scaling=export.get("scaling_factor", float("nan")),
+        **values,
         settings=settings,
-        table=table,
+        curve=curve,
+        table=(evaluation / "evaluation.md").read_text(),
     )
     path = out / "toy_model_card.md"
     path.write_text(text)
     return path
+
+
+def _has_record(run: Path) -> bool:
+    try:
+        _training_record(run)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 CARD = """# Model card: the toy Stable Diffusion
@@ -101,7 +159,7 @@ Wall time on a 2-core CPU while other jobs shared the machine. Settings:
 |---|---|
 {settings}
 
-![loss curves](images/toy_loss.png)
+{curve}
 
 ## Evaluation
 
@@ -128,11 +186,14 @@ follows a cosine over the budget, so a longer budget is a different schedule, no
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--eval", type=Path, required=True)
+    p.add_argument("--run", type=Path, help="a training run folder or an exported model")
+    p.add_argument("--eval", type=Path, required=True, help="an `attnprobe toy evaluate` folder")
     p.add_argument("--out", type=Path, default=Path("docs"))
+    p.add_argument("--facts", type=Path, help="settings and final values when no log exists")
     args = p.parse_args(argv)
-    print(write_card(args.run, args.eval, args.out))
+    if args.run is None and args.facts is None:
+        p.error("give --run (a folder with the training log) or --facts")
+    print(write_card(args.run, args.eval, args.out, args.facts))
     return 0
 
 

@@ -24,6 +24,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -414,6 +415,14 @@ def export(
     return folder
 
 
+def keep_record(out: Path, folder: Path) -> None:
+    """Copy the run's settings and loss log into the model folder (``training/``)."""
+    record = folder / "training"
+    record.mkdir(exist_ok=True)
+    shutil.copy(out / "train_config.json", record / "train_config.json")
+    shutil.copy(out / "work" / "loss.jsonl", record / "loss.jsonl")
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) every stage and export the model; returns the model folder."""
     out = Path(cfg.out)
@@ -431,6 +440,7 @@ def train(cfg: TrainConfig) -> Path:
         unet, text_encoder = train_unet(cfg, work, tokenizer, latents, scenes, scaling)
         folder = export(cfg, out, vae, unet, text_encoder, tokenizer, scaling)
         _log(work, "export", 0, time.monotonic() - t0, scaling_factor=scaling)
+        keep_record(out, folder)
         return folder
     finally:
         torch.set_num_threads(threads)
