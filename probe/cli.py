@@ -21,7 +21,7 @@ DEFAULT_MODEL = "toy"
 
 
 def default_model() -> str:
-    """``toy`` once its weights ship, ``tiny`` until then."""
+    """``toy``, the shipped model; ``tiny`` only in a checkout whose toy weights were removed."""
     from probe.models import TOY_DIR
 
     return DEFAULT_MODEL if (TOY_DIR / "model_index.json").is_file() else "tiny"
@@ -73,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
     p.set_defaults(func=_cmd_layers)
 
-    p = sub.add_parser("demo", help="the quick demo: record a prompt on the default model")
+    p = sub.add_parser("demo", help="one prompt: record every layer and step, draw word heat maps")
     add_model_arg(p)
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/one_prompt")
     p.set_defaults(func=_cmd_demo)
 
     for register in _command_groups():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from probe.models import load_pipeline
+from probe.models import generation_defaults, load_pipeline
 from probe.record import record_attention
 from probe.viz import word_heatmaps
 
@@ -15,8 +15,10 @@ DEMO_PROMPT = "a red car"
 DEMO_WORDS = ("red", "car")
 
 
-def run_demo(model: str, out: Path, steps: int = 20, seed: int = 0) -> dict[str, Path]:
+def run_demo(model: str, out: Path, steps: int | None = None, seed: int = 0) -> dict[str, Path]:
     """Generate ``DEMO_PROMPT``, record all layers × steps × kinds, save image, maps and figure.
+
+    Steps (default), guidance and size are the model's own (``generation_defaults``).
 
     Returns:
         The files written, by role.
@@ -24,11 +26,14 @@ def run_demo(model: str, out: Path, steps: int = 20, seed: int = 0) -> dict[str,
     out.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=False, desc=f"generating on {model}")
+    defaults = generation_defaults(pipe)
     with record_attention(pipe, layers="all", kinds=("cross", "self")) as maps:
         image = pipe(
             DEMO_PROMPT,
-            num_inference_steps=steps,
-            guidance_scale=5.0,
+            num_inference_steps=steps or defaults["num_inference_steps"],
+            guidance_scale=defaults["guidance_scale"],
+            height=defaults["height"],
+            width=defaults["width"],
             generator=torch.Generator().manual_seed(seed),
         ).images[0]
     files = {

@@ -16,10 +16,11 @@ def _cmd_record(args: argparse.Namespace) -> int:
         raise ValueError("record needs --prompt TEXT (one image) or --template NAME (a dataset)")
     import torch
 
-    from probe.models import load_pipeline
+    from probe.models import generation_defaults, load_pipeline
     from probe.record import record_attention
 
     pipe = load_pipeline(args.model or default_model())
+    defaults = generation_defaults(pipe)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kinds = tuple(k.strip() for k in args.kinds.split(","))
@@ -29,8 +30,10 @@ def _cmd_record(args: argparse.Namespace) -> int:
     ) as maps:  # fmt: skip
         result = pipe(
             args.prompt,
-            num_inference_steps=args.num_steps or 20,
-            guidance_scale=args.guidance if args.guidance is not None else 5.0,
+            num_inference_steps=args.num_steps or defaults["num_inference_steps"],
+            guidance_scale=defaults["guidance_scale"] if args.guidance is None else args.guidance,
+            height=defaults["height"],
+            width=defaults["width"],
             generator=torch.Generator().manual_seed(args.seed),
         )
     result.images[0].save(out / "image.png")
@@ -114,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--guidance",
         type=float,
         default=None,
-        help="guidance scale (default: 5.0 for --prompt, the model's for --template)",
+        help="guidance scale (default: the model's own)",
     )
     p.add_argument("--seed", type=int, default=0, help="--prompt: the noise seed")
     p.add_argument("--seeds", default="0-31", help="--template: seeds, e.g. '0-31' or '0,4,9'")

@@ -6,7 +6,7 @@ Token heat maps (this module)::
     heatmap(image, maps.word_map("car"))                 # one overlay, any [h, w] map
     token_heatmap(maps, image, "car")                    # a word, aggregated over layers/steps
     heatmaps_by_layer(maps, image, "car")                # one panel per layer
-    heatmaps_by_step(maps, image, "car", layers="up")    # one panel per denoising step
+    heatmaps_by_step(maps, image, "car", layers=range(7, 16))    # one panel per denoising step
     word_heatmaps(maps, image, ["red", "car"])           # one panel per word
 
 Self-attention SVD components (the paper's Figure 3) are in :mod:`probe.viz_svd`, probe accuracy
@@ -200,8 +200,12 @@ def heatmaps_by_step(
         The figure; panels are titled ``step 3 (t=801)``.
 
     Example:
-        >>> heatmaps_by_step(maps, image, "red", layers="up").savefig("by_step.png")
+        >>> heatmaps_by_step(maps, image, "red", layers=range(7, 16)).savefig("by_step.png")
     """
+    if isinstance(layers, str):
+        raise TypeError(
+            f"layers={layers!r}: pass layer indices, e.g. resolve_layers(pipe.unet, {layers!r})"
+        )
     chosen = _spread(list(steps) if steps is not None else maps.steps, max_panels)
     fig, axes = panels(len(chosen), fig, ncols)
     layer_list = list(layers) if layers is not None else None
