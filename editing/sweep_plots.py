@@ -114,6 +114,10 @@ def sweep_windows(rows: Iterable[dict[str, Any]], ax: Axes | None = None) -> Fig
     ax.set_ylabel("rate / IoU")
     ax.set_ylim(-0.03, 1.05)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if windows:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no window ranges in this sweep (--ranges windows)",
+                ha="center", va="center", transform=ax.transAxes)  # fmt: skip
     ax.set_title("Sliding windows of replaced layers")
     return fig

@@ -169,8 +169,30 @@ def test_toy_fpe_keeps_structure_better_than_none_and_reaches_the_colour(toy_swe
 
 @pytest.mark.slow
 @needs_toy
-def test_toy_acceptance_fpe_beats_all_layers_and_cross_replacement(toy_sweep):
+def test_toy_acceptance_fpe_on_colour_edits(toy_sweep):
     fpe = toy_sweep["self", "fpe"]
     assert fpe["success"] >= 0.85 and fpe["iou"] >= 0.75
-    assert fpe["success"] > toy_sweep["self", "all"]["success"]
-    assert fpe["success"] > toy_sweep["cross", "all"]["success"]
+    # Colour edits are easy for the toy model: replacing self-attention in all 16 layers, or
+    # cross-attention everywhere, still reaches the colour (docs/editing.md has the sweep: 0.96
+    # and 1.00 on 24 pairs). FPE must not do worse than either.
+    assert fpe["success"] >= toy_sweep["self", "all"]["success"]
+    assert fpe["success"] >= toy_sweep["cross", "all"]["success"]
+
+
+@pytest.fixture(scope="module")
+def toy_animal_sweep():
+    from probe.models import load_pipeline
+
+    pairs = select_pairs(load_edit_pairs("animal_edits").pairs, 12)
+    rows = sweep(load_pipeline("toy"), pairs, ["none", "fpe", "all"], kinds=["self"], seeds=[100], progress=False)  # fmt: skip
+    return {s["range"]: s for s in summarise_rows(rows)}
+
+
+@pytest.mark.slow
+@needs_toy
+def test_toy_animal_edits_show_the_papers_trade_off(toy_animal_sweep):
+    """A category edit must change the shape: all 16 layers keep the source's shape and fail
+    more often, none keeps no structure, FPE's middle range sits between (the paper's claim)."""
+    none, fpe, every = (toy_animal_sweep[k] for k in ("none", "fpe", "all"))
+    assert every["success"] < fpe["success"] <= none["success"]
+    assert none["iou"] < fpe["iou"]
