@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from probe.classifiers import ProbeResults
+from probe.viz_layout import LEGEND_BELOW, new_axes
 
 COLUMN_TITLES = {
     "acc_mean": "probe accuracy",
@@ -25,13 +26,6 @@ COLUMN_TITLES = {
     "shuffled_acc": "shuffled-label control accuracy",
     "random_model_acc": "random-model control accuracy",
 }
-
-
-def _axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
-    if ax is not None:
-        return ax.figure, ax  # type: ignore[return-value]
-    fig = Figure(figsize=size, layout="constrained")
-    return fig, fig.add_subplot()
 
 
 def plot_accuracy_heatmap(
@@ -53,7 +47,7 @@ def plot_accuracy_heatmap(
         raise KeyError(
             f"no {kind!r} results to plot; kinds: {sorted({r.kind for r in results.rows})}"
         )
-    fig, ax = _axes(ax, (0.3 * len(steps) + 2.5, 0.28 * len(layers) + 1.5))
+    fig, ax = new_axes(ax, (0.3 * len(steps) + 2.5, 0.28 * len(layers) + 1.5))
     low = 0.0 if column != "selectivity" else min(0.0, float(np.nanmin(values)))
     image = ax.imshow(values, aspect="auto", origin="upper", cmap="viridis", vmin=low, vmax=1.0)
     ax.set_yticks(range(len(layers)), [str(i) for i in layers])
@@ -79,7 +73,7 @@ def plot_accuracy_by_layer(
     Returns:
         The figure.
     """
-    fig, ax = _axes(ax, (7.0, 3.5))
+    fig, ax = new_axes(ax, (7.0, 3.5))
     chance = None
     for kind, colour in (("cross", "tab:blue"), ("self", "tab:orange")):
         if not results.select(kind):
@@ -102,7 +96,7 @@ def plot_accuracy_by_layer(
     ax.set_ylabel("accuracy (mean over steps)")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"probe accuracy by layer ({results.label})")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(**LEGEND_BELOW)
     return fig
 
 

@@ -11,6 +11,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+# curve legends go under the axes, where they cannot hide a line
+LEGEND_BELOW = {"fontsize": 7, "ncol": 3, "loc": "upper center", "bbox_to_anchor": (0.5, -0.2)}
+
 
 def new_axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
     """``ax``'s figure and ``ax``, or a new :class:`Figure` of ``size`` inches with one axes."""

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from probe.classifiers import ProbeResults
-from probe.viz_layout import new_axes
+from probe.viz_layout import LEGEND_BELOW, new_axes
 
 KIND_COLOURS = {"cross": "tab:blue", "self": "tab:orange"}
 
@@ -62,5 +62,5 @@ def plot_accuracy_by_step(
     ax.set_ylabel("accuracy (mean over layers)")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"probe accuracy by step ({results.label})")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(**LEGEND_BELOW)
     return fig
