@@ -116,7 +116,16 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         )
         unet = tiny_unet()
         vae = tiny_vae()
-    pipe = StableDiffusionPipeline(
+    pipe = assemble_pipeline(vae, text_encoder, tokenizer, unet)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def assemble_pipeline(
+    vae: Any, text_encoder: Any, tokenizer: Any, unet: Any
+) -> StableDiffusionPipeline:
+    """An SD pipeline of these parts on the SD DDIM schedule, without safety checker."""
+    return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
@@ -126,8 +135,6 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 GENERATION_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 7.5}

@@ -33,11 +33,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from probe.models import sd_ddim_scheduler, tiny_text_encoder, tiny_unet, tiny_words
+from probe.models import (
+    assemble_pipeline,
+    sd_ddim_scheduler,
+    tiny_text_encoder,
+    tiny_unet,
+    tiny_words,
+)
 from probe.tokenizer import load_clip_tokenizer, write_clip_tokenizer
 from probe.toy.world import Scene, caption, random_scene, render_scene
 
@@ -393,16 +399,7 @@ def export(
 ) -> Path:
     """Save the pipeline as a diffusers folder with its sampling defaults."""
     vae.register_to_config(scaling_factor=scaling)
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=sd_ddim_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = assemble_pipeline(vae, text_encoder, tokenizer, unet)
     folder = out / "model"
     pipe.save_pretrained(str(folder), safe_serialization=True)
     defaults = {
