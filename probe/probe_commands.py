@@ -143,8 +143,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("select", help="choose the layers an edit acts on from probe results")
     p.add_argument("--probe", required=True, help="a probe folder (or its results.csv)")
     p.add_argument("--out", required=True, help="the selection .json to write")
-    p.add_argument("--rule", default="low-leak", choices=["low-leak", "structure"])
-    p.add_argument("--step-fraction", type=float, default=0.8)
-    p.add_argument("--threshold", type=float, default=0.1)
+    p.add_argument(
+        "--rule", default="low-leak", choices=["low-leak", "structure"],
+        help="low-leak: the longest run of layers whose self-attention selectivity is at most "
+        "--threshold (default); structure: the contiguous range with the most selectivity above it",
+    )  # fmt: skip
+    p.add_argument(
+        "--step-fraction", type=float, default=0.8,
+        help="first fraction of steps the edit acts in; scores average these steps (default 0.8)",
+    )  # fmt: skip
+    p.add_argument("--threshold", type=float, default=0.1, help="selectivity bound (default 0.1)")
     p.add_argument("--within", help="candidate layers, any layer spec (e.g. 'res<max')")
     p.set_defaults(func=_cmd_select)

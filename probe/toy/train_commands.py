@@ -21,12 +21,28 @@ def add_train_commands(toy_sub: argparse._SubParsersAction) -> None:
         "same command after an interruption: every stage resumes from OUT/work.",
     )
     p.add_argument("--out", required=True, type=Path, help="run folder (model lands in OUT/model)")
-    p.add_argument("--vae-minutes", type=float, default=defaults.vae_minutes)
-    p.add_argument("--unet-minutes", type=float, default=defaults.unet_minutes)
-    p.add_argument("--batch", type=int, default=defaults.batch)
+    p.add_argument(
+        "--vae-minutes",
+        type=float,
+        default=defaults.vae_minutes,
+        help="wall-clock budget of the VAE stage (default %(default)s)",
+    )
+    p.add_argument(
+        "--unet-minutes",
+        type=float,
+        default=defaults.unet_minutes,
+        help="wall-clock budget of the UNet + text encoder stage (default %(default)s)",
+    )
+    p.add_argument(
+        "--batch", type=int, default=defaults.batch, help="UNet batch size (default %(default)s)"
+    )
     p.add_argument("--pool", type=int, default=defaults.pool, help="scenes in the latent pool")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--threads", type=int, default=defaults.threads)
+    p.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seed of every stage (default %(default)s)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=defaults.threads, help="torch threads (default %(default)s)"
+    )
     p.add_argument("--smoke", action="store_true", help="a few steps of every stage (for CI)")
     p.set_defaults(func=_train)
 
@@ -35,7 +51,7 @@ def add_train_commands(toy_sub: argparse._SubParsersAction) -> None:
         help="generate every template prompt on held-out seeds and judge the images",
     )
     e.add_argument("--model", default="toy", help="toy (default), or a model folder")
-    e.add_argument("--out", required=True, type=Path)
+    e.add_argument("--out", required=True, type=Path, help="folder for the table and grid")
     e.add_argument(
         "--templates", default="colour_car,animal_park,colour_animal", help="comma-separated"
     )
