@@ -6,6 +6,8 @@ Toy world (:func:`score_edit`), for one source image and its edit:
   object equals the target's label;
 - **structure**: IoU of the source's and the edit's object masks, and the judges' shape
   distance of the two masks (0 = the same shape);
+- **source shift** (colour edits): how far the edited object's colour moved from the target's
+  palette colour (0) toward the source's (1); a continuous view of success;
 - **background preservation**: PSNR and mean absolute difference outside the union of the two
   object masks, grown by ``edge`` pixels so anti-aliased or blurred object edges do not count;
 - whether an object was found at all in each image.
@@ -137,6 +139,10 @@ class EditScore:
         shape_distance: the judges' shape distance of the two masks (NaN when one is missing).
         background_psnr: PSNR (dB) outside both masks (grown by ``edge`` px).
         background_diff: mean absolute difference (0-255) outside both masks.
+        source_shift: colour edits only (else NaN): where the edited object's colour sits
+            between the target's palette colour (0) and the source's (1), see
+            :func:`probe.toy.judge.colour_shift`. A leak of the source's colour shows here
+            before it flips the judged colour.
     """
 
     slot: str
@@ -149,6 +155,7 @@ class EditScore:
     shape_distance: float
     background_psnr: float
     background_diff: float
+    source_shift: float = math.nan
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,6 +192,7 @@ def score_edit(
     *,
     slot: str = "",
     target: str = "",
+    source_label: str = "",
     edge: int = 1,
 ) -> EditScore:
     """Score one toy-world edit with the judges of :mod:`probe.toy.judge`.
@@ -196,6 +204,7 @@ def score_edit(
             ``None`` with ``slot`` and ``target`` given.
         slot: the edited slot when no pair is given.
         target: the target label when no pair is given.
+        source_label: the source's label when no pair is given (for ``source_shift``).
         edge: pixels the object masks are grown by before the background is compared.
 
     Returns:
@@ -212,7 +221,7 @@ def score_edit(
     from probe.toy import judge as judges
 
     if pair is not None:
-        slot, target = pair.slot, pair.target_word
+        slot, target, source_label = pair.slot, pair.target_word, pair.source_word
     kind = judge_kind(slot, target)
     src, out = to_array(source), to_array(edited)
     _same_size(src, out)
@@ -220,9 +229,12 @@ def score_edit(
     out_mask = np.asarray(judges.find_object(out), dtype=bool)
     found_src, found_out = bool(src_mask.any()), bool(out_mask.any())
     judged = ""
+    shift = math.nan
     if found_out:
         label = judges.judge_colour if kind == "colour" else judges.judge_category
         judged = str(label(out, out_mask))
+        if kind == "colour" and source_label and source_label != target:
+            shift = judges.colour_shift(out, source_label, target, out_mask)
     both = found_src and found_out
     union = src_mask | out_mask
     if edge > 0 and union.any():
@@ -241,13 +253,16 @@ def score_edit(
         shape_distance=float(judges.shape_distance(src_mask, out_mask)) if both else math.nan,
         background_psnr=psnr(src, out, outside),
         background_diff=mean_abs_diff(src, out, outside),
+        source_shift=shift,
     )
 
 
 def summarise(scores: Iterable[EditScore | dict[str, Any]]) -> dict[str, float]:
-    """Means over edits: success rate, found rate, IoU, shape distance, background PSNR/diff.
+    """Means over edits: success rate, found rate, IoU, shape distance, background PSNR/diff,
+    source shift.
 
-    NaNs (no object, no background) are left out of each mean; ``n`` counts every edit.
+    NaNs (no object, no background, not a colour edit) are left out of each mean; ``n`` counts
+    every edit.
 
     Example:
         >>> summarise([score_edit(a, b, pair) for (a, b), pair in zip(images, pairs)])
@@ -262,9 +277,10 @@ def summarise(scores: Iterable[EditScore | dict[str, Any]]) -> dict[str, float]:
         "shape_distance": "shape_distance",
         "background_psnr": "background_psnr",
         "background_diff": "background_diff",
+        "source_shift": "source_shift",
     }
     for name, column in columns.items():
-        values = np.array([float(r[column]) for r in rows], dtype=np.float64)
+        values = np.array([float(r.get(column, math.nan)) for r in rows], dtype=np.float64)
         values = values[~np.isnan(values)]
         out[name] = float(values.mean()) if values.size else math.nan
     return out

@@ -34,10 +34,15 @@ KEY = ("kind", "range", "step_fraction", "seed", "source", "target")
 FIELDS = [
     *("kind", "range", "group", "layers", "step_fraction", "seed", "source", "target"),
     *("slot", "target_word", "judged", "success", "source_found", "edit_found"),
-    *("iou", "shape_distance", "background_psnr", "background_diff"),
+    *("iou", "shape_distance", "background_psnr", "background_diff", "source_shift"),
 ]
 _BOOLS = ("success", "source_found", "edit_found")
-_FLOATS = ("step_fraction", "iou", "shape_distance", "background_psnr", "background_diff")
+_FLOATS = (
+    *("step_fraction", "iou", "shape_distance", "background_psnr", "background_diff"),
+    "source_shift",
+)
+# tables written before ``source_shift`` existed: read with NaN there, upgraded on resume
+_OLD_FIELDS = FIELDS[:-1]
 
 
 @dataclass
@@ -65,13 +70,14 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames != FIELDS:
+        if reader.fieldnames not in (FIELDS, _OLD_FIELDS):
             raise ValueError(
                 f"{path} is not a sweep table of this version (columns {reader.fieldnames}); "
                 "write the sweep to another --out folder"
             )
         rows: list[dict[str, Any]] = list(reader)
     for row in rows:
+        row.setdefault("source_shift", "nan")
         row.update({k: row[k] == "True" for k in _BOOLS})
         row.update({k: float(row[k]) for k in _FLOATS})
         row["seed"] = int(row["seed"])
@@ -231,7 +237,17 @@ def _open_out(
     _check_settings(folder, {"model": model, "num_steps": num_steps, "guidance_scale": guidance})
     path = folder / "sweep.csv"
     rows = read_rows(path) if path.is_file() else []
+    if rows and _header(path) != FIELDS:  # an older table: rewrite it with today's columns
+        tmp = path.with_suffix(".csv.tmp")
+        tmp.unlink(missing_ok=True)
+        _append(tmp, rows)
+        tmp.replace(path)
     return rows, {row_key(r) for r in rows}, path
+
+
+def _header(path: Path) -> list[str]:
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
 
 
 def _key(job: _Job, pair: Any) -> tuple[str, ...]:
@@ -279,6 +295,7 @@ def _row(job: _Job, pair: Any, score: Any) -> dict[str, Any]:
         **{k: s[k] for k in ("judged", "success", "source_found", "edit_found")},
         **{k: float(s[k]) for k in ("iou", "shape_distance", "background_psnr")},
         "background_diff": float(s["background_diff"]),
+        "source_shift": float(s.get("source_shift", math.nan)),
     }
 
 
@@ -325,14 +342,17 @@ def summarise_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_summary(summary: Sequence[dict[str, Any]]) -> str:
     """A plain-text table of :func:`summarise_rows`."""
-    head = f"{'kind':<5} {'range':<12} {'frac':>4} {'n':>4} {'success':>7} {'iou':>5} {'bgPSNR':>6}"
+    head = (f"{'kind':<5} {'range':<12} {'frac':>4} {'n':>4} {'success':>7} {'iou':>5} "
+            f"{'bgPSNR':>6} {'shift':>6}")  # fmt: skip
     lines = [head, "-" * len(head)]
     for s in summary:
         psnr = s["background_psnr"]
+        shift = s.get("source_shift", math.nan)
         lines.append(
             f"{s['kind']:<5} {s['range']:<12} {s['step_fraction']:>4g} {int(s['n']):>4} "
             f"{s['success']:>7.2f} {s['iou']:>5.2f} "
-            f"{psnr if math.isnan(psnr) else round(psnr, 1):>6}"
+            f"{psnr if math.isnan(psnr) else round(psnr, 1):>6} "
+            f"{'-' if math.isnan(shift) else f'{shift:.3f}':>6}"
         )
     return "\n".join(lines)
 

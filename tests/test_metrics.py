@@ -52,6 +52,31 @@ def test_colour_edit_with_the_same_shape_succeeds_and_keeps_structure():
     assert score.background_psnr > 40
 
 
+def test_source_shift_places_the_edit_between_the_two_palette_colours():
+    from probe.toy.judge import colour_shift
+
+    red, blue = (render_scene(Scene("car", c, x=0.45)).image for c in ("red", "blue"))
+    assert abs(colour_shift(blue, "red", "blue")) < 0.02
+    assert abs(colour_shift(red, "red", "blue") - 1.0) < 0.02
+    halfway = (red.astype(np.float64) + blue) / 2  # a car painted half way from blue to red
+    mixed = halfway.round().astype(np.uint8)
+    assert abs(colour_shift(mixed, "red", "blue") - 0.5) < 0.03
+    assert score_edit(red, blue, slot="colour", target="blue", source_label="red").source_shift < 0.02
+    score = score_edit(red, mixed, slot="colour", target="blue", source_label="red")
+    assert 0.45 < score.source_shift < 0.55
+    with pytest.raises(ValueError, match="'teal' is not a toy-world colour"):
+        colour_shift(blue, "teal", "blue")
+    with pytest.raises(ValueError, match="both 'blue'"):
+        colour_shift(blue, "blue", "blue")
+
+
+def test_source_shift_is_nan_without_a_colour_source():
+    red, blue = (render_scene(Scene("car", c, x=0.45)).image for c in ("red", "blue"))
+    assert math.isnan(score_edit(red, blue, slot="colour", target="blue").source_shift)
+    summary = summarise([score_edit(red, blue, slot="colour", target="blue")])
+    assert math.isnan(summary["source_shift"])
+
+
 def test_wrong_colour_and_moved_object_score_low():
     source = render_scene(Scene("car", "red", x=0.35, scale=0.5)).image
     moved = render_scene(Scene("car", "red", x=0.68, scale=0.6)).image

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 
@@ -92,6 +93,22 @@ def test_sweep_writes_rows_and_resumes(tiny_pipe, colour_pairs, tmp_path, monkey
     assert len(read_rows(tmp_path / "sweep.csv")) == len(again)
 
 
+def test_sweep_reads_and_upgrades_a_table_without_source_shift(tiny_pipe, colour_pairs, tmp_path):
+    sweep(tiny_pipe, colour_pairs[:1], ["none"], kinds=["self"], out=tmp_path, **FAST)
+    path = tmp_path / "sweep.csv"
+    with open(path, newline="") as f:  # rewrite it the way the previous version wrote it
+        old = [row[:-1] for row in csv.reader(f)]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(old)
+    rows = read_rows(path)
+    assert len(rows) == 1 and math.isnan(rows[0]["source_shift"])
+    again = sweep(tiny_pipe, colour_pairs[:2], ["none"], kinds=["self"], out=tmp_path, **FAST)
+    assert len(again) == 2
+    with open(path, newline="") as f:
+        assert next(csv.reader(f)) == FIELDS
+    assert [r["target"] for r in read_rows(path)] == [p.target for p in colour_pairs[:2]]
+
+
 def test_sweep_refuses_other_settings_and_bad_input(tiny_pipe, colour_pairs, tmp_path):
     sweep(tiny_pipe, colour_pairs[:1], ["none"], kinds=["self"], out=tmp_path, **FAST)
     with pytest.raises(ValueError, match="other settings .*num_steps"):
@@ -172,11 +189,22 @@ def test_toy_fpe_keeps_structure_better_than_none_and_reaches_the_colour(toy_swe
 def test_toy_acceptance_fpe_on_colour_edits(toy_sweep):
     fpe = toy_sweep["self", "fpe"]
     assert fpe["success"] >= 0.85 and fpe["iou"] >= 0.75
-    # Colour edits are easy for the toy model: replacing self-attention in all 16 layers, or
-    # cross-attention everywhere, still reaches the colour (docs/editing.md has the sweep: 0.96
-    # and 1.00 on 24 pairs). FPE must not do worse than either.
     assert fpe["success"] >= toy_sweep["self", "all"]["success"]
-    assert fpe["success"] >= toy_sweep["cross", "all"]["success"]
+
+
+@pytest.mark.slow
+@needs_toy
+def test_toy_cross_replacement_does_not_leak_the_source_colour(toy_sweep):
+    """What the toy model does, against the paper's claim (docs/editing.md: 90 of 90 colour
+    edits succeed with cross-attention replaced in all layers, mean source shift -0.002).
+
+    If this fails after a retrain, the toy model now shows the paper's leak: update the docs
+    and the claim check, and assert FPE > cross 'all' on success instead.
+    """
+    cross, none = toy_sweep["cross", "all"], toy_sweep["self", "none"]
+    assert cross["success"] >= 0.9 and none["success"] >= 0.9
+    assert abs(cross["source_shift"] - none["source_shift"]) < 0.05
+    assert abs(cross["source_shift"]) < 0.05
 
 
 @pytest.fixture(scope="module")

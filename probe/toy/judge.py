@@ -231,6 +231,33 @@ def judge_colour(image: np.ndarray | Image.Image, mask: np.ndarray | None = None
     return _PALETTE_NAMES[int(np.argmin(np.linalg.norm(_PALETTE_RGB - rgb, axis=-1)))]
 
 
+def colour_shift(
+    image: np.ndarray | Image.Image, source: str, target: str, mask: np.ndarray | None = None
+) -> float:
+    """Where the object's colour sits between two palette colours: 0 = ``target``, 1 = ``source``.
+
+    The projection of the object's median colour (:func:`object_colour`) on the line from the
+    target's palette colour to the source's. A colour edit that leaks the source's colour has a
+    shift above 0 even while :func:`judge_colour` already names the target.
+
+    Raises:
+        NoObjectError: no object (empty mask).
+        ValueError: ``source`` or ``target`` is not a palette colour, or they are the same.
+
+    Example:
+        >>> round(colour_shift(render_scene(Scene("car", "blue")).image, "red", "blue"), 2)
+        0.0
+    """
+    for name in (source, target):
+        if name not in PALETTE:
+            raise ValueError(f"{name!r} is not a toy-world colour: {', '.join(PALETTE)}")
+    if source == target:
+        raise ValueError(f"source and target are both {source!r}: a shift needs two colours")
+    rgb = object_colour(image, mask)
+    s, t = np.array(PALETTE[source], float), np.array(PALETTE[target], float)
+    return float(np.dot(rgb - t, s - t) / np.dot(s - t, s - t))
+
+
 def silhouette_crop(mask: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     """The mask cropped to its bounding box, padded square, resized: float32 ``[size, size]``."""
     ys, xs = np.nonzero(mask)
