@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -207,6 +207,10 @@ def claim_cross_optional(summary: Sequence[Mapping[str, Any]]) -> Claim:
     held = cross["success"] < fpe["success"]
     text = (f"FPE (self-attention, fpe layers, cross untouched): {_edit_numbers(fpe)}. "
             f"Cross-attention replaced in all layers: {_edit_numbers(cross)}.")  # fmt: skip
+    shifts = [float(s.get("source_shift", math.nan)) for s in (fpe, cross)]
+    if not any(math.isnan(x) for x in shifts):
+        text += (f" Colour moved toward the source's (0 = the target colour, 1 = the source's): "
+                 f"FPE {shifts[0]:.3f}, cross {shifts[1]:.3f}.")  # fmt: skip
     return Claim("cross_optional", title, HELD if held else NOT_HELD, text)
 
 
@@ -214,25 +218,44 @@ def check_claims(
     probes: Mapping[str, ProbeResults],
     summary: Sequence[Mapping[str, Any]],
     selection: str | None = None,
+    animal_summary: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[Claim]:
     """Every claim's verdict.
 
     Args:
         probes: label → probe results (``colour``, ``animal``).
-        summary: :func:`editing.sweep.summarise_rows` of the sweep.
+        summary: :func:`editing.sweep.summarise_rows` of the colour sweep.
         selection: the sweep's range name of the probe selection (a middle-range candidate).
+        animal_summary: the same for a sweep of animal edits: claims 3-5 are then checked on
+            each edit set, one verdict per set (titles end "(colour edits)", "(animal edits)").
 
     Returns:
-        Five :class:`Claim` objects, in the order of the module docstring.
+        Five :class:`Claim` objects, in the order of the module docstring; eight with
+        ``animal_summary`` (claims 3-5 of the animal edits last).
 
     Example:
         >>> [c.verdict for c in check_claims({"colour": results}, summary)]
         ['held', 'held', 'held', 'held', 'did not hold']
     """
-    return [
-        claim_cross_semantics(probes),
-        claim_self_less_semantic(probes),
+    edits = [
         claim_self_structure(summary),
         claim_middle_range(summary, selection),
         claim_cross_optional(summary),
     ]
+    claims = [claim_cross_semantics(probes), claim_self_less_semantic(probes), *edits]
+    if not animal_summary:
+        return claims
+    animal = [
+        claim_self_structure(animal_summary),
+        claim_middle_range(animal_summary, None),
+        claim_cross_optional(animal_summary),
+    ]
+    return [
+        *claims[:2],
+        *(_for_set(c, "colour") for c in edits),
+        *(_for_set(c, "animal") for c in animal),
+    ]
+
+
+def _for_set(claim: Claim, name: str) -> Claim:
+    return replace(claim, key=f"{claim.key}_{name}", title=f"{claim.title} ({name} edits)")

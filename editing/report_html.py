@@ -165,28 +165,38 @@ def selection_html(out: Path) -> tuple[str, str | None]:
     )
 
 
-def sweep_section(out: Path) -> tuple[str, list[dict[str, Any]]]:
-    """The trade-off figures and the summary table; and the summary rows."""
-    path = out / "sweep" / "summary.json"
+def sweep_section(
+    out: Path, folder: str = "sweep", what: str = "colour edits"
+) -> tuple[str, list[dict[str, Any]]]:
+    """The trade-off figures and the summary table of ``out/<folder>``; and the summary rows."""
+    path = out / folder / "summary.json"
     if not path.is_file():
-        return "<p>No sweep was run.</p>", []
+        return f"<p>No sweep of {esc(what)} was run.</p>", []
     raw = json.loads(path.read_text())
     summary = [{k: math.nan if v is None else v for k, v in s.items()} for s in raw]
     cols = ["kind", "range", "layers", "n", "success", "iou", "background_psnr", "found"]
-    body = figure_html(
-        out / "sweep" / "tradeoff.png",
-        "Structure vs edit success",
+    if any(not math.isnan(float(s.get("source_shift", math.nan))) for s in summary):
+        cols.insert(-1, "source_shift")
+    body = f"<h3>{esc(what.capitalize())}</h3>" + figure_html(
+        out / folder / "tradeoff.png",
+        f"Structure vs edit success: {what}",
         "One point per (kind, layer range); stars are presets, the cross is the "
         "probe selection. The paper's finding: a middle range sits top right.",
     )
     if any(s.get("group") == "window" for s in summary):
         body += figure_html(
-            out / "sweep" / "windows.png",
+            out / folder / "windows.png",
             "Sliding windows",
             "Success (solid) and IoU (dashed) when replacing a window of 4 "
             "layers, at the window's centre.",
         )
     body += table_html(summary, cols)
+    if "source_shift" in cols:
+        body += (
+            "<p><code>source_shift</code>: where the edited object's colour sits between the "
+            "target's palette colour (0) and the source's (1), a leak before it flips the "
+            "judged colour.</p>"
+        )
     return body, summary
 
 
@@ -202,7 +212,10 @@ def write_report(out: Path, config: Any, timings: Mapping[str, float]) -> Path:
     probe_body, probes = probe_section(out)
     sel_body, sel_name = selection_html(out)
     sweep_body, summary = sweep_section(out)
-    claims = check_claims(probes, summary, sel_name)
+    animal_body, animal_summary = sweep_section(out, "sweep_animal", "animal edits")
+    if animal_summary:
+        sweep_body += animal_body
+    claims = check_claims(probes, summary, sel_name, animal_summary)
     settings = config.to_json() if hasattr(config, "to_json") else dict(config)
     total = sum(timings.values())
     stages = [{"stage": k, "seconds": float(v)} for k, v in timings.items()]

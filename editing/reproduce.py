@@ -6,6 +6,7 @@ Stages, in order (each skipped when a previous run in the same folder finished i
     probe    linear probes per (layer, step, kind) with controls               probe/<set>/
     select   layers for FPE from the colour probes                             selection.json
     sweep    colour edits over layer ranges, self- and cross-replacement      sweep/
+             animal edits over the presets (a category edit changes shape)  sweep_animal/
     figures  token heat maps, SVD components, probe maps, edit grid           figures/
     report   one self-contained page                                          report.html
 
@@ -52,6 +53,9 @@ class ReproduceConfig:
         sweep_seeds: seeds of the sweep's edits.
         self_ranges: layer ranges for self-attention replacement (plus the probe selection).
         cross_ranges: layer ranges for cross-attention replacement.
+        animal_pairs: animal edit pairs (0: no animal sweep); colour edits cannot show the
+            paper's trade-off on a model that always draws the asked colour.
+        animal_ranges: self-attention ranges of the animal sweep (plus cross ``all``).
         within: candidate layers of the selection (any layer spec; ``"all"``: no restriction).
     """
 
@@ -69,12 +73,14 @@ class ReproduceConfig:
     sweep_seeds: tuple[int, ...] = (0, 1)
     self_ranges: tuple[str, ...] = ("presets", "windows")
     cross_ranges: tuple[str, ...] = ("fpe", "all")
+    animal_pairs: int = 12
+    animal_ranges: tuple[str, ...] = ("none", "fpe", "paper", "all")
     within: str = "res<max"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def preset(cls, model: str = "toy", quick: bool = False) -> ReproduceConfig:
-        """The full run (about 15 minutes on toy, 2 CPU cores) or ``quick`` (1-2 minutes)."""
+        """The full run (about 20 minutes on toy, 2 CPU cores) or ``quick`` (1-2 minutes)."""
         full = cls(model=model)
         if not quick:
             return full
@@ -83,6 +89,7 @@ class ReproduceConfig:
             step_stride=2, random_control=False, folds=2, probe_max_iter=100, sources=2,
             targets_per_source=1,
             sweep_seeds=(0,), self_ranges=("none", "fpe", "all"), cross_ranges=("all",),
+            animal_pairs=0,
         )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
@@ -229,8 +236,10 @@ class Reproduction:
         selection.save(self.out / "selection.json")
 
     def sweep(self) -> None:
-        """Colour edits with self-attention replaced in each range, and cross in a few."""
+        """Colour edits with self-attention replaced in each range, and cross in a few; then
+        animal edits over the presets, self-attention and cross ``all``."""
         from editing.sweep import sweep
+        from editing.sweep_ranges import select_pairs
         from probe.templates import load_edit_pairs
 
         pairs = pick_pairs(
@@ -245,6 +254,11 @@ class Reproduction:
         selection = str(self.out / "selection.json")
         sweep(self.pipe, pairs, [*self.config.self_ranges, selection], kinds=("self",), **common)
         sweep(self.pipe, pairs, list(self.config.cross_ranges), kinds=("cross",), **common)
+        if self.config.animal_pairs > 0:
+            animals = select_pairs(load_edit_pairs("animal_edits").pairs, self.config.animal_pairs)
+            common["out"] = self.out / "sweep_animal"
+            sweep(self.pipe, animals, list(self.config.animal_ranges), kinds=("self",), **common)
+            sweep(self.pipe, animals, ["all"], kinds=("cross",), **common)
 
     def figures(self) -> None:
         """Token heat maps, SVD components and an edit grid into ``figures/``."""

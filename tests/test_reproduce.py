@@ -104,6 +104,53 @@ def test_claims_fail_on_contrary_numbers():
     assert check_claims({"colour": results(0.8, 0.9)}, summary)[1].verdict == NOT_HELD
 
 
+def test_cross_claim_reports_the_source_shift_when_the_sweep_has_it():
+    summary = paper_like_summary()
+    assert "moved toward the source" not in check_claims({}, summary)[4].text
+    for row, shift in zip(summary, (0.0, 0.02, 0.01, 0.31), strict=True):
+        row["source_shift"] = shift
+    assert "FPE 0.020, cross 0.310" in check_claims({}, summary)[4].text
+
+
+def test_claims_3_to_5_are_checked_per_edit_set_when_animal_edits_were_swept():
+    colour = paper_like_summary()
+    animal = [
+        summary_row("self", "none", 1.0, 0.25),
+        summary_row("self", "fpe", 0.9, 0.35),
+        summary_row("self", "all", 0.7, 0.4),
+        summary_row("cross", "all", 0.95, 0.3),
+    ]
+    claims = check_claims({"colour": results(0.9, 0.3)}, colour, None, animal)
+    assert [c.key for c in claims[2:]] == [
+        *("self_structure_colour", "middle_range_colour", "cross_optional_colour"),
+        *("self_structure_animal", "middle_range_animal", "cross_optional_animal"),
+    ]
+    assert claims[5].title.endswith("(animal edits)") and claims[2].title.endswith("(colour edits)")
+    assert [c.verdict for c in claims[5:]] == [HELD, HELD, NOT_HELD]
+    assert "success 0.70, structure IoU 0.40" in claims[5].text
+
+
+def test_reproduce_sweeps_animal_edits_and_reports_them(tmp_path):
+    from dataclasses import replace
+
+    from editing.report_html import write_report
+    from editing.reproduce import Reproduction
+    from editing.sweep import read_rows
+    from probe.select import LayerSelection
+
+    config = replace(ReproduceConfig.preset("tiny", quick=True), num_steps=2, sources=1,
+                     animal_pairs=2, animal_ranges=("none", "fpe"))  # fmt: skip
+    LayerSelection([2, 3], rule="test", model="tiny").save(tmp_path / "selection.json")
+    Reproduction(tmp_path, config, progress=False).sweep()
+    rows = read_rows(tmp_path / "sweep_animal" / "sweep.csv")
+    assert len(rows) == 2 * 3 and {r["slot"] for r in rows} == {"animal"}
+    assert {(r["kind"], r["range"]) for r in rows} == {
+        ("self", "none"), ("self", "fpe"), ("cross", "all")}  # fmt: skip
+    page = write_report(tmp_path, config, {}).read_text()
+    assert ">Animal edits</h3>" in page and "(animal edits)" in page
+    assert "Structure vs edit success: animal edits" in page
+
+
 def test_edit_claims_are_inconclusive_when_the_judges_see_nothing():
     claims = check_claims({}, paper_like_summary(found=0.1))
     assert [c.verdict for c in claims] == [INCONCLUSIVE] * 5
