@@ -13,11 +13,11 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     from editing.edit import METHODS, edit
     from editing.grid import side_by_side
     from editing.inversion import ddim_invert
-    from probe.models import load_pipeline
+    from probe.models import load_pipeline, resolve_device
 
     if args.method not in METHODS:
         raise ValueError(f"--method {args.method!r}: use one of {', '.join(METHODS)}")
-    pipe = load_pipeline(args.model or default_model())
+    pipe = load_pipeline(args.model or default_model(), device=resolve_device(args.device))
     inversion = None
     if args.image:
         inversion = ddim_invert(pipe, args.image, num_steps=args.num_steps)
@@ -48,7 +48,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``edit`` to the ``attnprobe`` command line."""
     p = sub.add_parser("edit", help="edit an image from a source prompt to target prompts")
-    add_model_arg(p)
+    add_model_arg(p, device=True)
     p.add_argument("--source", required=True, help="source prompt, e.g. 'a red car'")
     p.add_argument("--target", required=True, action="append", help="target prompt (repeatable)")
     p.add_argument("--method", default="fpe", help="fpe (default) | p2p | masactrl | cross | none")

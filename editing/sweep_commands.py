@@ -12,13 +12,13 @@ from probe.cli import add_model_arg, default_model
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from editing.sweep import format_summary, summarise_rows, sweep
     from editing.sweep_ranges import parse_seeds, select_pairs
-    from probe.models import load_pipeline
+    from probe.models import load_pipeline, resolve_device
     from probe.templates import load_edit_pairs
 
     seeds = parse_seeds(args.seeds)
     pairs = select_pairs(load_edit_pairs(args.pairs).pairs, args.max_pairs)
     model = args.model or default_model()
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, device=resolve_device(args.device))
     rows = sweep(
         pipe, pairs, args.ranges, kinds=args.kinds, seeds=seeds,
         step_fractions=args.step_fractions, out=args.out, num_steps=args.num_steps,
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep", help="edit over layer ranges (self/cross replacement) and score the edits"
     )
-    add_model_arg(p)
+    add_model_arg(p, device=True)
     p.add_argument("--pairs", default="colour_edits", help="editing set (default colour_edits)")
     p.add_argument("--out", required=True, help="output folder (a rerun resumes it)")
     p.add_argument(

@@ -27,12 +27,20 @@ def default_model() -> str:
     return DEFAULT_MODEL if (TOY_DIR / "model_index.json").is_file() else "tiny"
 
 
-def add_model_arg(parser: argparse.ArgumentParser) -> None:
+def add_model_arg(parser: argparse.ArgumentParser, device: bool = False) -> None:
+    """``--model`` (and, with ``device``, ``--device``) on a subcommand."""
     parser.add_argument(
         "--model",
         default=None,
         help="'toy' (default; the embedded model), 'tiny' (random weights) or a diffusers folder",
     )
+    if device:
+        parser.add_argument(
+            "--device",
+            default="auto",
+            help="auto (default: cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, "
+            "cuda, cuda:N or mps",
+        )
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:

@@ -16,10 +16,10 @@ def _cmd_record(args: argparse.Namespace) -> int:
         raise ValueError("record needs --prompt TEXT (one image) or --template NAME (a dataset)")
     import torch
 
-    from probe.models import generation_defaults, load_pipeline
+    from probe.models import generation_defaults, load_pipeline, resolve_device
     from probe.record import record_attention
 
-    pipe = load_pipeline(args.model or default_model())
+    pipe = load_pipeline(args.model or default_model(), device=resolve_device(args.device))
     defaults = generation_defaults(pipe)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 
 def _cmd_record_dataset(args: argparse.Namespace) -> int:
-    from probe.models import load_pipeline
+    from probe.models import load_pipeline, resolve_device
     from probe.record_dataset import parse_bytes, record_dataset
     from probe.store import parse_seeds, parse_shard
     from probe.templates import load_template
@@ -56,7 +56,7 @@ def _cmd_record_dataset(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     shard = parse_shard(args.shard)
     model = args.model or default_model()
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, device=resolve_device(args.device))
     if args.random_init is not None:
         from probe.random_control import random_init_like
 
@@ -97,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "record",
         help="record attention maps: one prompt (--prompt) or a dataset (--template, --seeds)",
     )
-    add_model_arg(p)
+    add_model_arg(p, device=True)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help="one prompt: writes image.png and maps.safetensors")
     what.add_argument("--template", help="a prompt template (e.g. colour_car): records a dataset")

@@ -22,6 +22,33 @@ def test_errors_are_one_line_with_exit_code_2(capsys):
     assert "never downloads weights" in capsys.readouterr().err
 
 
+def test_device_option_resolves_or_names_the_way_out(tmp_path, capsys, monkeypatch):
+    import pytest
+    import torch
+
+    from probe.models import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="'gpu0' is not a torch device: use auto, cpu"):
+        resolve_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device(None).type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA GPU; use --device cpu"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "3")  # each launched process takes its own GPU
+    assert resolve_device("auto") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="has 2 GPU\\(s\\), cuda:0-1"):
+        resolve_device("cuda:2")
+    monkeypatch.undo()
+    if not torch.cuda.is_available():
+        code = main(["record", "--model", "tiny", "--prompt", "a red car", "--device", "cuda",
+                     "--out", str(tmp_path / "r")])  # fmt: skip
+        assert code == 2 and "no CUDA GPU" in capsys.readouterr().err
+        assert not (tmp_path / "r").exists()
+
+
 def test_record_command_writes_image_and_maps(tmp_path, capsys):
     out = tmp_path / "rec"
     code = main(["record", "--model", "tiny", "--prompt", "a blue car", "--out", str(out),
