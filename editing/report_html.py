@@ -174,6 +174,8 @@ def sweep_section(
         return f"<p>No sweep of {esc(what)} was run.</p>", []
     raw = json.loads(path.read_text())
     summary = [{k: math.nan if v is None else v for k, v in s.items()} for s in raw]
+    for s in summary:
+        s["n"] = int(s["n"])
     cols = ["kind", "range", "layers", "n", "success", "iou", "background_psnr", "found"]
     if any(not math.isnan(float(s.get("source_shift", math.nan))) for s in summary):
         cols.insert(-1, "source_shift")

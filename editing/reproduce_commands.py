@@ -15,7 +15,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     config = ReproduceConfig.preset(model, quick=args.quick)
     report = reproduce(Path(args.out), config, progress=not args.no_progress)
     print(f"report: {report}")
-    print(f"  data/ probe/ selection.json sweep/ figures/ in {args.out}/ (a rerun resumes)")
+    folders = "data/ probe/ selection.json sweep/ sweep_animal/ figures/"
+    print(f"  {folders} in {args.out}/ (a rerun resumes)")
     return 0
 
 

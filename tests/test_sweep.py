@@ -138,9 +138,34 @@ def test_tradeoff_plot_leaves_pyplot_alone():
     ax = Figure().add_subplot()
     assert sweep_tradeoff(summarise_rows(rows), ax=ax) is ax.get_figure()
     assert len(ax.collections) == 3
+    assert ax.get_xlim()[0] < 0 and ax.get_ylim()[0] > 0.3  # zoomed to success 0-1, IoU 0.5-0.95
+    clustered = [dict(r, success=True) for r in rows]  # every range at success 1.0
+    lo, hi = sweep_tradeoff(clustered).axes[0].get_xlim()
+    assert 0.75 < lo < 0.95 and hi > 1.0
+    assert sweep_tradeoff(clustered, zoom=False).axes[0].get_xlim() == (-0.03, 1.08)
     windows = sweep_windows(rows)
     assert isinstance(windows, Figure) and plt.get_fignums() == before
     assert [len(line.get_xdata()) for line in windows.axes[0].lines] == [1, 1]  # the 0-3 window
+
+
+def test_shift_by_layer_correlates_leak_with_a_probe_score():
+    from editing.sweep_plots import shift_by_layer
+
+    def row(name: str, shift: float) -> dict:
+        return {"kind": "self", "range": name, "group": "custom", "layers": name,
+                "step_fraction": 1.0, "success": shift < 0.2, "edit_found": True, "iou": 0.7,
+                "shape_distance": 0.1, "background_psnr": 30.0, "background_diff": 1.0,
+                "source_shift": shift}  # fmt: skip
+
+    rows = [row("none", 0.0), *(row(str(i), 0.05 * i) for i in range(5)), row("0-3", 0.3)]
+    fig = shift_by_layer(rows, {i: 0.1 * i for i in range(5)})
+    title = fig.axes[0].get_title()
+    assert "ρ = 1.00" in title and "5 layers" in title
+    assert len(fig.axes[0].lines) == 1  # the plain target's shift
+    reversed_scores = shift_by_layer(rows, {i: -0.1 * i for i in range(5)})
+    assert "ρ = -1.00" in reversed_scores.axes[0].get_title()
+    with pytest.raises(ValueError, match="single-layer ranges"):
+        shift_by_layer([row("0-3", 0.1)], {0: 0.5})
 
 
 def test_cli_sweep_smoke(tmp_path, capsys):
