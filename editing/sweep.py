@@ -87,7 +87,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     path = out / "sweep.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = {"scorer": "judges", **json.loads(path.read_text())}  # older sweeps: judges
         differ = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
         if differ:
             raise ValueError(
@@ -164,7 +164,9 @@ def sweep(
         progress: show a tqdm bar.
         save_images: also save every edit under ``out/images/<kind>_<range>_<fraction>/``
             and each source under ``out/images/source/``.
-        scorer: ``(source_image, edited_image, pair) -> EditScore`` (default: the judges).
+        scorer: ``(source_image, edited_image, pair) -> EditScore`` (default: the toy judges;
+            for a real checkpoint :class:`editing.real_scorer.ClipEditScorer`). Its ``name``
+            attribute is saved in ``sweep.json``: a resume with another scorer is refused.
 
     Returns:
         One row per (kind, range, step fraction, seed, pair): the columns of :data:`FIELDS`.
@@ -193,7 +195,8 @@ def sweep(
     resolved = [(r, resolve_layers(table, r.spec)) for r in chosen]
     pair_list = list(pairs)
     jobs = _plan(pair_list, resolved, kinds, parse_seeds(seeds), fractions, batch_size)
-    rows, done, csv_path = _open_out(out, num_steps, guidance_scale, model_name)
+    scorer_name = str(getattr(scorer, "name", "judges"))
+    rows, done, csv_path = _open_out(out, num_steps, guidance_scale, model_name, scorer_name)
     todo = sum(1 for job in jobs for pair in job.pairs if _key(job, pair) not in done)
     plain: dict[tuple[Any, ...], Any] = {}
     bar = tqdm(total=todo, desc="sweep", unit="edit", disable=not progress)
@@ -228,13 +231,18 @@ def _as_ranges(ranges: Sequence[LayerRange | str], num_layers: int) -> list[Laye
 
 
 def _open_out(
-    out: str | Path | None, num_steps: int | None, guidance: float | None, model: str | None
+    out: str | Path | None,
+    num_steps: int | None,
+    guidance: float | None,
+    model: str | None,
+    scorer: str,
 ) -> tuple[list[dict[str, Any]], set[tuple[str, ...]], Path | None]:
     if out is None:
         return [], set(), None
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    _check_settings(folder, {"model": model, "num_steps": num_steps, "guidance_scale": guidance})
+    settings = {"model": model, "num_steps": num_steps, "guidance_scale": guidance}
+    _check_settings(folder, {**settings, "scorer": scorer})
     path = folder / "sweep.csv"
     rows = read_rows(path) if path.is_file() else []
     if rows and _header(path) != FIELDS:  # an older table: rewrite it with today's columns

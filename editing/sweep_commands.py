@@ -1,10 +1,11 @@
 """``attnprobe sweep``: edit an editing set with attention replaced in many layer ranges and
-score every edit with the toy world's judges."""
+score every edit with the toy world's judges (or, with ``--clip``, with CLIP)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from probe.cli import add_model_arg, default_model
 
@@ -18,17 +19,33 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     pairs = select_pairs(load_edit_pairs(args.pairs).pairs, args.max_pairs)
     model = args.model or default_model()
-    pipe = load_pipeline(model, device=resolve_device(args.device))
+    device = resolve_device(args.device)
+    scorer = _scorer(args.clip, args.dino, device)
+    pipe = load_pipeline(model, device=device)
     rows = sweep(
         pipe, pairs, args.ranges, kinds=args.kinds, seeds=seeds,
         step_fractions=args.step_fractions, out=args.out, num_steps=args.num_steps,
         guidance_scale=args.guidance, batch_size=args.batch_size, model_name=model,
-        save_images=args.save_images,
+        save_images=args.save_images, **({"scorer": scorer} if scorer is not None else {}),
     )  # fmt: skip
     print(format_summary(summarise_rows(rows)))
     out = Path(args.out)
     print(f"\n{len(rows)} edits: {out}/sweep.csv, summary.json, tradeoff.png, windows.png")
     return 0
+
+
+def _scorer(clip: str | None, dino: str | None, device: Any) -> Any:
+    """CLIP (and DINO) scorer for a real checkpoint, or None for the toy judges."""
+    if clip is None:
+        if dino is not None:
+            raise ValueError("--dino needs --clip too: CLIP decides the edit's success")
+        return None
+    from editing.real_metrics import ClipMetrics, DinoStructure
+    from editing.real_scorer import ClipEditScorer
+
+    return ClipEditScorer(
+        ClipMetrics(clip, device), DinoStructure(dino, device) if dino is not None else None
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,4 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=None, help="default: the model's")
     p.add_argument("--batch-size", type=int, default=9, help="targets edited together")
     p.add_argument("--save-images", action="store_true", help="also save every edit (images/)")
+    p.add_argument(
+        "--clip", default=None, metavar="DIR",
+        help="score with CLIP from this local folder instead of the toy judges (real "
+        "checkpoints): success = the edit is closer to the target prompt than the source's",
+    )  # fmt: skip
+    p.add_argument(
+        "--dino", default=None, metavar="DIR",
+        help="with --clip: structure as the DINO self-similarity distance from this folder",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_sweep)

@@ -51,6 +51,9 @@ def sweep_tradeoff(
         ax = fig.add_subplot()
     else:
         fig = ax.get_figure()  # type: ignore[assignment]
+    # real checkpoints scored by CLIP have no masks: structure is the DINO distance instead
+    by_iou = any(float(s["iou"]) == float(s["iou"]) for s in summary) or not summary
+    ykey = "iou" if by_iou else "shape_distance"
     fractions = {s["step_fraction"] for s in summary}
     seen: set[str] = set()
     for s in summary:
@@ -59,20 +62,23 @@ def sweep_tradeoff(
         prominent = s["group"] in ("preset", "selection")
         legend = KIND_NAMES.get(s["kind"], s["kind"]) if s["kind"] not in seen else None
         seen.add(s["kind"])
-        ax.scatter(s["success"], s["iou"], c=colour, marker=marker, s=160 if prominent else 40,
+        ax.scatter(s["success"], s[ykey], c=colour, marker=marker, s=160 if prominent else 40,
                    edgecolors="black" if prominent else "none", label=legend, zorder=3)  # fmt: skip
         if prominent or label_all:
             name = s["range"] if len(fractions) == 1 else f"{s['range']} @{s['step_fraction']:g}"
-            ax.annotate(name, (s["success"], s["iou"]), xytext=(4, 3), textcoords="offset points",
+            ax.annotate(name, (s["success"], s[ykey]), xytext=(4, 3), textcoords="offset points",
                         fontsize=8 if prominent else 6, color=colour,
                         fontweight="bold" if prominent else "normal")  # fmt: skip
     ax.set_xlabel("edit success (target label judged on the edit)")
-    ax.set_ylabel("structure kept (mask IoU, source vs edit)")
     xs = [float(s["success"]) for s in summary]
-    ys = [float(s["iou"]) for s in summary]
     ax.set_xlim(*_limits(xs, -0.03, 1.08, zoom))
-    ax.set_ylim(*_limits(ys, -0.03, 1.05, zoom))
-    _ticks_within_rates(ax)
+    if by_iou:
+        ax.set_ylabel("structure kept (mask IoU, source vs edit)")
+        ax.set_ylim(*_limits([float(s["iou"]) for s in summary], -0.03, 1.05, zoom))
+    else:
+        ax.set_ylabel("structure distance to the source (DINO; lower = kept)")
+        ax.invert_yaxis()  # structure kept stays at the top
+    _ticks_within_rates(ax, y=by_iou)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     ax.set_title("Layer-range sweep: structure vs edit success")
@@ -91,9 +97,9 @@ def _limits(values: list[float], low: float, high: float, zoom: bool) -> tuple[f
     return start, start + span
 
 
-def _ticks_within_rates(ax: Axes) -> None:
+def _ticks_within_rates(ax: Axes, y: bool = True) -> None:
     """Keep tick labels on [0, 1]: rates above 1 or below 0 mean nothing."""
-    for axis in (ax.xaxis, ax.yaxis):
+    for axis in (ax.xaxis, ax.yaxis) if y else (ax.xaxis,):
         ticks = [t for t in axis.get_majorticklocs() if -1e-9 <= t <= 1 + 1e-9]
         axis.set_ticks(ticks)
 

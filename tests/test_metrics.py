@@ -3,6 +3,7 @@ CLIP / DINO metrics on tiny models built from configs in temporary folders."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -61,7 +62,9 @@ def test_source_shift_places_the_edit_between_the_two_palette_colours():
     halfway = (red.astype(np.float64) + blue) / 2  # a car painted half way from blue to red
     mixed = halfway.round().astype(np.uint8)
     assert abs(colour_shift(mixed, "red", "blue") - 0.5) < 0.03
-    assert score_edit(red, blue, slot="colour", target="blue", source_label="red").source_shift < 0.02
+    assert (
+        score_edit(red, blue, slot="colour", target="blue", source_label="red").source_shift < 0.02
+    )
     score = score_edit(red, mixed, slot="colour", target="blue", source_label="red")
     assert 0.45 < score.source_shift < 0.55
     with pytest.raises(ValueError, match="'teal' is not a toy-world colour"):
@@ -211,6 +214,47 @@ def test_dino_structure_distance(tiny_folders, name):
     assert dino.distance(a, a) == pytest.approx(0.0, abs=1e-10)
     assert dino.distance(a, b) > 1e-6
     assert dino.cls_distance(a, a) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_clip_edit_scorer_scores_an_edit_without_masks(tiny_folders):
+    from editing.real_metrics import ClipMetrics, DinoStructure
+    from editing.real_scorer import ClipEditScorer
+
+    pair = next(p for p in load_edit_pairs("colour_edits") if (p.source_word, p.target_word) == ("red", "blue"))  # fmt: skip
+    scorer = ClipEditScorer(ClipMetrics(tiny_folders / "clip"), DinoStructure(tiny_folders / "vit"))
+    red, blue = (render_scene(Scene("car", c)).image for c in ("red", "blue"))
+    score = scorer(red, blue, pair)
+    assert score.judged in ("source", "target") and score.success == (score.judged == "target")
+    assert 0.0 < score.source_shift < 1.0 and (score.source_shift > 0.5) == (not score.success)
+    assert math.isnan(score.iou) and score.shape_distance > 0 and score.background_psnr < 100
+    there = scorer.source_probability(blue, pair.source, pair.target)
+    back = scorer.source_probability(blue, pair.target, pair.source)
+    assert there == pytest.approx(score.source_shift) and there + back == pytest.approx(1.0)
+    same = scorer(red, red, pair)
+    assert same.shape_distance == pytest.approx(0.0, abs=1e-10) and same.background_psnr == 100.0
+    with pytest.raises(ValueError, match="both 'a red car'"):
+        scorer.source_probability(red, "a red car", "a red car")
+
+
+def test_cli_sweep_scores_with_clip_and_refuses_to_mix_scorers(tiny_folders, tmp_path, capsys):
+    from editing.sweep import read_rows
+    from probe.cli import main
+
+    out = tmp_path / "sw"
+    args = ["sweep", "--model", "tiny", "--out", str(out), "--ranges", "none", "fpe",
+            "--kinds", "self", "--max-pairs", "2", "--num-steps", "2"]  # fmt: skip
+    clip = ["--clip", str(tiny_folders / "clip"), "--dino", str(tiny_folders / "dinov2")]
+    assert main([*args, *clip]) == 0
+    rows = read_rows(out / "sweep.csv")
+    assert len(rows) == 4 and {r["judged"] for r in rows} <= {"source", "target"}
+    assert all(0.0 <= r["source_shift"] <= 1.0 and r["shape_distance"] >= 0.0 for r in rows)
+    assert json.loads((out / "sweep.json").read_text())["scorer"] == "clip"
+    assert (out / "tradeoff.png").stat().st_size > 0  # drawn against the DINO distance
+    capsys.readouterr()
+    assert main(args) == 2  # the toy judges into a CLIP sweep's folder
+    assert "other settings" in capsys.readouterr().err and len(read_rows(out / "sweep.csv")) == 4
+    assert main([*args[:4], str(tmp_path / "x"), *args[5:], "--dino", "d"]) == 2
+    assert "--dino needs --clip" in capsys.readouterr().err
 
 
 def test_real_metrics_refuse_missing_folders_and_non_vit_models(tmp_path):
