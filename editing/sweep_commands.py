@@ -48,8 +48,57 @@ def _scorer(clip: str | None, dino: str | None, device: Any) -> Any:
     )
 
 
+def _cmd_select_from_sweep(args: argparse.Namespace) -> int:
+    import json
+
+    from editing.sweep import read_rows
+    from editing.sweep_select import select_from_sweep
+    from probe.models import layer_table
+
+    folder = Path(args.sweep)
+    csv = folder / "sweep.csv" if folder.is_dir() else folder
+    if not csv.is_file():
+        raise FileNotFoundError(
+            f"{csv} does not exist: run `attnprobe sweep --kinds self --ranges none 0 1 ... 15 "
+            f"--step-fractions 1.0 --out {folder}` first"
+        )
+    settings = csv.parent / "sweep.json"
+    model = json.loads(settings.read_text()).get("model") or "" if settings.is_file() else ""
+    rows = read_rows(csv)
+    table = None
+    if model and not any(r["range"] == args.base for r in rows):
+        table = layer_table(model)  # to resolve --base (fpe, paper, ...) for the sweep's model
+    selection = select_from_sweep(
+        rows, base=args.base, step_fraction=args.step_fraction,
+        shift_tolerance=args.shift_tolerance, success_tolerance=args.success_tolerance,
+        model=str(model), table=table,
+    )  # fmt: skip
+    selection.evidence["sweep"] = str(csv)
+    path = selection.save(args.out)
+    left = selection.evidence["left_out"]
+    print(
+        f"layers {selection.layers} ({args.base} without the leaking layers {left or 'none'}) "
+        f"for the first {selection.step_fraction:g} of steps: {path}"
+    )
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``sweep`` to the ``attnprobe`` command line."""
+    """Add ``sweep`` and ``select-from-sweep`` to the ``attnprobe`` command line."""
+    q = sub.add_parser(
+        "select-from-sweep",
+        help="FPE layers from a one-layer sweep: a base range without the layers that leak",
+    )
+    q.add_argument("--sweep", required=True, help="a sweep folder (or its sweep.csv)")
+    q.add_argument("--out", required=True, help="the selection file to write (layers.json)")
+    q.add_argument("--base", default="fpe", help="range to start from: a range of the sweep "
+                   "(fpe, paper) or a spec such as 2-12 (default fpe)")  # fmt: skip
+    q.add_argument("--step-fraction", type=float, default=0.8, help="for the selection (0.8)")
+    q.add_argument("--shift-tolerance", type=float, default=0.01,
+                   help="a layer leaks above the plain shift + this (0.01)")  # fmt: skip
+    q.add_argument("--success-tolerance", type=float, default=0.02,
+                   help="... or below the plain target's success − this (0.02)")  # fmt: skip
+    q.set_defaults(func=_cmd_select_from_sweep)
     p = sub.add_parser(
         "sweep", help="edit over layer ranges (self/cross replacement) and score the edits"
     )
