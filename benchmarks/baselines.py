@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from editing.controllers import MaterialisedSelfAttentionReplace
-from probe.controller import AttentionCall, Controller
-from probe.layers import Kind, LayerInfo
+from editing.methods.replace import MaterialisedSelfAttentionReplace
+from probe.attention.controller import AttentionCall, Controller
+from probe.attention.layers import Kind, LayerInfo
 
 
 class MaterialiseEverywhere(Controller):

@@ -14,12 +14,12 @@ from benchmarks.baselines import InPlaceMaterialisedReplace, MaterialiseEverywhe
 from benchmarks.measure import release_memory, run_interleaved, summarize
 from benchmarks.profiles import Bench
 from benchmarks.rigs import random_embeddings, random_latents
-from editing.controllers import SelfAttentionReplace
 from editing.edit import edit
 from editing.inversion import ddim_invert
+from editing.methods.replace import SelfAttentionReplace
 from editing.null_text import null_text_invert
 from editing.sampling import denoise
-from probe.batch import BatchLayout
+from probe.attention.batch import BatchLayout
 from probe.models import generation_defaults
 
 SOURCE = "a red car in the park"

@@ -15,9 +15,9 @@ from benchmarks.baselines import MaterialiseEverywhere
 from benchmarks.measure import run_interleaved, summarize
 from benchmarks.profiles import Bench
 from benchmarks.rigs import UNetRig, random_embeddings, random_latents, toy_like_unet, unet_loop
-from probe.hooks import AttentionHooks
+from probe.attention.hooks import AttentionHooks
 from probe.models import generation_defaults
-from probe.record import record_attention
+from probe.recording.record import record_attention
 
 RECORD_TARGET = 1.3
 PROMPT = "a red car in the park"

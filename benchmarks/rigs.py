@@ -3,8 +3,8 @@
 Weights do not change the cost of a forward pass, so the SD 1.5 UNet is built from its
 ``unet/config.json`` (``tests/configs/sd15_unet.json``) with random weights, and fed random
 text embeddings ``[rows, 77, 768]``. :class:`UNetRig` looks enough like a pipeline (``unet``,
-``scheduler``, ``do_classifier_free_guidance``, ``device``) for :class:`probe.hooks.AttentionHooks`,
-:func:`probe.record.record_attention` and :func:`editing.sampling.denoise` to drive it.
+``scheduler``, ``do_classifier_free_guidance``, ``device``) for :class:`probe.attention.hooks.AttentionHooks`,
+:func:`probe.recording.record.record_attention` and :func:`editing.sampling.denoise` to drive it.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def unet_loop(
 
 def toy_like_unet(cross_attention_dim: int = 64, seed: int = 0) -> UNet2DConditionModel:
     """The toy model's UNet architecture (channels 32/64/64/64) with random weights."""
-    from probe.models import tiny_unet
+    from probe.models.loading import tiny_unet
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from editing.controllers import CrossAttentionReplace, MutualSelfAttention, SelfAttentionReplace
 from editing.inversion import Inversion
-from editing.p2p import prompt_to_prompt
+from editing.methods.p2p import prompt_to_prompt
+from editing.methods.replace import CrossAttentionReplace, MutualSelfAttention, SelfAttentionReplace
 from editing.sampling import decode, denoise, encode_prompts
-from probe.batch import BatchLayout
-from probe.controller import Controller
-from probe.layers import LayerSpec
+from probe.attention.batch import BatchLayout
+from probe.attention.controller import Controller
+from probe.attention.layers import LayerSpec
 from probe.models import generation_defaults
 
 METHODS = ("fpe", "p2p", "masactrl", "cross", "none")

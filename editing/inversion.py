@@ -17,7 +17,7 @@ from diffusers import DDIMInverseScheduler
 from PIL import Image
 from torch import Tensor
 
-from probe.batch import BatchLayout
+from probe.attention.batch import BatchLayout
 from probe.models import generation_defaults
 
 

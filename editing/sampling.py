@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from editing.controllers import bind_all
-from probe.batch import BatchLayout
-from probe.controller import Controller
-from probe.hooks import AttentionHooks
+from editing.methods.replace import bind_all
+from probe.attention.batch import BatchLayout
+from probe.attention.controller import Controller
+from probe.attention.hooks import AttentionHooks
 
 
 def _check_prompts(tokenizer: Any, prompts: Sequence[str]) -> None:

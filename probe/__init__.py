@@ -1,0 +1,109 @@
+"""attnprobe: record, probe, visualise and edit the attention layers of Stable Diffusion.
+
+    from probe import load_pipeline, record_attention
+
+    pipe = load_pipeline("toy")
+    with record_attention(pipe, layers="all", kinds=("cross", "self")) as maps:
+        image = pipe("a red car", num_inference_steps=20).images[0]
+    maps.word_map("car")                     # [h, w], cross-attention of "car"
+
+The names below are the public face; each loads its module on first use, so ``import probe`` (and
+``attnprobe --help``) stays fast. The parts: :mod:`probe.models` (loading), :mod:`probe.attention`
+(layers, steps, batch roles, controllers, processor, hooks), :mod:`probe.recording`,
+:mod:`probe.prompts`, :mod:`probe.probing`, :mod:`probe.viz`, :mod:`probe.toy`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_PUBLIC = {
+    "load_pipeline": "probe.models.loading",
+    "layer_table": "probe.models.loading",
+    "generation_defaults": "probe.models.loading",
+    "LayerInfo": "probe.attention.layers",
+    "unet_layers": "probe.attention.layers",
+    "resolve_layers": "probe.attention.layers",
+    "format_layer_table": "probe.attention.layers",
+    "resolve_steps": "probe.attention.steps",
+    "BatchLayout": "probe.attention.batch",
+    "AttentionCall": "probe.attention.controller",
+    "Controller": "probe.attention.controller",
+    "AttentionHooks": "probe.attention.hooks",
+    "record_attention": "probe.recording.record",
+    "BudgetError": "probe.recording.record",
+    "AttentionMaps": "probe.recording.maps",
+    "AttentionDataset": "probe.recording.store",
+    "record_dataset": "probe.recording.dataset",
+    "load_template": "probe.prompts.templates",
+    "load_edit_pairs": "probe.prompts.templates",
+    "find_word": "probe.prompts.words",
+    "FeatureOptions": "probe.probing.features",
+    "build_features": "probe.probing.features",
+    "ProbeConfig": "probe.probing.probes",
+    "ProbeResults": "probe.probing.probes",
+    "run_probes": "probe.probing.probes",
+    "LayerSelection": "probe.probing.select",
+    "select_layers": "probe.probing.select",
+}
+
+__all__ = [
+    "AttentionCall",
+    "AttentionDataset",
+    "AttentionHooks",
+    "AttentionMaps",
+    "BatchLayout",
+    "BudgetError",
+    "Controller",
+    "FeatureOptions",
+    "LayerInfo",
+    "LayerSelection",
+    "ProbeConfig",
+    "ProbeResults",
+    "build_features",
+    "find_word",
+    "format_layer_table",
+    "generation_defaults",
+    "layer_table",
+    "load_edit_pairs",
+    "load_pipeline",
+    "load_template",
+    "record_attention",
+    "record_dataset",
+    "resolve_layers",
+    "resolve_steps",
+    "run_probes",
+    "select_layers",
+    "unet_layers",
+]
+
+if TYPE_CHECKING:
+    from probe.attention.batch import BatchLayout
+    from probe.attention.controller import AttentionCall, Controller
+    from probe.attention.hooks import AttentionHooks
+    from probe.attention.layers import LayerInfo, format_layer_table, resolve_layers, unet_layers
+    from probe.attention.steps import resolve_steps
+    from probe.models.loading import generation_defaults, layer_table, load_pipeline
+    from probe.probing.features import FeatureOptions, build_features
+    from probe.probing.probes import ProbeConfig, ProbeResults, run_probes
+    from probe.probing.select import LayerSelection, select_layers
+    from probe.prompts.templates import load_edit_pairs, load_template
+    from probe.prompts.words import find_word
+    from probe.recording.dataset import record_dataset
+    from probe.recording.maps import AttentionMaps
+    from probe.recording.record import BudgetError, record_attention
+    from probe.recording.store import AttentionDataset
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'probe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

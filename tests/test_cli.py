@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import json
 
-from probe.cli import main
-from probe.maps import AttentionMaps
+from probe.cli.main import main
+from probe.recording.maps import AttentionMaps
 
 
 def test_layers_command(capsys):

@@ -6,19 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from editing.controllers import (
+from editing.edit import edit, make_controller
+from editing.inversion import ddim_invert, load_image
+from editing.methods.p2p import PromptToPrompt, align_tokens
+from editing.methods.replace import (
     CrossAttentionReplace,
     MaterialisedSelfAttentionReplace,
     MutualSelfAttention,
     SelfAttentionReplace,
 )
-from editing.edit import edit, make_controller
-from editing.inversion import ddim_invert, load_image
-from editing.p2p import PromptToPrompt, align_tokens
 from editing.sampling import decode, denoise, encode_prompts
-from probe.batch import BatchLayout
-from probe.cli import main
-from probe.controller import Controller
+from probe.attention.batch import BatchLayout
+from probe.attention.controller import Controller
+from probe.cli.main import main
 
 
 def test_target_equal_to_source_returns_the_source(tiny_pipe):
@@ -53,7 +53,7 @@ class SawProbs(Controller):
 
 
 def test_fpe_never_materialises_probabilities(tiny_pipe, monkeypatch):
-    import probe.processor as processor
+    import probe.attention.processor as processor
 
     def forbidden(*args, **kwargs):
         raise AssertionError("FPE materialised an attention map")

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-from probe.batch import BatchLayout
-from probe.controller import AttentionCall, Controller, attention_probs
-from probe.hooks import AttentionHooks
+from probe.attention.batch import BatchLayout
+from probe.attention.controller import AttentionCall, Controller, attention_probs
+from probe.attention.hooks import AttentionHooks
 from tests.conftest import generate
 
 

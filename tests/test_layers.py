@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from probe.layers import format_layer_table, resolve_layers, unet_layers
+from probe.attention.layers import format_layer_table, resolve_layers, unet_layers
 from tests.conftest import empty_unet
 
 SD15_NAMES = (

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from editing.metrics import (
+from editing.scoring.toy_metrics import (
     EditScore,
     judge_kind,
     mean_abs_diff,
@@ -21,7 +21,7 @@ from editing.metrics import (
     to_array,
 )
 from probe.models import TOY_DIR
-from probe.templates import load_edit_pairs
+from probe.prompts.templates import load_edit_pairs
 from probe.toy.world import Scene, render_scene
 
 
@@ -161,8 +161,8 @@ def tiny_folders(tmp_path_factory):
         ViTModel,
     )
 
-    from probe.models import tiny_words
-    from probe.tokenizer import load_clip_tokenizer, write_clip_tokenizer
+    from probe.models.clip_tokenizer import load_clip_tokenizer, write_clip_tokenizer
+    from probe.models.loading import tiny_words
 
     root = tmp_path_factory.mktemp("metric_models")
     tok = load_clip_tokenizer(write_clip_tokenizer(tiny_words(), root / "tokenizer"))
@@ -185,7 +185,7 @@ def tiny_folders(tmp_path_factory):
 
 
 def test_clip_score_and_directional_similarity(tiny_folders):
-    from editing.real_metrics import ClipMetrics
+    from editing.scoring.clip_dino import ClipMetrics
 
     clip = ClipMetrics(tiny_folders / "clip")
     red, blue = (render_scene(Scene("car", c)).image for c in ("red", "blue"))
@@ -204,7 +204,7 @@ def test_clip_score_and_directional_similarity(tiny_folders):
 
 @pytest.mark.parametrize("name", ["vit", "dinov2"])
 def test_dino_structure_distance(tiny_folders, name):
-    from editing.real_metrics import DinoStructure
+    from editing.scoring.clip_dino import DinoStructure
 
     dino = DinoStructure(tiny_folders / name)
     a = render_scene(Scene("car", "red", x=0.35)).image
@@ -217,8 +217,8 @@ def test_dino_structure_distance(tiny_folders, name):
 
 
 def test_clip_edit_scorer_scores_an_edit_without_masks(tiny_folders):
-    from editing.real_metrics import ClipMetrics, DinoStructure
-    from editing.real_scorer import ClipEditScorer
+    from editing.scoring.clip_dino import ClipMetrics, DinoStructure
+    from editing.scoring.clip_scorer import ClipEditScorer
 
     pair = next(p for p in load_edit_pairs("colour_edits") if (p.source_word, p.target_word) == ("red", "blue"))  # fmt: skip
     scorer = ClipEditScorer(ClipMetrics(tiny_folders / "clip"), DinoStructure(tiny_folders / "vit"))
@@ -237,8 +237,8 @@ def test_clip_edit_scorer_scores_an_edit_without_masks(tiny_folders):
 
 
 def test_cli_sweep_scores_with_clip_and_refuses_to_mix_scorers(tiny_folders, tmp_path, capsys):
-    from editing.sweep import read_rows
-    from probe.cli import main
+    from editing.sweep.run import read_rows
+    from probe.cli.main import main
 
     out = tmp_path / "sw"
     args = ["sweep", "--model", "tiny", "--out", str(out), "--ranges", "none", "fpe",
@@ -260,7 +260,7 @@ def test_cli_sweep_scores_with_clip_and_refuses_to_mix_scorers(tiny_folders, tmp
 def test_real_metrics_refuse_missing_folders_and_non_vit_models(tmp_path):
     from torch import nn
 
-    from editing.real_metrics import ClipMetrics, DinoStructure, _last_key_projection
+    from editing.scoring.clip_dino import ClipMetrics, DinoStructure, _last_key_projection
 
     with pytest.raises(FileNotFoundError, match="not a CLIP folder"):
         ClipMetrics(tmp_path)

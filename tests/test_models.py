@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from probe.models import TOY_DIR, build_tiny_pipeline, load_pipeline
-from probe.tokenizer import learn_merges, load_clip_tokenizer, write_clip_tokenizer
+from probe.models.clip_tokenizer import learn_merges, load_clip_tokenizer, write_clip_tokenizer
 from tests.conftest import generate
 
 
@@ -28,7 +28,7 @@ def test_tiny_build_leaves_global_rng_alone():
 
 
 def test_every_template_word_is_one_token(tiny_pipe):
-    from probe.templates import template_words
+    from probe.prompts.templates import template_words
 
     words = template_words()
     assert words, "templates define no words"

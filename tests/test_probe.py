@@ -10,15 +10,15 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from probe.classifiers import ProbeConfig, ProbeResults, ProbeRow, cross_validate, run_probes
-from probe.features import FeatureOptions, FeatureSet, build_features, synthetic_features
-from probe.layers import resolve_layers
-from probe.probe_plots import plot_accuracy_by_layer, plot_accuracy_heatmap
-from probe.random_control import random_init_like
-from probe.record_dataset import record_dataset
-from probe.select import LayerSelection, select_layers
-from probe.store import AttentionDataset
-from probe.templates import load_template
+from probe.attention.layers import resolve_layers
+from probe.probing.features import FeatureOptions, FeatureSet, build_features, synthetic_features
+from probe.probing.probes import ProbeConfig, ProbeResults, ProbeRow, cross_validate, run_probes
+from probe.probing.random_control import random_init_like
+from probe.probing.select import LayerSelection, select_layers
+from probe.prompts.templates import load_template
+from probe.recording.dataset import record_dataset
+from probe.recording.store import AttentionDataset
+from probe.viz.probe_figures import plot_accuracy_by_layer, plot_accuracy_heatmap
 
 SMALL = {"layers": "0,3,6,13", "num_steps": 2, "batch_size": 8, "progress": False}
 
@@ -144,7 +144,7 @@ def test_select_rules_and_round_trip_through_resolve_layers(tiny_pipe, tmp_path)
 
 
 def test_record_probe_select_commands(two_colours, tmp_path, capsys):
-    from probe.cli import main
+    from probe.cli.main import main
 
     data = tmp_path / "ds"
     args = ["record", "--model", "tiny", "--template", str(two_colours.path), "--seeds", "0-3",

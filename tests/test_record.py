@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from probe.layers import unet_layers
-from probe.maps import AttentionMaps
-from probe.record import DEFAULT_BUDGET, BudgetError, record_attention
+from probe.attention.layers import unet_layers
+from probe.recording.maps import AttentionMaps
+from probe.recording.record import DEFAULT_BUDGET, BudgetError, record_attention
 from tests.conftest import generate
 
 

@@ -12,10 +12,10 @@ import re
 import pytest
 from PIL import Image
 
-from editing.claims import HELD, INCONCLUSIVE, NOT_HELD, check_claims
-from editing.reproduce import STAGES, ReproduceConfig, check_settings, pick_pairs
-from probe.classifiers import ProbeResults, ProbeRow
-from probe.templates import load_edit_pairs
+from editing.experiment.claims import HELD, INCONCLUSIVE, NOT_HELD, check_claims
+from editing.experiment.reproduce import STAGES, ReproduceConfig, check_settings, pick_pairs
+from probe.probing.probes import ProbeResults, ProbeRow
+from probe.prompts.templates import load_edit_pairs
 
 SECTIONS = (
     "Summary: the paper&#x27;s claims here",
@@ -133,10 +133,10 @@ def test_claims_3_to_5_are_checked_per_edit_set_when_animal_edits_were_swept():
 def test_reproduce_sweeps_animal_edits_and_reports_them(tmp_path):
     from dataclasses import replace
 
-    from editing.report_html import write_report
-    from editing.reproduce import Reproduction
-    from editing.sweep import read_rows
-    from probe.select import LayerSelection
+    from editing.experiment.report import write_report
+    from editing.experiment.reproduce import Reproduction
+    from editing.sweep.run import read_rows
+    from probe.probing.select import LayerSelection
 
     config = replace(ReproduceConfig.preset("tiny", quick=True), num_steps=2, sources=1,
                      animal_pairs=2, animal_ranges=("none", "fpe"))  # fmt: skip
@@ -159,7 +159,7 @@ def test_edit_claims_are_inconclusive_when_the_judges_see_nothing():
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    from probe.cli import main
+    from probe.cli.main import main
 
     out = tmp_path_factory.mktemp("reproduce") / "run"
     code = main(["reproduce", "--out", str(out), "--model", "tiny", "--quick", "--no-progress"])
@@ -192,7 +192,7 @@ def test_quick_report_has_the_sections_and_embedded_images(quick_run):
 
 
 def test_quick_reproduce_resumes_without_redoing_stages(quick_run, capsys):
-    from probe.cli import main
+    from probe.cli.main import main
 
     before = json.loads((quick_run / "stages.json").read_text())
     assert main(["reproduce", "--out", str(quick_run), "--model", "tiny", "--quick"]) == 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probe.batch import BatchLayout
-from probe.hooks import AttentionHooks
-from probe.record import record_attention
+from probe.attention.batch import BatchLayout
+from probe.attention.hooks import AttentionHooks
+from probe.recording.record import record_attention
 from tests.conftest import unet_config
 
 

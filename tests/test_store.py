@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from probe.record import BudgetError
-from probe.record_dataset import parse_bytes, record_dataset
-from probe.store import (
+from probe.prompts.templates import load_template
+from probe.recording.dataset import parse_bytes, record_dataset
+from probe.recording.record import BudgetError
+from probe.recording.store import (
     INDEX,
     AttentionDataset,
     CorruptSampleError,
@@ -26,7 +27,6 @@ from probe.store import (
     sample_specs,
     shard_specs,
 )
-from probe.templates import load_template
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"layers": "0,6,13", "num_steps": 3, "batch_size": 2, "progress": False, "model": "tiny"}
@@ -45,7 +45,7 @@ def _cli_env() -> dict[str, str]:
 
 def _record_cmd(template: Path, out: Path, seeds: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "probe.cli", "record", "--model", "tiny", "--template",
+        sys.executable, "-m", "probe.cli.main", "record", "--model", "tiny", "--template",
         str(template), "--seeds", seeds, "--num-steps", "3", "--layers", "0,6,13",
         "--batch-size", "1", "--out", str(out), *extra,
     ]  # fmt: skip

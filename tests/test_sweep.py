@@ -10,12 +10,12 @@ import math
 import pytest
 
 import editing.edit
-from editing.sweep import FIELDS, read_rows, summarise_rows, sweep
-from editing.sweep_plots import sweep_tradeoff, sweep_windows
-from editing.sweep_ranges import LayerRange, default_ranges, parse_ranges, parse_seeds, select_pairs
-from probe.cli import main
+from editing.sweep.plots import sweep_tradeoff, sweep_windows
+from editing.sweep.ranges import LayerRange, default_ranges, parse_ranges, parse_seeds, select_pairs
+from editing.sweep.run import FIELDS, read_rows, summarise_rows, sweep
+from probe.cli.main import main
 from probe.models import TOY_DIR
-from probe.templates import load_edit_pairs
+from probe.prompts.templates import load_edit_pairs
 
 FAST = {"num_steps": 3, "progress": False}
 
@@ -149,7 +149,7 @@ def test_tradeoff_plot_leaves_pyplot_alone():
 
 
 def test_shift_by_layer_correlates_leak_with_a_probe_score():
-    from editing.sweep_plots import shift_by_layer
+    from editing.sweep.plots import shift_by_layer
 
     def row(name: str, shift: float) -> dict:
         return {"kind": "self", "range": name, "group": "custom", "layers": name,

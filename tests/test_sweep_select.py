@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from editing.sweep import FIELDS
-from editing.sweep_select import layer_leaks, select_from_sweep
-from probe.cli import main
-from probe.layers import resolve_layers
+from editing.sweep.run import FIELDS
+from editing.sweep.select import layer_leaks, select_from_sweep
+from probe.attention.layers import resolve_layers
+from probe.cli.main import main
 from probe.models import layer_table
 
 

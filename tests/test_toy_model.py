@@ -17,7 +17,7 @@ needs_toy = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    from probe.cli import main
+    from probe.cli.main import main
 
     out = tmp_path_factory.mktemp("toy_train")
     assert main(["toy", "train", "--smoke", "--out", str(out), "--threads", "1"]) == 0
@@ -109,7 +109,7 @@ def test_interrupted_unet_stage_resumes_where_it_stopped(tmp_path, monkeypatch):
 
 @needs_toy
 def test_toy_is_the_default_model():
-    from probe.cli import default_model
+    from probe.cli.args import default_model
 
     assert default_model() == "toy"
 
@@ -119,7 +119,7 @@ def test_toy_is_the_default_model():
 def test_shipped_toy_draws_the_colour_it_is_asked_for():
     """20 prompts, one seed: the judged colour matches the prompt in at least 80%."""
     from probe.models import generation_defaults, load_pipeline
-    from probe.templates import load_template
+    from probe.prompts.templates import load_template
     from probe.toy.evaluate import expected_labels, generate
     from probe.toy.judge import judge_colour
 

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from probe.cli import main
-from probe.templates import TemplateError, list_templates, load_template, template_words
+from probe.cli.main import main
+from probe.prompts.templates import TemplateError, list_templates, load_template, template_words
 from probe.toy.judge import (
     NoObjectError,
     find_object,

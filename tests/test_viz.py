@@ -12,11 +12,11 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from probe.classifiers import ProbeResults, ProbeRow
-from probe.layers import LayerInfo
-from probe.maps import AttentionMaps, tensor_name
+from probe.attention.layers import LayerInfo
 from probe.models import TOY_DIR
-from probe.reduce import svd_self
+from probe.probing.probes import ProbeResults, ProbeRow
+from probe.recording.maps import AttentionMaps, tensor_name
+from probe.recording.reduce import svd_self
 from probe.toy.world import Scene, render_scene
 from probe.viz import (
     heatmap,
@@ -230,7 +230,7 @@ def test_image_grid_keeps_the_images_and_labels(render):
 
 def test_edit_grid_rows_are_methods_and_columns_prompts():
     from editing.edit import EditResult
-    from editing.edit_plots import edit_grid
+    from editing.experiment.edit_figures import edit_grid
 
     def solid(rgb):
         return Image.new("RGB", (8, 8), rgb)
@@ -249,7 +249,7 @@ def test_edit_grid_rows_are_methods_and_columns_prompts():
 
 
 def test_sweep_tradeoff_places_each_range():
-    from editing.edit_plots import sweep_tradeoff
+    from editing.experiment.edit_figures import sweep_tradeoff
 
     summary = [
         {"kind": "self", "range": name, "group": "preset", "layers": "", "step_fraction": 0.8,
@@ -268,7 +268,7 @@ def test_sweep_tradeoff_places_each_range():
 )
 def test_toy_car_heatmap_peaks_on_the_drawn_car():
     from probe.models import load_pipeline
-    from probe.record import record_attention
+    from probe.recording.record import record_attention
     from probe.toy.judge import find_object
 
     pipe = load_pipeline("toy")

@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from probe.models import generation_defaults
-from probe.templates import load_template
+from probe.prompts.templates import load_template
 from probe.toy.world import CATEGORIES, PALETTE
 
 

@@ -37,14 +37,14 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from probe.models import (
+from probe.models.clip_tokenizer import load_clip_tokenizer, write_clip_tokenizer
+from probe.models.loading import (
     assemble_pipeline,
     sd_ddim_scheduler,
     tiny_text_encoder,
     tiny_unet,
     tiny_words,
 )
-from probe.tokenizer import load_clip_tokenizer, write_clip_tokenizer
 from probe.toy.world import Scene, caption, random_scene, render_scene
 
 

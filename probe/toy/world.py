@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from probe.templates import _shared_lists
+from probe.prompts.templates import _shared_lists
 
 ANIMALS = (
     "dog",

@@ -1,0 +1,338 @@
+"""``attnprobe reproduce``: the paper's experiment end to end, into one folder and one report.
+
+Stages, in order (each skipped when a previous run in the same folder finished it)::
+
+    record   probe datasets (colour_car, animal_park; a random-model control)  data/<set>/
+    probe    linear probes per (layer, step, kind) with controls               probe/<set>/
+    select   layers for FPE from the colour probes                             selection.json
+    sweep    colour edits over layer ranges, self- and cross-replacement      sweep/
+             animal edits over the presets (a category edit changes shape)  sweep_animal/
+    figures  token heat maps, SVD components, probe maps, edit grid           figures/
+    report   one self-contained page                                          report.html
+
+``record`` and ``sweep`` resume inside a stage too (the dataset store and ``sweep.csv`` skip
+what is on disk). A folder keeps its settings in ``reproduce.json``; rerunning with other
+settings is refused, so a report never mixes two runs.
+
+    from editing.experiment.reproduce import ReproduceConfig, reproduce
+    reproduce("runs/demo", ReproduceConfig.preset("toy", quick=True))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STAGES = ("record", "probe", "select", "sweep", "figures", "report")
+PROBE_SETS = {"colour_car": "colour", "animal_park": "animal"}
+SETTINGS = "reproduce.json"
+STATE = "stages.json"
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """How much of the experiment to run (see :meth:`preset`).
+
+    Attributes:
+        model: ``"toy"``, ``"tiny"`` or a diffusers folder.
+        quick: the short version (tests, a first look).
+        num_steps: denoising steps of every generation (``None``: the model's default).
+        colour_seeds, animal_seeds: noise seeds per prompt of each probe set (empty: skip it).
+        step_stride: record every n-th denoising step for the probes.
+        random_control: also record the colour set on a randomly initialised model.
+        folds: cross-validation folds of the probes.
+        probe_max_iter: iterations of each probe's optimiser.
+        sources, targets_per_source: colour edit pairs of the sweep.
+        sweep_seeds: seeds of the sweep's edits.
+        self_ranges: layer ranges for self-attention replacement (plus the probe selection).
+        cross_ranges: layer ranges for cross-attention replacement.
+        animal_pairs: animal edit pairs (0: no animal sweep); colour edits cannot show the
+            paper's trade-off on a model that always draws the asked colour.
+        animal_ranges: self-attention ranges of the animal sweep (plus cross ``all``).
+        within: candidate layers of the selection (any layer spec; ``"all"``: no restriction).
+    """
+
+    model: str = "toy"
+    quick: bool = False
+    num_steps: int | None = None
+    colour_seeds: tuple[int, ...] = tuple(range(8))
+    animal_seeds: tuple[int, ...] = tuple(range(6))
+    step_stride: int = 4
+    random_control: bool = True
+    folds: int = 3
+    probe_max_iter: int = 300
+    sources: int = 4
+    targets_per_source: int = 3
+    sweep_seeds: tuple[int, ...] = (0, 1)
+    self_ranges: tuple[str, ...] = ("presets", "windows")
+    cross_ranges: tuple[str, ...] = ("fpe", "all")
+    animal_pairs: int = 12
+    animal_ranges: tuple[str, ...] = ("none", "fpe", "paper", "all")
+    within: str = "res<max"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def preset(cls, model: str = "toy", quick: bool = False) -> ReproduceConfig:
+        """The full run (about 18 minutes on toy, 2 CPU cores) or ``quick`` (1-2 minutes)."""
+        full = cls(model=model)
+        if not quick:
+            return full
+        return replace(
+            full, quick=True, num_steps=4, colour_seeds=(0, 1), animal_seeds=(),
+            step_stride=2, random_control=False, folds=2, probe_max_iter=100, sources=2,
+            targets_per_source=1,
+            sweep_seeds=(0,), self_ranges=("none", "fpe", "all"), cross_ranges=("all",),
+            animal_pairs=0,
+        )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+
+@dataclass
+class RunState:
+    """Which stages of a folder are finished, and how long each took."""
+
+    path: Path
+    done: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, out: Path) -> RunState:
+        path = out / STATE
+        done = json.loads(path.read_text()) if path.is_file() else {}
+        return cls(path, {k: float(v) for k, v in done.items()})
+
+    def finish(self, stage: str, seconds: float) -> None:
+        self.done[stage] = round(seconds, 1)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.done, indent=2))
+        tmp.replace(self.path)
+
+
+def check_settings(out: Path, config: ReproduceConfig) -> None:
+    """Write ``reproduce.json``, or refuse a folder that holds a run with other settings.
+
+    Raises:
+        ValueError: the settings differ; the message names them.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / SETTINGS
+    wanted = config.to_json()
+    if path.is_file():
+        have = json.loads(path.read_text())
+        diff = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {have.get(k)!r} → {wanted.get(k)!r}" for k in diff)
+            raise ValueError(
+                f"{out} holds a reproduce run with other settings ({shown}): use another --out, "
+                "or rerun with the settings of its reproduce.json"
+            )
+        return
+    path.write_text(json.dumps(wanted, indent=2) + "\n")
+
+
+class Reproduction:
+    """The stages of one ``reproduce`` run in folder ``out``.
+
+    Args:
+        out: the run's folder (created; a rerun resumes it).
+        config: what to run.
+        progress: show progress bars.
+    """
+
+    def __init__(self, out: str | Path, config: ReproduceConfig, progress: bool = True) -> None:
+        self.out = Path(out)
+        self.config = config
+        self.progress = progress
+        self._pipe: Any = None
+
+    @property
+    def pipe(self) -> Any:
+        """The model, loaded at first use (a finished run never loads it)."""
+        if self._pipe is None:
+            from probe.models import load_pipeline
+
+            self._pipe = load_pipeline(self.config.model)
+        return self._pipe
+
+    def num_steps(self) -> int:
+        from probe.models import generation_defaults
+
+        return self.config.num_steps or int(generation_defaults(self.pipe)["num_inference_steps"])
+
+    def probe_sets(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Set name → (label, seeds), for the sets this run records."""
+        seeds = {"colour_car": self.config.colour_seeds, "animal_park": self.config.animal_seeds}
+        return {name: (label, seeds[name]) for name, label in PROBE_SETS.items() if seeds[name]}
+
+    # -- stages --------------------------------------------------------------------------------
+    def record(self) -> None:
+        """Record every probe set (and the random-model control of the colour set)."""
+        from probe.probing.random_control import random_init_like
+        from probe.prompts.templates import load_template
+        from probe.recording.dataset import record_dataset
+
+        steps = list(range(0, self.num_steps(), self.config.step_stride))
+        jobs: list[tuple[str, Any, tuple[int, ...], int | None]] = [
+            (name, self.pipe, seeds, None) for name, (_, seeds) in self.probe_sets().items()
+        ]
+        if self.config.random_control and self.config.colour_seeds:
+            control = random_init_like(self.pipe, seed=0)
+            jobs.append(("colour_car_random", control, self.config.colour_seeds, 0))
+        for name, pipe, seeds, random_init in jobs:
+            record_dataset(
+                pipe, load_template(name.removesuffix("_random")), list(seeds),
+                self.out / "data" / name, model=self.config.model, steps=steps,
+                self_reduce="svd:8", num_steps=self.num_steps(), random_init=random_init,
+                progress=self.progress,
+            )  # fmt: skip
+
+    def probe(self) -> None:
+        """Probe every recorded set; write ``probe/<set>/results.csv`` and its figures."""
+        from probe.probing.features import build_features
+        from probe.probing.probes import ProbeConfig, run_probes
+        from probe.recording.store import AttentionDataset
+        from probe.viz.probe_figures import save_probe_figures
+
+        config = ProbeConfig(folds=self.config.folds, max_iter=self.config.probe_max_iter)
+        for name, (label, _) in self.probe_sets().items():
+            features = build_features(
+                AttentionDataset(self.out / "data" / name), label, progress=self.progress
+            )
+            control = None
+            control_dir = self.out / "data" / f"{name}_random"
+            if (control_dir / "index.jsonl").is_file():
+                control = build_features(
+                    AttentionDataset(control_dir), label, progress=self.progress
+                )
+            results = run_probes(features, config, control, progress=self.progress)
+            results.to_csv(self.out / "probe" / name / "results.csv")
+            save_probe_figures(results, self.out / "probe" / name)
+
+    def select(self) -> None:
+        """Choose FPE's layers from the colour probes (low-leak rule); fall back to ``fpe``."""
+        from probe.attention.layers import resolve_layers, unet_layers
+        from probe.probing.probes import ProbeResults
+        from probe.probing.select import LayerSelection, select_layers
+
+        table = unet_layers(self.pipe.unet)
+        within = None if self.config.within == "all" else resolve_layers(table, self.config.within)
+        results = ProbeResults.from_csv(self.out / "probe" / "colour_car" / "results.csv")
+        try:
+            selection = select_layers(results, within=within, model=self.config.model)
+        except ValueError as err:
+            log.warning("no probe selection (%s); using the 'fpe' preset", err)
+            selection = LayerSelection(
+                resolve_layers(table, "fpe"), rule="fallback: fpe preset",
+                evidence={"reason": str(err)}, model=self.config.model,
+            )  # fmt: skip
+        selection.save(self.out / "selection.json")
+
+    def sweep(self) -> None:
+        """Colour edits with self-attention replaced in each range, and cross in a few; then
+        animal edits over the presets, self-attention and cross ``all``."""
+        from editing.sweep.ranges import select_pairs
+        from editing.sweep.run import sweep
+        from probe.prompts.templates import load_edit_pairs
+
+        pairs = pick_pairs(
+            load_edit_pairs("colour_edits").pairs, self.config.sources,
+            self.config.targets_per_source,
+        )  # fmt: skip
+        common: dict[str, Any] = {
+            "seeds": list(self.config.sweep_seeds), "out": self.out / "sweep",
+            "num_steps": self.num_steps(), "model_name": self.config.model,
+            "progress": self.progress,
+        }  # fmt: skip
+        selection = str(self.out / "selection.json")
+        sweep(self.pipe, pairs, [*self.config.self_ranges, selection], kinds=("self",), **common)
+        sweep(self.pipe, pairs, list(self.config.cross_ranges), kinds=("cross",), **common)
+        if self.config.animal_pairs > 0:
+            animals = select_pairs(load_edit_pairs("animal_edits").pairs, self.config.animal_pairs)
+            common["out"] = self.out / "sweep_animal"
+            sweep(self.pipe, animals, list(self.config.animal_ranges), kinds=("self",), **common)
+            sweep(self.pipe, animals, ["all"], kinds=("cross",), **common)
+
+    def figures(self) -> None:
+        """Token heat maps, SVD components and an edit grid into ``figures/``."""
+        from editing.experiment.figures import make_figures
+
+        make_figures(self.pipe, self.out, self.num_steps())
+
+    def report(self) -> None:
+        """Write ``report.html``."""
+        from editing.experiment.report import write_report
+
+        write_report(self.out, self.config, RunState.load(self.out).done)
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, say: Callable[[str], None] = print) -> Path:
+        """Run the unfinished stages in order; returns the report's path."""
+        check_settings(self.out, self.config)
+        state = RunState.load(self.out)
+        for i, stage in enumerate(STAGES, start=1):
+            if stage in state.done and stage != "report":
+                say(
+                    f"[{i}/{len(STAGES)}] {stage}: done before ({state.done[stage]:.0f} s), skipped"
+                )
+                continue
+            say(f"[{i}/{len(STAGES)}] {stage} ...")
+            start = time.perf_counter()
+            getattr(self, stage)()
+            state.finish(stage, time.perf_counter() - start)
+            say(f"[{i}/{len(STAGES)}] {stage}: {state.done[stage]:.0f} s")
+        return self.out / "report.html"
+
+
+def pick_pairs(pairs: list[Any], sources: int, targets_per_source: int) -> list[Any]:
+    """``sources`` source prompts, evenly spread, each with ``targets_per_source`` targets.
+
+    Raises:
+        ValueError: counts below 1.
+    """
+    if sources < 1 or targets_per_source < 1:
+        raise ValueError(
+            f"sources={sources}, targets_per_source={targets_per_source}: need at least 1 each"
+        )
+    by_source: dict[str, list[Any]] = {}
+    for pair in pairs:
+        by_source.setdefault(pair.source, []).append(pair)
+    names = list(by_source)
+    step = max(1, len(names) // sources)
+    chosen = names[::step][:sources]
+    out = []
+    for k, name in enumerate(chosen):
+        group = by_source[name]
+        stride = max(1, len(group) // targets_per_source)
+        offset = k % stride  # vary the targets between sources
+        out += group[offset::stride][:targets_per_source]
+    return out
+
+
+def reproduce(out: str | Path, config: ReproduceConfig, progress: bool = True) -> Path:
+    """Run (or resume) the whole experiment into ``out`` and write ``report.html``.
+
+    Args:
+        out: the run's folder.
+        config: :meth:`ReproduceConfig.preset` or your own.
+        progress: show progress bars.
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        ValueError: ``out`` holds a run with other settings.
+        FileNotFoundError: the model does not exist.
+
+    Example:
+        >>> reproduce("runs/demo", ReproduceConfig.preset("tiny", quick=True))
+        PosixPath('runs/demo/report.html')
+    """
+    return Reproduction(out, config, progress).run()

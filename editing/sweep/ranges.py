@@ -1,0 +1,115 @@
+"""Layer ranges, seeds and pair subsets for the sweep (:mod:`editing.sweep.run`).
+
+default_ranges(16)          # none, fpe, paper, all; windows 0-3 ... 12-15; prefixes; suffixes
+parse_ranges(["presets", "4-14", "selection.json"])
+parse_seeds("0-3")          # [0, 1, 2, 3]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from probe.attention.layers import LayerSpec
+
+PRESETS = ("none", "fpe", "paper", "all")
+
+
+@dataclass(frozen=True)
+class LayerRange:
+    """One layer range of the sweep.
+
+    Attributes:
+        name: its label in tables and plots (``"fpe"``, ``"4-7"``).
+        spec: what :func:`probe.attention.layers.resolve_layers` reads.
+        group: ``preset``, ``window``, ``prefix``, ``suffix``, ``selection`` or ``custom``.
+    """
+
+    name: str
+    spec: LayerSpec
+    group: str = "custom"
+
+
+def default_ranges(num_layers: int = 16, width: int = 4, stride: int = 2) -> list[LayerRange]:
+    """Presets, sliding windows, prefixes and suffixes over ``num_layers`` layers.
+
+    On SD 1.x (16 layers): none, fpe, paper, all; windows 0-3, 2-5, ..., 12-15; prefixes 0-3,
+    0-7, 0-11; suffixes 4-15, 8-15, 12-15.
+    """
+    if width < 1 or stride < 1 or width > num_layers:
+        raise ValueError(f"window width {width} / stride {stride} do not fit {num_layers} layers")
+    out = [LayerRange(name, name, "preset") for name in PRESETS]
+    for lo in range(0, num_layers - width + 1, stride):
+        out.append(LayerRange(f"{lo}-{lo + width - 1}", f"{lo}-{lo + width - 1}", "window"))
+    for hi in range(width - 1, num_layers - 1, width):
+        out.append(LayerRange(f"0-{hi}", f"0-{hi}", "prefix"))
+    for lo in range(width, num_layers, width):
+        out.append(LayerRange(f"{lo}-{num_layers - 1}", f"{lo}-{num_layers - 1}", "suffix"))
+    return out
+
+
+def parse_ranges(items: Iterable[str], num_layers: int = 16) -> list[LayerRange]:
+    """Read ranges as the CLI takes them.
+
+    Args:
+        items: each a keyword (``default``, ``presets``, ``windows``, ``prefixes``,
+            ``suffixes``), a preset name, a layer spec (``"4-14"``, ``"2,5,7"``) or a layer
+            selection ``.json`` file.
+        num_layers: the UNet's number of layers.
+
+    Returns:
+        The ranges, without duplicate names, in the order given.
+    """
+    groups = {"default": None, "presets": "preset", "windows": "window"}
+    groups |= {"prefixes": "prefix", "suffixes": "suffix"}
+    out: list[LayerRange] = []
+    for item in items:
+        item = item.strip()
+        if item in groups:
+            group = groups[item]
+            out += [r for r in default_ranges(num_layers) if group in (None, r.group)]
+        elif item in PRESETS:
+            out.append(LayerRange(item, item, "preset"))
+        elif item.endswith(".json"):
+            out.append(LayerRange(Path(item).stem, Path(item), "selection"))
+        else:
+            out.append(LayerRange(item, item, "custom"))
+    unique = {r.name: r for r in reversed(out)}
+    return [r for r in out if unique.pop(r.name, None) is not None]
+
+
+def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
+    """``"0-3"`` → ``[0, 1, 2, 3]``; ``"0,5"`` → ``[0, 5]``; ``7`` → ``[7]``.
+
+    Raises:
+        ValueError: text that is not seeds.
+    """
+    if isinstance(text, int):
+        return [text]
+    if not isinstance(text, str):
+        return [int(s) for s in text]
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            seeds += range(int(lo), int(hi or lo) + 1)
+    except ValueError as err:
+        raise ValueError(f"cannot read seeds {text!r}: write '0-3', '0,5,7' or '4'") from err
+    if not seeds:
+        raise ValueError(f"seeds {text!r} is an empty range: write it low-high, e.g. '0-3'")
+    return seeds
+
+
+def select_pairs(pairs: Sequence[Any], max_pairs: int | None) -> list[Any]:
+    """At most ``max_pairs`` pairs, evenly spread over the set (so over sources and targets)."""
+    pairs = list(pairs)
+    if max_pairs is None or max_pairs >= len(pairs):
+        return pairs
+    if max_pairs < 1:
+        raise ValueError(f"max_pairs={max_pairs}: need at least 1")
+    picks = np.linspace(0, len(pairs) - 1, max_pairs).round().astype(int)
+    return [pairs[i] for i in sorted(set(picks.tolist()))]

@@ -1,0 +1,135 @@
+"""The attention processor attnprobe installs: plain attention plus controller calls.
+
+It follows diffusers' ``AttnProcessor2_0`` step by step (norms, projections, residual), and stays
+on ``F.scaled_dot_product_attention`` unless a controller needs the probabilities. When
+probabilities are only observed, the output still comes from the fused kernel, so recording never
+changes what the model computes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from probe.attention.controller import Controller, Kind, attention_probs
+from probe.attention.layers import LayerInfo
+
+if TYPE_CHECKING:
+    from probe.attention.hooks import AttentionHooks
+
+
+class HookedAttnProcessor:
+    """Processor for one attention module (one layer, one kind)."""
+
+    def __init__(self, hooks: AttentionHooks, layer: LayerInfo, kind: Kind, fallback: Any) -> None:
+        self.hooks = hooks
+        self.layer = layer
+        self.kind = kind
+        self.fallback = fallback
+
+    def __repr__(self) -> str:
+        return f"HookedAttnProcessor(layer={self.layer.index}, kind={self.kind!r})"
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        temb: Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Tensor:
+        hooks = self.hooks
+        queries = hidden_states.shape[-2] * hidden_states.shape[-1]
+        if hidden_states.ndim == 3:
+            queries = hidden_states.shape[1]
+        keys = queries if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+        call = hooks.make_call(self.layer, self.kind, queries, keys)
+        active = [c for c in hooks.controllers if c.active(call)]
+        if not active:
+            return self.fallback(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
+            )
+        return self._attend(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb, call, active
+        )
+
+    def _attend(
+        self,
+        attn: Any,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None,
+        attention_mask: Tensor | None,
+        temb: Tensor | None,
+        call: Any,
+        active: list[Controller],
+    ) -> Tensor:
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        batch, key_len, _ = context.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, key_len, batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        q, k, v = (
+            x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value)
+        )
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+
+        out = self._attention(call, active, q, k, v, attention_mask, attn.scale)
+
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[0](out)
+        out = attn.to_out[1](out)
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+    @staticmethod
+    def _attention(
+        call: Any,
+        active: list[Controller],
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        scale: float,
+    ) -> Tensor:
+        """Attention output ``[batch, heads, queries, head_dim]`` with every controller applied."""
+        for c in active:
+            q, k, v = c.edit_qkv(call, q, k, v)
+        editors = [c for c in active if c.edits_probs(call)]
+        observers = [c for c in active if c.needs_probs(call)]
+        if not editors and not observers:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        probs = attention_probs(q, k, scale, mask)
+        for c in editors:
+            probs = c.edit_probs(call, probs)
+        for c in observers:
+            c.observe(call, probs)
+        if editors:
+            return (probs @ v.float()).to(v.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

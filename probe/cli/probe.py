@@ -1,0 +1,157 @@
+"""``attnprobe probe`` and ``attnprobe select``: probe a recorded dataset, choose edit layers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+PROBE_META = "probe_meta.json"
+
+
+def _size(spec: str | None) -> tuple[int, int] | None:
+    if spec is None:
+        return None
+    try:
+        h, _, w = spec.lower().partition("x")
+        return int(h), int(w or h)
+    except ValueError as err:
+        raise ValueError(f"--size {spec!r}: write it HxW, e.g. 8x8, or one number") from err
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from probe.attention.steps import resolve_steps
+    from probe.probing.features import FeatureOptions, build_features
+    from probe.probing.probes import ProbeConfig, run_probes
+    from probe.recording.store import AttentionDataset
+    from probe.viz.probe_figures import save_probe_figures
+
+    start = time.perf_counter()
+    data = AttentionDataset(args.data)
+    label = args.label or next(iter(data.meta.get("classes") or data.entries[0]["labels"]))
+    options = FeatureOptions(args.heads, _size(args.size), args.self_features)
+    n_steps = data.meta.get("num_inference_steps")
+    steps = None if args.steps == "all" else resolve_steps(args.steps, n_steps)
+    kinds = [k.strip() for k in args.kinds.split(",")] if args.kinds else None
+    layers = _layers(data, args.layers)
+    select = {"layers": layers, "steps": steps, "kinds": kinds, "options": options}
+    features = build_features(data, label, **select)  # type: ignore[arg-type]
+    control = None
+    if args.control_data:
+        control = build_features(AttentionDataset(args.control_data), label, **select)  # type: ignore[arg-type]
+    feature_seconds = time.perf_counter() - start
+    config = ProbeConfig(args.probe, folds=args.folds, seed=args.seed)
+    results = run_probes(features, config, control, jobs=args.jobs)
+    out = Path(args.out or Path(args.data) / "probe")
+    csv = results.to_csv(out / "results.csv")
+    figures = save_probe_figures(results, out)
+    seconds = time.perf_counter() - start
+    meta = {
+        "data": str(args.data), "control_data": args.control_data, "label": label,
+        "model": data.meta.get("model"), "config": asdict(config), "features": asdict(options),
+        "samples": len(data), "cells": len(results), "feature_seconds": round(feature_seconds, 1),
+        "seconds": round(seconds, 1), "layers": _layer_table(data),
+    }  # fmt: skip
+    (out / PROBE_META).write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"{len(results)} cells probed on {len(data)} samples ({label}) in {seconds:.1f} s")
+    for kind in sorted({r.kind for r in results.rows}):
+        best = results.best(kind)
+        print(
+            f"  best {kind}: layer {best.layer} step {best.step}: acc {best.acc_mean:.2f} "
+            f"(shuffled {best.shuffled_acc:.2f}, chance {best.chance:.2f})"
+        )
+    print(f"results: {csv}\nfigures: {', '.join(str(p) for p in figures)}")
+    return 0
+
+
+def _layers(data: Any, spec: str) -> list[int] | None:
+    if spec == "all":
+        return None
+    from probe.attention.layers import resolve_layers
+
+    table = data.load(0).layers if len(data) else []
+    return resolve_layers(table, spec)
+
+
+def _layer_table(data: Any) -> list[dict[str, Any]]:
+    """The dataset's layers at its latent size (so ``select --within res<max`` can resolve)."""
+    if not len(data):
+        return []
+    maps = data.load(0)
+    return [asdict(layer) | {"resolution": list(maps.resolution(layer.index))}
+            for layer in maps.layers]  # fmt: skip
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from probe.attention.layers import LayerInfo, resolve_layers
+    from probe.probing.probes import ProbeResults
+    from probe.probing.select import select_layers
+
+    probe_dir = Path(args.probe)
+    csv = probe_dir / "results.csv" if probe_dir.is_dir() else probe_dir
+    if not csv.is_file():
+        raise FileNotFoundError(f"{csv} does not exist: run `attnprobe probe --data DIR` first")
+    results = ProbeResults.from_csv(csv)
+    meta_path = csv.parent / PROBE_META
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    within = None
+    if args.within:
+        table = [LayerInfo(**{**d, "resolution": tuple(d["resolution"])})
+                 for d in meta.get("layers", [])]  # fmt: skip
+        if not table:
+            raise ValueError(f"--within needs the layer table of {meta_path}: rerun probe")
+        within = resolve_layers(table, args.within)
+    selection = select_layers(
+        results,
+        rule=args.rule,
+        step_fraction=args.step_fraction,
+        threshold=args.threshold,
+        within=within,
+        model=str(meta.get("model") or ""),
+    )
+    selection.evidence["probe"] = str(csv)
+    path = selection.save(args.out)
+    print(
+        f"layers {selection.layers} for the first {selection.step_fraction:g} of steps "
+        f"(rule {selection.rule}, {results.label}): {path}"
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``probe`` and ``select`` to the ``attnprobe`` command line."""
+    p = sub.add_parser("probe", help="train probe classifiers on a recorded dataset")
+    p.add_argument("--data", required=True, help="a dataset folder (attnprobe record --template)")
+    p.add_argument("--out", help="output folder (default DATA/probe)")
+    p.add_argument("--label", help="label to probe (default: the template's first)")
+    p.add_argument("--control-data", help="the same set recorded with --random-init")
+    p.add_argument("--probe", default="linear", choices=["linear", "mlp"])
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", default="all", help="layer spec (default all)")
+    p.add_argument("--steps", default="all", help="step spec (default all)")
+    p.add_argument("--kinds", default=None, help="cross,self (default: what was recorded)")
+    p.add_argument("--heads", default="mean", choices=["mean", "all"])
+    p.add_argument("--size", help="resize cross maps to HxW (default: native resolution)")
+    p.add_argument("--self-features", default="auto", help="auto | svd:K | pool:R | map")
+    p.add_argument("--jobs", type=int, default=1, help="parallel processes (joblib)")
+    p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("select", help="choose the layers an edit acts on from probe results")
+    p.add_argument("--probe", required=True, help="a probe folder (or its results.csv)")
+    p.add_argument("--out", required=True, help="the selection .json to write")
+    p.add_argument(
+        "--rule", default="low-leak", choices=["low-leak", "structure"],
+        help="low-leak: the longest run of layers whose self-attention selectivity is at most "
+        "--threshold (default); structure: the contiguous range with the most selectivity above it",
+    )  # fmt: skip
+    p.add_argument(
+        "--step-fraction", type=float, default=0.8,
+        help="first fraction of steps the edit acts in; scores average these steps (default 0.8)",
+    )  # fmt: skip
+    p.add_argument("--threshold", type=float, default=0.1, help="selectivity bound (default 0.1)")
+    p.add_argument("--within", help="candidate layers, any layer spec (e.g. 'res<max')")
+    p.set_defaults(func=_cmd_select)
