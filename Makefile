@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy probe editing
 
 test: $(STAMP) lint
-	$(VENV)/bin/pytest -q tests $(if $(NOTEBOOKS),--nbmake $(NOTEBOOKS))
+	$(VENV)/bin/pytest -q tests $(if $(NOTEBOOKS),--nbmake --nbmake-timeout=900 $(NOTEBOOKS))
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py --out benchmarks/results
