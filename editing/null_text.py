@@ -1,8 +1,21 @@
-"""Null-text inversion (Mokady et al. 2023), Prompt-to-Prompt's way to edit real images.
+"""Null-text inversion (Mokady et al., CVPR 2023), Prompt-to-Prompt's way to edit real images.
 
-After a DDIM inversion with the source prompt (the pivot), the unconditional embedding is
-optimised step by step so that guided sampling from the noisiest latent retraces the pivot.
-It costs ``inner_steps`` UNet passes with backward per DDIM step.
+    pivot = ddim_invert(pipe, "car.png", prompt="a red car")     # the source prompt, guidance 1
+    inv = null_text_invert(pipe, pivot, "a red car")               # the published schedules
+    edit(pipe, "a red car", ["a blue car"], method="p2p", inversion=inv)
+
+As the authors' ``NullInversion`` (google/prompt-to-prompt, ``null_text_w_ptp.ipynb``): the pivot
+is a DDIM inversion of the image with the *source prompt* and no guidance; then, from the
+noisiest pivot latent, for each DDIM step ``i`` the unconditional embedding (warm-started from
+step ``i − 1``'s result, the empty prompt's at step 0) gets up to 10 Adam iterations with
+learning rate ``1e-2 · (1 − i/100)``, minimising the MSE between the guided DDIM step (guidance
+7.5 on SD) and the pivot's next latent, and stops early once a loss is below
+``1e-5 + i · 2e-5``; the guided step with the optimised embedding gives the next latent. Each
+iteration costs a UNet pass with backward.
+
+It runs on the same DDIM scheduler as the edit (:func:`editing.scheduler.editing_scheduler`),
+never on ``pipe.scheduler``; under open hooks each DDIM step, inner iterations included, is one
+step of the clock.
 """
 
 from __future__ import annotations
@@ -13,6 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from editing.inversion import Inversion
+from editing.scheduler import EDIT_ETA, editing_scheduler
+from probe.attention.clock import denoising_steps
 
 
 def null_text_invert(
@@ -22,64 +37,107 @@ def null_text_invert(
     guidance_scale: float | None = None,
     inner_steps: int = 10,
     lr: float = 1e-2,
+    lr_decay: float = 0.01,
     tolerance: float = 1e-5,
+    tolerance_growth: float = 2e-5,
+    trace: list[dict[str, float]] | None = None,
 ) -> Inversion:
-    """Optimise one unconditional embedding per step along a DDIM inversion.
+    """Optimise one unconditional embedding per DDIM step along a pivot inversion.
 
     Args:
         pipe: the pipeline.
-        pivot: a DDIM inversion of the image (ideally with ``prompt``, guidance 1).
+        pivot: a DDIM inversion of the image; as published, with ``prompt`` and no guidance:
+            ``ddim_invert(pipe, image, prompt=prompt)``.
         prompt: the source prompt used while editing.
-        guidance_scale: the guidance the edit will use (default the model's).
-        inner_steps: Adam steps per DDIM step (the paper: 10).
-        lr: Adam learning rate (the paper: 1e-2).
-        tolerance: stop a step's optimisation once the loss is below this.
+        guidance_scale: the guidance the edit will use (default the model's: 7.5 on SD, the
+            authors' ``GUIDANCE_SCALE``).
+        inner_steps: at most this many Adam iterations per DDIM step (the authors: 10).
+        lr: Adam's learning rate at step 0 (the authors: 1e-2).
+        lr_decay: step ``i`` uses ``lr · (1 − lr_decay · i)`` (the authors: ``i / 100``).
+        tolerance: step ``i`` stops once a loss is below ``tolerance + tolerance_growth · i``
+            (the authors: ``1e-5 + i · 2e-5``).
+        tolerance_growth: see ``tolerance``.
+        trace: if given, one dict per DDIM step is appended: ``step``, ``lr``, ``tolerance``,
+            ``iterations`` (Adam iterations run) and ``loss`` (the last one).
 
     Returns:
-        The pivot's trajectory with ``null_embeddings`` set.
+        The pivot's trajectory with ``null_embeddings`` set (``[1, tokens, dim]`` per step).
+
+    Raises:
+        ValueError: ``inner_steps < 1``, or a learning rate schedule that turns negative
+            before the last step (more than ``1 + 1/lr_decay`` steps).
 
     Example:
-        >>> inv = null_text_invert(pipe, ddim_invert(pipe, "car.png", "a red car"), "a red car")
+        >>> pivot = ddim_invert(pipe, "car.png", prompt="a red car")
+        >>> inv = null_text_invert(pipe, pivot, "a red car")
         >>> edit(pipe, "a red car", ["a blue car"], method="p2p", inversion=inv)
     """
     from editing.sampling import encode_prompts
     from probe.models import generation_defaults
 
-    scale = guidance_scale or generation_defaults(pipe)["guidance_scale"]
+    if inner_steps < 1:
+        raise ValueError(f"inner_steps={inner_steps}: use at least 1 (the authors: 10)")
+    if lr * (1 - lr_decay * (pivot.num_steps - 1)) < 0:
+        raise ValueError(
+            f"lr {lr:g}·(1 − {lr_decay:g}·i) is negative at step {pivot.num_steps - 1}: use fewer "
+            f"steps or lr_decay <= {1 / max(pivot.num_steps - 1, 1):g}"
+        )
+    scale = guidance_scale
+    if scale is None:
+        scale = generation_defaults(pipe)["guidance_scale"]
     uncond, cond = encode_prompts(pipe, [prompt], True).chunk(2)
-    scheduler = pipe.scheduler
+    scheduler = editing_scheduler(pipe)
     scheduler.set_timesteps(pivot.num_steps, device=pipe.device)
     latent = pivot.trajectory[0].clone()
     found = []
-    for i, t in enumerate(tqdm(scheduler.timesteps, desc="null-text inversion", leave=False)):
-        target = pivot.trajectory[i + 1]
+    steps = denoising_steps(pipe, scheduler.timesteps)
+    for i, t in tqdm(steps, total=pivot.num_steps, desc="null-text inversion", leave=False):
         with torch.no_grad():
             noise_cond = pipe.unet(latent, t, encoder_hidden_states=cond).sample
-        uncond = _optimise_step(
-            pipe, latent, t, uncond, noise_cond, target, scale, inner_steps, lr, tolerance
+        step = _InnerStep(pipe, scheduler, latent, t, noise_cond, pivot.trajectory[i + 1], scale)
+        uncond, record = step.optimise(
+            uncond, inner_steps, lr * (1 - lr_decay * i), tolerance + tolerance_growth * i
         )
+        if trace is not None:
+            trace.append({"step": i, **record})
         found.append(uncond.detach().clone())
         with torch.no_grad():
-            noise_uncond = pipe.unet(latent, t, encoder_hidden_states=uncond).sample
-            noise = noise_uncond + scale * (noise_cond - noise_uncond)
-            latent = scheduler.step(noise, t, latent).prev_sample
+            latent = step.prev(pipe.unet(latent, t, encoder_hidden_states=uncond).sample)
     return Inversion(pivot.trajectory, prompt, pivot.num_steps, null_embeddings=found)
 
 
-def _optimise_step(
-    pipe: Any, latent: Any, t: Any, uncond: Any, noise_cond: Any, target: Any,
-    scale: float, inner_steps: int, lr: float, tolerance: float,
-) -> Any:  # fmt: skip
-    uncond = uncond.detach().clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([uncond], lr=lr)
-    for _ in range(inner_steps):
-        noise_uncond = pipe.unet(latent, t, encoder_hidden_states=uncond).sample
-        noise = noise_uncond + scale * (noise_cond - noise_uncond)
-        prev = pipe.scheduler.step(noise, t, latent).prev_sample
-        loss = torch.nn.functional.mse_loss(prev, target)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        if loss.item() < tolerance:
-            break
-    return uncond
+class _InnerStep:
+    """One DDIM step of null-text inversion: the guided step and its optimisation."""
+
+    def __init__(
+        self, pipe: Any, scheduler: Any, latent: Any, t: Any, noise_cond: Any, target: Any,
+        scale: float,
+    ) -> None:  # fmt: skip
+        self.pipe, self.scheduler, self.latent, self.t = pipe, scheduler, latent, t
+        self.noise_cond, self.target, self.scale = noise_cond, target, scale
+
+    def prev(self, noise_uncond: Any) -> Any:
+        """The guided DDIM step from ``latent`` with this unconditional prediction."""
+        noise = noise_uncond + self.scale * (self.noise_cond - noise_uncond)
+        return self.scheduler.step(noise, self.t, self.latent, eta=EDIT_ETA).prev_sample
+
+    def optimise(
+        self, uncond: Any, inner_steps: int, lr: float, tolerance: float
+    ) -> tuple[Any, dict[str, float]]:
+        """Adam on a copy of ``uncond`` (a fresh optimiser, as the authors'); returns the
+        embedding after the last update and the step's record."""
+        uncond = uncond.detach().clone().requires_grad_(True)
+        optimiser = torch.optim.Adam([uncond], lr=lr)
+        loss_value, done = float("nan"), 0
+        while done < inner_steps:
+            done += 1
+            noise_uncond = self.pipe.unet(self.latent, self.t, encoder_hidden_states=uncond).sample
+            loss = torch.nn.functional.mse_loss(self.prev(noise_uncond), self.target)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            loss_value = loss.item()
+            if loss_value < tolerance:  # checked after the update, as the authors do
+                break
+        record = {"lr": lr, "tolerance": tolerance, "iterations": done, "loss": loss_value}
+        return uncond, record
