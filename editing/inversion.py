@@ -1,8 +1,15 @@
 """Real images: encode, DDIM-invert (empty prompt by default), reconstruct.
 
-The official FPE real-image path: the image's DDIM inversion gives a latent for every step; while
-sampling, the source row follows those latents and only the targets are denoised (see
-:func:`editing.edit.edit` with ``inversion=``).
+    inv = ddim_invert(pipe, "car.png")                     # the empty prompt, as the FPE code
+    reconstruct(pipe, inv)                                 # denoised back, nothing forced
+    edit(pipe, "a red car", ["a blue car"], inversion=inv) # FPE: the source row forced
+
+The official FPE real-image path: the image's DDIM inversion with the empty prompt gives a latent
+for every step; while sampling, the source row runs on the empty prompt and is put back onto
+those latents at every step, and only the targets are really denoised (see
+:func:`editing.editor.edit`: ``source_branch`` and ``source_branch_prompt``, and the registry's
+per-method defaults). :func:`reconstruct` measures the inversion itself: the image denoised from
+the inverted noise without being forced.
 """
 
 from __future__ import annotations
@@ -13,11 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDIMInverseScheduler
 from PIL import Image
 from torch import Tensor
 
+from editing.scheduler import editing_scheduler, inverse_scheduler
 from probe.attention.batch import BatchLayout
+from probe.attention.clock import denoising_steps
 from probe.models import generation_defaults
 
 
@@ -48,14 +56,12 @@ def load_image(image: str | Path | Image.Image | np.ndarray, size: tuple[int, in
     """Read an RGB image of exactly ``size`` (width, height).
 
     Raises:
-        ValueError: another mode (e.g. RGBA, L) or another size; the message says how to fix it.
+        ValueError: a file that is not an image, another mode (e.g. RGBA, L) or another size;
+            the message says how to fix it.
         FileNotFoundError: no such file.
     """
     if isinstance(image, (str, Path)):
-        if not Path(image).is_file():
-            raise FileNotFoundError(f"image {image} does not exist")
-        image = Image.open(image)
-        image.load()
+        image = _read_image_file(Path(image))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(
@@ -75,6 +81,19 @@ def load_image(image: str | Path | Image.Image | np.ndarray, size: tuple[int, in
     return image
 
 
+def _read_image_file(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(
+            f"{path} is not an image PIL can read ({type(err).__name__}): pass a PNG or JPEG file"
+        ) from None
+    return image
+
+
 @torch.no_grad()
 def encode_image(pipe: Any, image: Image.Image) -> Tensor:
     """The VAE posterior mean times the scaling factor: ``[1, 4, h, w]``."""
@@ -91,6 +110,10 @@ def ddim_invert(
 ) -> Inversion:
     """DDIM-invert an image with ``prompt`` (empty by default) and no guidance.
 
+    The inversion runs on DDIM built from the model's scheduler config
+    (:func:`editing.scheduler.editing_scheduler`), whatever scheduler the folder ships, so
+    that its latents line up with the DDIM steps the edit samples with.
+
     Example:
         >>> inv = ddim_invert(pipe, "car.png")
         >>> edit(pipe, "a red car", ["a blue car"], inversion=inv)
@@ -100,10 +123,10 @@ def ddim_invert(
     img = load_image(image, (defaults["width"], defaults["height"]))
     latent = encode_image(pipe, img)
     cond, _ = pipe.encode_prompt([prompt], pipe.device, 1, False)
-    inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
+    inverse = inverse_scheduler(editing_scheduler(pipe))
     inverse.set_timesteps(num_steps, device=pipe.device)
     path = [latent]
-    for t in inverse.timesteps:
+    for _, t in denoising_steps(pipe, inverse.timesteps):
         noise = pipe.unet(
             inverse.scale_model_input(latent, t), t, encoder_hidden_states=cond
         ).sample
@@ -114,23 +137,36 @@ def ddim_invert(
 
 
 @torch.no_grad()
-def reconstruct(pipe: Any, inversion: Inversion, guidance_scale: float = 1.0) -> Image.Image:
-    """Denoise the inversion's noisiest latent with its prompt: the image should come back."""
+def reconstruct(
+    pipe: Any, inversion: Inversion, guidance_scale: float = 1.0, prompt: str | None = None
+) -> Image.Image:
+    """Denoise the inversion's noisiest latent, nothing forced: how well the image comes back
+    measures the inversion (compare with the VAE round trip ``decode(encode(image))``, its
+    ceiling). A null-text inversion's unconditional embeddings are used.
+
+    Args:
+        pipe: the pipeline.
+        inversion: from :func:`ddim_invert` or :func:`editing.null_text.null_text_invert`.
+        guidance_scale: classifier-free guidance (1: none; with the empty prompt guidance
+            changes nothing, its conditional and unconditional rows being the same).
+        prompt: the prompt to denoise with (default: the one it was inverted with).
+
+    Raises:
+        ValueError: a null-text inversion at guidance 1 (its embeddings would go unused).
+
+    Example:
+        >>> psnr(decode(pipe, inv.trajectory[-1])[0], reconstruct(pipe, inv, 7.5, "a red car"))
+    """
     from editing.sampling import decode, denoise, encode_prompts
 
     guided = guidance_scale > 1.0
-    embeddings = encode_prompts(pipe, [inversion.prompt], guided)
+    if inversion.null_embeddings is not None and not guided:
+        raise ValueError("null-text inversion only matters with guidance: set guidance_scale > 1")
+    text = inversion.prompt if prompt is None else prompt
+    embeddings = encode_prompts(pipe, [text], guided)
     latents = inversion.trajectory[0].clone()
     final = denoise(
         pipe, embeddings, latents, BatchLayout.for_samples(1, guided), [], inversion.num_steps,
-        guidance_scale,
+        guidance_scale, uncond_embeddings=inversion.null_embeddings,
     )  # fmt: skip
     return decode(pipe, final)[0]
-
-
-def psnr(a: Image.Image | np.ndarray, b: Image.Image | np.ndarray) -> float:
-    """Peak signal-to-noise ratio of two uint8 images, in dB."""
-    x = np.asarray(a, dtype=np.float64)
-    y = np.asarray(b, dtype=np.float64)
-    mse = float(np.mean((x - y) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)

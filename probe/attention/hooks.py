@@ -5,8 +5,9 @@
 
 On entry every attention module of the UNet gets a :class:`HookedAttnProcessor`; on exit, also
 after an exception, the processors that were there before come back, the very same objects.
-A forward pre-hook on the UNet reads the ``timestep`` argument and drives the step clock, so steps
-count the same in the pipeline, in an inversion loop and in a hand-written loop.
+A forward pre-hook on the UNet reads the ``timestep`` argument and drives the step clock: a step is
+one iteration of the loop that calls the UNet (the pipeline's, an inversion loop, a hand-written
+one), for every scheduler; see :mod:`probe.attention.clock` for the rule.
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ from diffusers import UNet2DConditionModel
 from torch import Tensor
 
 from probe.attention.batch import BatchLayout
+from probe.attention.clock import SchedulerWatch, StepClock
 from probe.attention.controller import AttentionCall, Controller, Kind
-from probe.attention.layers import LayerInfo, attention_modules, unet_layers
+from probe.attention.layers import (
+    LayerInfo,
+    attention_modules,
+    table_at,
+    unet_layers,
+)
 from probe.attention.processor import HookedAttnProcessor
 
 # processors whose math is plain attention: we may replace them without changing the model
@@ -32,32 +39,6 @@ STANDARD_PROCESSORS = {
 }
 
 
-class StepClock:
-    """Counts denoising steps from the timesteps the UNet is called with.
-
-    A new step starts whenever the timestep differs from the previous call's, so the two halves of
-    a hand-written guidance loop, or the inner iterations of null-text inversion, share a step.
-    """
-
-    def __init__(self) -> None:
-        self.step = -1
-        self.timestep: float | None = None
-        self.timesteps: list[float] = []
-
-    def reset(self) -> None:
-        """Start counting from step 0 again at the next UNet call."""
-        self.__init__()  # type: ignore[misc]
-
-    def tick(self, timestep: float) -> bool:
-        """Register a UNet call; returns True when it starts a new step."""
-        if self.timestep is not None and timestep == self.timestep:
-            return False
-        self.step += 1
-        self.timestep = timestep
-        self.timesteps.append(timestep)
-        return True
-
-
 class AttentionHooks:
     """Install attnprobe's attention processor on a UNet for the span of a ``with`` block.
 
@@ -68,6 +49,18 @@ class AttentionHooks:
             guidance setting (unconditional rows first), or all-conditional for a bare UNet.
         replace_foreign: replace processors someone else installed on layers a controller
             claims (default: refuse). Elsewhere foreign processors keep running.
+        latent_hw: the latent (height, width) the run generates, when known before it starts
+            (the edit loop knows it); default the UNet's ``sample_size`` until the first call.
+
+    ``hooks.layers`` is the layer table of this run: at ``latent_hw`` from the start when it is
+    given, and from the first UNet call on at the size of the sample the UNet gets, before any
+    controller sees that call. Controllers resolve their layer specs against it, so a rule such
+    as ``res<=16`` means 16 query positions per side at the size actually generated.
+
+    ``hooks.clock`` counts steps as iterations of the loop calling the UNet: while the block is
+    open, ``pipe.scheduler.step`` and ``set_timesteps`` are wrapped on the scheduler instance
+    (and unwrapped on exit) so that PNDM's and Heun's repeated timesteps count as the
+    pipeline's loop counts them (:mod:`probe.attention.clock`).
 
     Raises:
         RuntimeError: entering twice, or a controller claims a layer that runs a foreign
@@ -86,16 +79,20 @@ class AttentionHooks:
         controllers: Iterable[Controller] = (),
         layout: BatchLayout | None = None,
         replace_foreign: bool = False,
+        latent_hw: tuple[int, int] | None = None,
     ) -> None:
         self.pipe = None if isinstance(model, UNet2DConditionModel) else model
         self.unet: UNet2DConditionModel = model if self.pipe is None else model.unet
         self.controllers: list[Controller] = list(controllers)
         self.layout = layout
         self.replace_foreign = replace_foreign
-        self.layers: list[LayerInfo] = unet_layers(self.unet)
+        size = self.unet.config.sample_size
+        default = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        self.latent_hw: tuple[int, int] = latent_hw or default
+        self.layers: list[LayerInfo] = unet_layers(self.unet, *self.latent_hw)
         self.clock = StepClock()
+        self._watch = SchedulerWatch(lambda: self.clock.end_step("scheduler"), self.restart)
         self.batch_layout: BatchLayout | None = None
-        self.latent_hw: tuple[int, int] = self.layers[0].resolution
         self._saved: dict[str, Any] | None = None
         self._handle: Any = None
         self._first_call = True
@@ -128,6 +125,7 @@ class AttentionHooks:
             self._check_foreign(self.controllers)
             self._install(saved)
             self._handle = self.unet.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
+            self._watch.attach(getattr(self.pipe, "scheduler", None))
             self.unet._attnprobe_hooks = self
         except BaseException:
             self._restore()
@@ -155,6 +153,7 @@ class AttentionHooks:
 
     def _restore(self) -> None:
         try:
+            self._watch.detach()
             if self._handle is not None:
                 self._handle.remove()
             if self._saved is not None:
@@ -187,22 +186,35 @@ class AttentionHooks:
         sample = args[0] if args else kwargs["sample"]
         t = args[1] if len(args) > 1 else kwargs["timestep"]
         timestep = float(t.flatten()[0]) if isinstance(t, Tensor) else float(t)
-        seen = self.clock.timesteps
-        if seen and timestep == seen[0] and timestep != self.clock.timestep:
+        self._watch.attach(getattr(self.pipe, "scheduler", None))  # also a swapped-in one
+        if self.clock.starts_new_run(timestep):
             self.restart()  # the run's first timestep again: a new generation
         self.clock.tick(timestep)
         self.encoder_hidden_states = (
             args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
         )
-        self.latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
+        self._set_latent((int(sample.shape[-2]), int(sample.shape[-1])))
         self.batch_layout = self._layout_for(int(sample.shape[0]))
         first, self._first_call = self._first_call, False
         for c in self.controllers:
             c.on_unet_call(self, first)
 
+    def _set_latent(self, latent_hw: tuple[int, int]) -> None:
+        """Make ``self.layers`` the table of the latent size the UNet is called with."""
+        if latent_hw == self.latent_hw:
+            return
+        self.latent_hw, self.layers = latent_hw, table_at(self.layers, latent_hw)
+        for proc in self.unet.attn_processors.values():
+            if isinstance(proc, HookedAttnProcessor) and proc.hooks is self:
+                proc.layer = self.layers[proc.layer.index]
+
     @property
     def total_steps(self) -> int | None:
-        """Steps of the run under way, when the pipeline's scheduler tells (else ``None``)."""
+        """Steps of the run under way: the iterations a marking loop announced
+        (:func:`~probe.attention.clock.denoising_steps`), else ``num_steps`` when set, else
+        ``len(pipe.scheduler.timesteps)`` (the pipeline loop's iterations), else ``None``."""
+        if self.clock.total is not None:
+            return self.clock.total
         if self.num_steps is not None:
             return self.num_steps
         timesteps = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)

@@ -8,10 +8,12 @@ from probe.models.loading import (
     TOY_DIR,
     assemble_pipeline,
     build_tiny_pipeline,
+    defaults_origin,
     generation_defaults,
     layer_table,
     load_pipeline,
     resolve_device,
+    run_layer_table,
     sd_ddim_scheduler,
 )
 
@@ -19,9 +21,11 @@ __all__ = [
     "TOY_DIR",
     "assemble_pipeline",
     "build_tiny_pipeline",
+    "defaults_origin",
     "generation_defaults",
     "layer_table",
     "load_pipeline",
     "resolve_device",
+    "run_layer_table",
     "sd_ddim_scheduler",
 ]

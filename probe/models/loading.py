@@ -138,22 +138,72 @@ def assemble_pipeline(
     )
 
 
-GENERATION_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": 7.5}
+GENERATION_DEFAULTS: dict[str, dict[str, Any]] = {
+    # a diffusers SD 1.x/2.x folder: the settings of the official FPE, Prompt-to-Prompt and
+    # MasaCtrl code (50 DDIM steps, guidance 7.5), at the UNet's native size
+    "sd": {"num_inference_steps": 50, "guidance_scale": 7.5},
+    # a pipeline assembled in memory (the random "tiny"): few steps, for tests
+    "tiny": {"num_inference_steps": 20, "guidance_scale": 7.5},
+}
+"""Sampling defaults per model family. A folder's ``attnprobe.json`` (the toy ships one) wins."""
 
 
 def generation_defaults(pipe: StableDiffusionPipeline) -> dict[str, Any]:
     """Steps, guidance and image size a model is meant to be sampled with.
 
     Read from ``attnprobe.json`` in the model's folder when there is one (the toy model ships
-    its own), else 20 steps, guidance 7.5 and the UNet's native size.
+    its own: 20 steps, guidance 4.0, 64 px), else the family's row of
+    :data:`GENERATION_DEFAULTS` (an SD 1.x/2.x folder: 50 steps, guidance 7.5; ``tiny`` and
+    other pipelines built in memory: 20 steps, guidance 7.5), at the native size (the UNet's
+    ``sample_size`` × the VAE's scale factor: 512 px for SD 1.5, 768 for SD 2.1).
+
+    Returns:
+        ``num_inference_steps``, ``guidance_scale``, ``height``, ``width``: keyword arguments of
+        the pipeline's call (``pipe(prompt, **generation_defaults(pipe))``).
+
+    Example:
+        >>> generation_defaults(load_pipeline("~/models/sd15"))
+        {'num_inference_steps': 50, 'guidance_scale': 7.5, 'height': 512, 'width': 512}
     """
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    defaults: dict[str, Any] = {**GENERATION_DEFAULTS, "height": size, "width": size}
+    folder = getattr(pipe, "name_or_path", None)
+    family = GENERATION_DEFAULTS["sd" if folder else "tiny"]
+    defaults: dict[str, Any] = {**family, "height": size, "width": size}
+    saved = _saved_defaults(Path(folder)) if folder else {}
+    defaults.update({k: saved[k] for k in defaults if k in saved})
+    return defaults
+
+
+def defaults_origin(pipe: StableDiffusionPipeline) -> dict[str, str]:
+    """Where :func:`generation_defaults` took this model's defaults from (for settings files).
+
+    Returns:
+        ``{"family": ..., "source": ...}``: family ``"own"`` (the folder's ``attnprobe.json``,
+        e.g. the toy), ``"sd"`` (an SD 1.x/2.x folder) or ``"tiny"`` (built in memory).
+
+    Example:
+        >>> defaults_origin(load_pipeline("tiny"))["family"]
+        'tiny'
+    """
     folder = getattr(pipe, "name_or_path", None)
     if folder and (Path(folder) / "attnprobe.json").is_file():
-        saved = json.loads((Path(folder) / "attnprobe.json").read_text())
-        defaults.update({k: saved[k] for k in defaults if k in saved})
-    return defaults
+        return {"family": "own", "source": str(Path(folder) / "attnprobe.json")}
+    if folder:
+        return {"family": "sd", "source": "SD 1.x/2.x folder: GENERATION_DEFAULTS['sd']"}
+    return {"family": "tiny", "source": "built in memory: GENERATION_DEFAULTS['tiny']"}
+
+
+def _vae_scale(vae_config: Any) -> int:
+    """Pixels per latent position, as diffusers' SD pipelines compute it (8 without a VAE)."""
+    if vae_config is None:
+        return 8
+    return int(2 ** (len(vae_config["block_out_channels"]) - 1))
+
+
+def _saved_defaults(folder: Path) -> dict[str, Any]:
+    """The model folder's ``attnprobe.json`` (its sampling defaults), or ``{}``."""
+    path = folder / "attnprobe.json"
+    return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
 def load_pipeline(
@@ -187,9 +237,43 @@ def load_pipeline(
     return pipe
 
 
-def layer_table(spec: str | Path = "toy") -> list[LayerInfo]:
+def run_layer_table(
+    pipe: StableDiffusionPipeline, height: int | None = None, width: int | None = None
+) -> list[LayerInfo]:
+    """The layer table of a run of ``pipe`` that generates ``height × width`` pixels.
+
+    A layer table belongs to a run: resolution rules (``res<=16``, ``res<max``) mean query
+    positions at the latent size generated. This is the table to resolve a spec with before the
+    run's first UNet call (a dataset's memory plan, a sweep's ranges); from that call on the
+    hooks hold the same table (``hooks.layers``).
+
+    Args:
+        pipe: the pipeline.
+        height, width: image size in pixels (default: the model's,
+            see :func:`generation_defaults`).
+
+    Example:
+        >>> [layer.resolution for layer in run_layer_table(load_pipeline("tiny"), 128)][:1]
+        [(16, 8)]
+    """
+    defaults = generation_defaults(pipe)
+    scale = pipe.vae_scale_factor
+    h, w = height or defaults["height"], width or defaults["width"]
+    return unet_layers(pipe.unet, h // scale, w // scale)
+
+
+def layer_table(
+    spec: str | Path = "toy", height: int | None = None, width: int | None = None
+) -> list[LayerInfo]:
     """The attention-layer table of a model without loading its weights: its UNet is built
     from its config on the meta device (0.07 s for SD 1.5's config on this CPU).
+
+    For commands with no run (``attnprobe layers``); a run's own table is
+    :func:`run_layer_table` (or ``hooks.layers``, ``maps.layers``, ``ProbeResults.layer_table``).
+
+    Args:
+        spec: as :func:`load_pipeline`.
+        height, width: image size in pixels (default: the model's own size).
 
     Raises:
         FileNotFoundError: as :func:`load_pipeline`.
@@ -199,11 +283,19 @@ def layer_table(spec: str | Path = "toy") -> list[LayerInfo]:
         [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
     """
     if str(spec) == "tiny":
-        return unet_layers(tiny_unet())
-    config = UNet2DConditionModel.load_config(str(_resolve_folder(spec) / "unet"))
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(config)
-    return unet_layers(unet)
+        unet, scale, saved = tiny_unet(), _vae_scale(tiny_vae().config), {}
+    else:
+        folder = _resolve_folder(spec)
+        config = UNet2DConditionModel.load_config(str(folder / "unet"))
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(config)
+        vae = folder / "vae" / "config.json"
+        scale = _vae_scale(json.loads(vae.read_text()) if vae.is_file() else None)
+        saved = _saved_defaults(folder)
+    size = unet.config.sample_size * scale
+    h = height or saved.get("height", size)
+    w = width or saved.get("width", size)
+    return unet_layers(unet, h // scale, w // scale)
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -269,11 +361,25 @@ def _resolve_folder(spec: str | Path) -> Path:
 
 
 def _load_folder(folder: Path) -> StableDiffusionPipeline:
+    pipeline_class = str(json.loads((folder / "model_index.json").read_text()).get("_class_name"))
+    if pipeline_class.startswith("StableDiffusionXL"):
+        # StableDiffusionPipeline would load it, dropping text_encoder_2, and fail at generation
+        raise NotImplementedError(
+            f"{folder} is an SDXL folder ({pipeline_class} in model_index.json): attnprobe loads "
+            "SD 1.x/2.x folders only so far; SDXL support is issue 14. Use an SD 1.x/2.x folder "
+            "or --model toy."
+        )
+    # The safety checker is never loaded: safety_checker=None drops it (SD 1.x folders list it,
+    # SD 2.x list [null, null]), and requires_safety_checker=False keeps diffusers from warning
+    # that it is missing; images come back unfiltered. The feature extractor still loads.
+    # dtype: SD 2.x configs record float16 (their save dtype), which transformers 5 would load
+    # the text encoder in, next to a float32 UNet; load_pipeline's dtype casts afterwards.
     pipe = StableDiffusionPipeline.from_pretrained(
         str(folder),
         local_files_only=True,
         safety_checker=None,
         requires_safety_checker=False,
+        dtype=torch.float32,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -1,0 +1,71 @@
+"""The official FPE layer rule, and what it means on a model of another size.
+
+    fpe_rule(layer_table("~/models/sd15"))   # 'positions<=1024': layers 2-12 at 512 px, 4-9 at 768
+    fpe_rule(layer_table("toy"))             # 'positions<=64': layers 2-12 at the toy's 64 px
+
+The official FPE code (alibaba/EasyNLP, ``diffusion/FreePromptEditing``) chooses the layers whose
+self-attention it replaces by the size of their query map, an absolute number of positions. The
+``fpe`` layer preset resolves through :func:`fpe_rule` against the run's layer table, which knows
+its model's native latent size (``LayerInfo.native_latent``), so every caller (``edit``, the sweep's
+ranges, ``select --base fpe``, ``reproduce``, ``attnprobe layers --spec fpe``) gets the same layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class _Layer(Protocol):
+    """What the rule reads of a layer (a :class:`probe.attention.layers.LayerInfo`); a protocol,
+    so that this module, which ``layers`` imports, does not import ``layers`` back."""
+
+    @property
+    def native_latent(self) -> tuple[int, int] | None: ...
+
+
+OFFICIAL_FPE_POSITIONS = 32 * 32
+"""The official FPE code replaces self-attention where the query map has at most 32×32 = 1024
+query positions, at whatever size is generated (``att_replace.shape[2] <= 32 ** 2`` in its
+``freeprompt.py``): on SD 1.5 layers 2-12 at 512 px, 4-9 at 768 px."""
+
+
+def fpe_max_positions(native_latent: tuple[int, int]) -> int:
+    """The ``fpe`` preset's bound on a layer's query positions, for a model made for latents
+    of ``native_latent`` (its UNet's ``sample_size``).
+
+    An SD-sized model (native latent of at least 64×64: SD 1.x, SD 2.x): the official code's
+    32×32 = 1024 (:data:`OFFICIAL_FPE_POSITIONS`), at any size generated. A smaller model: the
+    official rule carried to its size. At SD 1.5's native 64×64 latent, 32×32 are the maps one
+    level coarser than native; carried to a native h×w latent that is (h/2)·(w/2) positions:
+    8×8 = 64 on the toy (16×16 latents at its native 64 px), 4×4 = 16 on ``tiny`` (8×8). The
+    bound is absolute, as the official one: a larger image replaces fewer layers.
+
+    Example:
+        >>> fpe_max_positions((64, 64)), fpe_max_positions((96, 96)), fpe_max_positions((16, 16))
+        (1024, 1024, 64)
+    """
+    h, w = native_latent
+    return min(OFFICIAL_FPE_POSITIONS, (h // 2) * (w // 2))
+
+
+def fpe_rule(layers: Sequence[_Layer]) -> str:
+    """The rule the ``fpe`` preset stands for on this table's model: ``"positions<=N"``.
+
+    Raises:
+        ValueError: the table does not know its model's native latent size (it was read from a
+            file written before that was stored).
+
+    Example:
+        >>> fpe_rule(layer_table("toy")), fpe_rule(layer_table("~/models/sd15"))
+        ('positions<=64', 'positions<=1024')
+    """
+    latent = layers[0].native_latent if layers else None
+    if latent is None or any(layer.native_latent != latent for layer in layers):
+        raise ValueError(
+            "the 'fpe' preset depends on the model's native latent size, which this layer table "
+            "does not record (a file written by an older attnprobe): rerun the command that "
+            "wrote it, or give the rule itself, 'positions<=1024' (SD 1.x/2.x) or "
+            "'positions<=64' (the toy)"
+        )
+    return f"positions<={fpe_max_positions(latent)}"

@@ -1,0 +1,1 @@
+"""Replica folders of real Stable Diffusion checkpoints (configs as shipped, tiny weights)."""
