@@ -14,7 +14,7 @@ from benchmarks.baselines import InPlaceMaterialisedReplace, MaterialiseEverywhe
 from benchmarks.measure import release_memory, run_interleaved, summarize
 from benchmarks.profiles import Bench
 from benchmarks.rigs import random_embeddings, random_latents
-from editing.edit import edit
+from editing import edit
 from editing.inversion import ddim_invert
 from editing.methods.replace import SelfAttentionReplace
 from editing.null_text import null_text_invert
@@ -183,5 +183,65 @@ def real_image(bench: Bench) -> dict[str, Any]:
             "source row follows the inverted latents). null_text_invert+fpe: Prompt-to-Prompt's "
             f"path (DDIM inversion with the source prompt, then {prof.null_inner_steps} Adam "
             "steps per DDIM step on the unconditional embedding), followed by the same FPE edit.",
+        ],
+    }
+
+
+NULL_TEXT_STEPS = 10
+"""DDIM steps of the null-text case (a small case: its cost grows linearly with the steps)."""
+
+
+def null_text(bench: Bench) -> dict[str, Any]:
+    """Null-text inversion with the published schedules, beside the DDIM pivot it starts from."""
+    pipe, prof = bench.pipe(), bench.profile
+    gen = generation_defaults(pipe)
+    steps = prof.pipe_steps or NULL_TEXT_STEPS
+    image = pipe(
+        SOURCE, num_inference_steps=steps, generator=torch.Generator().manual_seed(0)
+    ).images[0]
+    traces: list[list[dict[str, float]]] = []
+
+    def pivot() -> Any:
+        return ddim_invert(pipe, image, prompt=SOURCE, num_steps=steps)
+
+    def pivot_and_null_text() -> Any:
+        traces.append([])
+        return null_text_invert(
+            pipe, pivot(), SOURCE, inner_steps=prof.null_inner_steps, trace=traces[-1]
+        )
+
+    variants = {"ddim_pivot": pivot, "ddim_pivot+null_text": pivot_and_null_text}
+    table = summarize(run_interleaved(variants, prof.real_repeats, False, bench.log),
+                      "ddim_pivot")  # fmt: skip
+    release_memory()
+    used = [int(r["iterations"]) for r in traces[-1]]
+    seconds = table["ddim_pivot+null_text"]["seconds"] - table["ddim_pivot"]["seconds"]
+    group = {
+        "label": f"{bench.model}, {steps} steps, up to {prof.null_inner_steps} Adam iterations",
+        "model": bench.model,
+        "settings": {"steps": steps, "guidance": gen["guidance_scale"],
+                     "inner_steps": prof.null_inner_steps, "lr": "1e-2 (1 - i/100)",
+                     "early_stop": "loss < 1e-5 + i 2e-5"},
+        "baseline": "ddim_pivot",
+        "variants": table,
+        "extra": {"adam_iterations": sum(used), "early_stopped_steps": sum(u < prof.null_inner_steps
+                  for u in used), "null_text_seconds": round(seconds, 2),
+                  "seconds_per_adam_iteration": round(seconds / max(sum(used), 1), 3),
+                  "last_losses": [round(r["loss"], 6) for r in traces[-1]]},
+    }  # fmt: skip
+    return {
+        "case": "null_text",
+        "title": "Null-text inversion (published schedules) vs its DDIM pivot",
+        "groups": [group],
+        "targets": [],
+        "notes": [
+            "ddim_pivot: DDIM inversion of a generated image with the source prompt, no "
+            "guidance (the published pivot). ddim_pivot+null_text: the same pivot, then null-text "
+            "inversion as null_text_w_ptp.ipynb: per DDIM step i a fresh Adam on the previous "
+            "step's unconditional embedding, lr 1e-2 (1 - i/100), stop once the loss is below "
+            "1e-5 + i 2e-5, at the model's guidance. Each Adam iteration is one UNet pass with "
+            "backward; each step adds two passes without (the conditional prediction, the "
+            "step with the result).",
+            f"{prof.real_repeats} timed run(s) per variant, interleaved, no warm-up.",
         ],
     }

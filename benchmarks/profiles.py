@@ -29,6 +29,8 @@ class Profile:
         scaling_layers: layer specs of the scaling case.
         scaling_steps: DDIM steps of the scaling case.
         scaling_repeats: timed runs per variant of the scaling case.
+        probe_repeats: timed runs per variant of the probing case (its grid is the demo's
+            colour grid, full or quick).
     """
 
     name: str
@@ -48,6 +50,7 @@ class Profile:
     scaling_layers: tuple[str, ...]
     scaling_steps: int
     scaling_repeats: int
+    probe_repeats: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +74,7 @@ FULL = Profile(
     scaling_layers=("mid", "res<max", "all"),
     scaling_steps=4,
     scaling_repeats=3,
+    probe_repeats=3,
 )
 
 QUICK = Profile(
@@ -91,6 +95,7 @@ QUICK = Profile(
     scaling_layers=("mid", "all"),
     scaling_steps=1,
     scaling_repeats=1,
+    probe_repeats=1,
 )
 
 PROFILES = {"full": FULL, "quick": QUICK}

@@ -1,10 +1,11 @@
 """What the benchmarks run on: the SD 1.5 UNet from its config, and a UNet-only sampling rig.
 
 Weights do not change the cost of a forward pass, so the SD 1.5 UNet is built from its
-``unet/config.json`` (``tests/configs/sd15_unet.json``) with random weights, and fed random
-text embeddings ``[rows, 77, 768]``. :class:`UNetRig` looks enough like a pipeline (``unet``,
-``scheduler``, ``do_classifier_free_guidance``, ``device``) for :class:`probe.attention.hooks.AttentionHooks`,
-:func:`probe.recording.record.record_attention` and :func:`editing.sampling.denoise` to drive it.
+``unet/config.json`` (``tests/replicas/sd15/unet/config.json``) with random weights, and fed
+random text embeddings ``[rows, 77, 768]``. :class:`UNetRig` looks enough like a pipeline
+(``unet``, ``scheduler``, ``do_classifier_free_guidance``, ``device``) for
+:class:`probe.attention.hooks.AttentionHooks`, :func:`probe.recording.record.record_attention`
+and :func:`editing.sampling.denoise` to drive it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from probe.models import sd_ddim_scheduler
 
-SD15_CONFIG = Path(__file__).resolve().parents[1] / "tests" / "configs" / "sd15_unet.json"
+SD15_CONFIG = Path(__file__).resolve().parents[1] / "tests/replicas/sd15/unet/config.json"
 TEXT_TOKENS = 77
 
 
@@ -32,8 +33,7 @@ def sd15_unet(seed: int = 0) -> UNet2DConditionModel:
         >>> unet.config.cross_attention_dim
         768
     """
-    config = json.loads(SD15_CONFIG.read_text())
-    config.pop("_comment", None)
+    config = {k: v for k, v in json.loads(SD15_CONFIG.read_text()).items() if k[0] != "_"}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**config)

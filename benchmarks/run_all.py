@@ -29,12 +29,15 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 from benchmarks.profiles import PROFILES, Bench  # noqa: E402
 
 # the cases with targets first, so a run cut short still has them
-CASE_ORDER = ("fpe_sd15", "record_toy", "k_targets", "record_sd15", "real_image", "record_scaling")
+CASE_ORDER = (
+    "fpe_sd15", "record_toy", "k_targets", "record_sd15", "real_image", "inversion_quality",
+    "null_text", "record_scaling", "probe_grid",
+)  # fmt: skip
 
 
 def cases() -> dict[str, Callable[[Bench], dict[str, Any]]]:
     """Case name → function."""
-    from benchmarks import cases_edit, cases_record
+    from benchmarks import cases_edit, cases_inversion, cases_probe, cases_record
 
     return {
         "fpe_sd15": cases_edit.fpe_sd15,
@@ -42,7 +45,10 @@ def cases() -> dict[str, Callable[[Bench], dict[str, Any]]]:
         "record_toy": cases_record.record_toy,
         "k_targets": cases_edit.k_targets,
         "real_image": cases_edit.real_image,
+        "inversion_quality": cases_inversion.inversion_quality,
+        "null_text": cases_edit.null_text,
         "record_scaling": cases_record.record_scaling,
+        "probe_grid": cases_probe.probe_grid,
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,19 +17,13 @@ from PIL import Image
 from torch import Tensor
 
 from editing.inversion import Inversion
-from editing.methods.p2p import prompt_to_prompt
-from editing.methods.replace import CrossAttentionReplace, MutualSelfAttention, SelfAttentionReplace
+from editing.methods.registry import SOURCE_BRANCHES, SOURCE_PROMPTS, get_method
 from editing.sampling import decode, denoise, encode_prompts
+from editing.scheduler import editing_scheduler, editing_scheduler_settings
 from probe.attention.batch import BatchLayout
 from probe.attention.controller import Controller
 from probe.attention.layers import LayerSpec
-from probe.models import generation_defaults
-
-METHODS = ("fpe", "p2p", "masactrl", "cross", "none")
-METHOD_OPTIONS = {
-    "p2p": ("mode", "self_fraction", "weights"),
-    "masactrl": ("start_step", "start_layer"),
-}
+from probe.models import defaults_origin, generation_defaults
 
 
 @dataclass
@@ -38,7 +33,8 @@ class EditResult:
     Attributes:
         source: the source image (for a real image: its reconstruction).
         targets: one image per target prompt.
-        settings: method, layers, steps, seed, guidance, prompts, ... (JSON-serialisable).
+        settings: method, layers, step fraction, the method's options, seed, guidance,
+            prompts, ... (JSON-serialisable).
         latents: final latents ``[1 + targets, 4, h, w]``.
     """
 
@@ -51,85 +47,96 @@ class EditResult:
 def make_controller(
     method: str,
     layers: LayerSpec = None,
-    step_fraction: float = 0.8,
+    step_fraction: float | None = None,
     **options: Any,
 ) -> list[Controller]:
-    """The controllers of an editing method.
+    """The controllers of an editing method, from the registry
+    (:mod:`editing.methods.registry`).
 
     Args:
         method: ``fpe`` (self-attention replacement), ``cross`` (cross-attention replacement),
-            ``p2p`` (Prompt-to-Prompt word swap: cross-attention for ``step_fraction`` of the
-            steps plus self-attention at the coarsest layers), ``masactrl`` or ``none``.
-        layers: layer spec (default per method: ``fpe`` → the official rule, ``cross`` → all).
-        step_fraction: the first fraction of steps to edit (FPE's default 0.8).
-        options: ``start_step`` / ``start_layer`` for MasaCtrl; ``self_fraction`` for p2p.
+            ``p2p`` (Prompt-to-Prompt), ``masactrl`` or ``none``; see ``method_names()``.
+        layers: layer spec (``None``: the method's default, e.g. ``fpe`` → the official rule).
+        step_fraction: the first fraction of steps to edit (``None``: the method's default,
+            0.8; an int 1 means every step).
+        options: the method's own options, e.g. ``mode``, ``self_fraction``, ``weights`` for
+            ``p2p``; ``start_step``, ``start_layer`` for ``masactrl``.
 
     Raises:
-        ValueError: an unknown method, or an option the method does not take.
+        ValueError: an unknown method, or a layer spec, step fraction or option the method does
+            not take (masactrl and none take no layers and no step fraction).
+
+    Example:
+        >>> make_controller("p2p", mode="reweight", weights={"car": 2.0})
     """
-    for key in options:
-        if key not in METHOD_OPTIONS.get(method, ()):
-            takes = ", ".join(METHOD_OPTIONS.get(method, ())) or "none"
-            raise ValueError(f"option {key!r} does not apply to {method} (it takes: {takes})")
-    if method == "fpe":
-        return [SelfAttentionReplace(layers if layers is not None else "fpe", step_fraction)]
-    if method == "cross":
-        return [CrossAttentionReplace(layers if layers is not None else "all", step_fraction)]
-    if method == "p2p":
-        return list(
-            prompt_to_prompt(
-                mode=options.get("mode", "replace"),
-                cross_fraction=step_fraction,
-                self_fraction=float(options.get("self_fraction", 0.4)),
-                cross_layers=layers if layers is not None else "all",
-                weights=options.get("weights"),
-            )
-        )
-    if method == "masactrl":
-        return [MutualSelfAttention(options.get("start_step", 4), options.get("start_layer", 10))]
-    if method == "none":
-        return []
-    raise ValueError(f"unknown edit method {method!r}: use one of {', '.join(METHODS)}")
+    return get_method(method).controllers(layers, step_fraction, **options)
 
 
 def edit(
     pipe: Any,
     source: str,
     targets: Sequence[str],
-    method: str = "fpe",
+    method: str | None = None,
     layers: LayerSpec = None,
-    step_fraction: float = 0.8,
+    step_fraction: float | None = None,
     seed: int = 0,
     num_steps: int | None = None,
     guidance_scale: float | None = None,
     controllers: Sequence[Controller] | None = None,
     inversion: Inversion | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    source_branch: str | None = None,
+    source_branch_prompt: str | None = None,
     **options: Any,
 ) -> EditResult:
     """Edit a generated (or, with ``inversion``, a real) image from ``source`` to each of
     ``targets``, sharing the initial noise and one source branch.
 
+    The edit samples with DDIM at eta 0, built from the model's own scheduler config
+    (:func:`editing.scheduler.editing_scheduler`) whatever scheduler the folder ships (SD 1.5:
+    PNDM, SD 2.x: Euler); ``pipe.scheduler`` is left as it is. ``settings["scheduler"]`` says
+    which scheduler ran, with its key config and eta.
+
     Args:
         pipe: a Stable Diffusion pipeline.
         source: the source prompt.
         targets: one or more target prompts.
-        method: see :func:`make_controller` (ignored when ``controllers`` is given).
-        layers: layer spec or a saved selection file for the method.
-        step_fraction: first fraction of steps to edit.
+        method: a registered method (:mod:`editing.methods.registry`; default ``fpe``).
+        layers: layer spec or a saved selection file for the method (default: the method's).
+        step_fraction: first fraction of steps to edit (default: the method's, 0.8; an int 1
+            means every step).
         seed: seed of the shared initial noise.
         num_steps, guidance_scale: default: the model's (see ``generation_defaults``).
-        controllers: explicit controllers instead of ``method``.
-        inversion: a real image's inversion (:func:`editing.inversion.ddim_invert`): the
-            source row follows its latents (the official FPE path); with null-text
-            embeddings (:func:`editing.null_text.null_text_invert`) every row starts from its
-            noisiest latent and the unconditional rows use the optimised embeddings.
+        controllers: explicit controllers instead of ``method``, ``layers``,
+            ``step_fraction`` and the method's options (giving both is refused).
+        inversion: a real image's inversion (:func:`editing.inversion.ddim_invert`, or
+            :func:`editing.null_text.null_text_invert`, whose optimised embeddings the
+            unconditional rows then use): every row starts from its noisiest latent.
+        source_branch: for a real image, how the source row is sampled (see
+            :data:`editing.methods.registry.SOURCE_BRANCHES`): ``"forced"`` onto the inverted
+            latent after every step, ``"free"`` (denoised like the targets) or ``"direct"``
+            (forced, and the same correction added to the targets). Default: the method's
+            authors' choice after a DDIM inversion (``source_on_real_image`` in the registry:
+            forced for FPE, free for MasaCtrl and Prompt-to-Prompt; forced for custom
+            controllers), ``"free"`` after null-text inversion.
+        source_branch_prompt: for a real image, the prompt the source row runs on:
+            ``"inversion"`` (the prompt the image was inverted with, ``""`` by default, as the
+            FPE and MasaCtrl code) or ``"source"`` (``source``, as Prompt-to-Prompt). Default:
+            the method's (``source_prompt_on_real_image``). The controllers prepare for it.
+        options: the method's own options (``mode``, ``weights``, ``start_step``, ...); one it
+            does not take is refused.
+        height, width: image size in pixels (default: the model's; a real image keeps its
+            inversion's size). Layer specs resolve at this size: ``res<=16`` means 16 query
+            positions per side of the latent generated.
 
     Returns:
         :class:`EditResult`.
 
     Raises:
-        ValueError: no target, an unknown method, a prompt over the text encoder's length, or a
-            layer spec that does not fit the UNet.
+        ValueError: no target, an unknown method, an option (or layers, or a step fraction)
+            the method does not take, a prompt over the text encoder's length, or a layer spec
+            that does not fit the UNet.
 
     Example:
         >>> r = edit(pipe, "a red car", ["a blue car"], method="fpe", layers="fpe")
@@ -138,40 +145,81 @@ def edit(
     if isinstance(targets, str) or not targets:
         raise ValueError("targets must be a non-empty list of prompts, e.g. ['a blue car']")
     defaults = generation_defaults(pipe)
+    defaults.update({k: v for k, v in (("height", height), ("width", width)) if v is not None})
     num_steps = num_steps or defaults["num_inference_steps"]
     guidance_scale = guidance_scale if guidance_scale is not None else defaults["guidance_scale"]
-    chosen = (
-        list(controllers)
-        if controllers is not None
-        else make_controller(method, layers, step_fraction, **options)
-    )
+    chosen, method_settings = _controllers(method, layers, step_fraction, controllers, options)
     guided = guidance_scale > 1.0
-    prompts = [source, *targets]
+    branch, branch_prompt = _source_branch(
+        method_settings["method"], inversion, source_branch, source_branch_prompt, source
+    )
+    prompts = [branch_prompt, *targets]
     for c in chosen:
-        if hasattr(c, "prepare"):
-            c.prepare(pipe.tokenizer, source, targets)
+        c.prepare(pipe.tokenizer, branch_prompt, targets)
     embeddings = encode_prompts(pipe, prompts, guided)
     layout = BatchLayout.for_edit(len(targets), guided)
     if inversion is None:
         latents = _shared_noise(pipe, defaults, seed, len(prompts))
         final = denoise(pipe, embeddings, latents, layout, chosen, num_steps, guidance_scale)
     else:
-        final = _edit_inverted(pipe, inversion, embeddings, layout, chosen, guidance_scale)
+        final = _edit_inverted(pipe, inversion, embeddings, layout, chosen, guidance_scale, branch)
         num_steps = inversion.num_steps
     images = decode(pipe, final)
     settings = {
         "source": source,
         "targets": list(targets),
-        "method": method if controllers is None else "custom",
+        **method_settings,
         "controllers": [repr(c) for c in chosen],
-        "step_fraction": step_fraction,
         "seed": seed,
         "num_steps": num_steps,
         "guidance_scale": guidance_scale,
-        "real_image": inversion is not None,
-        "inversion": None if inversion is None else inversion.kind,
+        **_real_image_settings(inversion, branch, branch_prompt),
+        "height": int(final.shape[-2]) * pipe.vae_scale_factor,
+        "width": int(final.shape[-1]) * pipe.vae_scale_factor,
+        "scheduler": editing_scheduler_settings(pipe),
+        "defaults": defaults_origin(pipe),
     }
     return EditResult(images[0], images[1:], settings, final)
+
+
+def _real_image_settings(
+    inversion: Inversion | None, branch: str | None, branch_prompt: str
+) -> dict[str, Any]:
+    """The settings of an edit that say how its source branch was made."""
+    return {
+        "real_image": inversion is not None,
+        "inversion": None if inversion is None else inversion.kind,
+        "inversion_prompt": None if inversion is None else inversion.prompt,
+        "source_branch": branch,
+        "source_branch_prompt": branch_prompt,
+    }
+
+
+def _controllers(
+    method: str | None,
+    layers: LayerSpec,
+    step_fraction: float | None,
+    controllers: Sequence[Controller] | None,
+    options: dict[str, Any],
+) -> tuple[list[Controller], dict[str, Any]]:
+    """The run's controllers and the settings that describe them."""
+    if controllers is not None:
+        given = [k for k, v in (("method", method), ("layers", layers)) if v is not None]
+        given += ["step_fraction"] * (step_fraction is not None) + list(options)
+        if given:
+            raise ValueError(
+                f"controllers= replaces {', '.join(given)}: give those to the controllers, "
+                "or pass method= without controllers="
+            )
+        return list(controllers), {"method": "custom", "step_fraction": None}
+    spec = get_method(method or "fpe")
+    kwargs = spec.resolve(layers, step_fraction, **options)
+    chosen = spec.build(**kwargs)
+    fraction = kwargs.pop("step_fraction", None)
+    spec_layers = kwargs.pop("layers", None)
+    shown = str(spec_layers) if isinstance(spec_layers, Path) else spec_layers
+    settings = {"method": spec.name, "layers": shown, "step_fraction": fraction}
+    return chosen, {**settings, "options": kwargs}
 
 
 def _shared_noise(pipe: Any, defaults: dict[str, Any], seed: int, n: int) -> Tensor:
@@ -179,8 +227,43 @@ def _shared_noise(pipe: Any, defaults: dict[str, Any], seed: int, n: int) -> Ten
     w = defaults["width"] // pipe.vae_scale_factor
     channels = pipe.unet.config.in_channels
     noise = torch.randn(1, channels, h, w, generator=torch.Generator().manual_seed(seed))
-    noise = noise.to(device=pipe.device, dtype=pipe.unet.dtype) * pipe.scheduler.init_noise_sigma
+    sigma = editing_scheduler(pipe).init_noise_sigma  # DDIM's 1.0, not Euler's ~14.6
+    noise = noise.to(device=pipe.device, dtype=pipe.unet.dtype) * sigma
     return noise.repeat(n, 1, 1, 1)
+
+
+def _source_branch(
+    method: str,
+    inversion: Inversion | None,
+    branch: str | None,
+    prompt: str | None,
+    source: str,
+) -> tuple[str | None, str]:
+    """How the source row is sampled and the prompt it runs on: ``(None, source)`` for a
+    generated image; for a real image the arguments, else the method's authors' choices."""
+    if inversion is None:
+        named = (("source_branch", branch), ("source_branch_prompt", prompt))
+        given = [name for name, value in named if value is not None]
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} only apply to a real image: pass "
+                "inversion=ddim_invert(pipe, image), or leave them out"
+            )
+        return None, source
+    spec = None if method == "custom" else get_method(method)
+    if branch is None:
+        after_ddim = spec.source_on_real_image if spec else "forced"
+        branch = "free" if inversion.null_embeddings is not None else after_ddim
+    if prompt is None:
+        prompt = spec.source_prompt_on_real_image if spec else "inversion"
+    if branch not in SOURCE_BRANCHES:
+        raise ValueError(f"source_branch={branch!r}: use one of {', '.join(SOURCE_BRANCHES)}")
+    if prompt not in SOURCE_PROMPTS:
+        raise ValueError(
+            f"source_branch_prompt={prompt!r}: use 'inversion' (the prompt the image was "
+            "inverted with) or 'source' (the source prompt)"
+        )
+    return branch, inversion.prompt if prompt == "inversion" else source
 
 
 def _edit_inverted(
@@ -190,18 +273,15 @@ def _edit_inverted(
     layout: BatchLayout,
     controllers: Sequence[Controller],
     guidance_scale: float,
+    branch: str | None,
 ) -> Tensor:
     start = inversion.trajectory[0].repeat(layout.num_samples, 1, 1, 1).clone()
-    if inversion.null_embeddings is not None:
-        if not layout.has_guidance:
-            raise ValueError(
-                "null-text inversion only matters with guidance: set guidance_scale > 1"
-            )
-        return denoise(
-            pipe, embeddings, start, layout, controllers, inversion.num_steps, guidance_scale,
-            uncond_embeddings=inversion.null_embeddings,
-        )  # fmt: skip
+    if inversion.null_embeddings is not None and not layout.has_guidance:
+        raise ValueError("null-text inversion only matters with guidance: set guidance_scale > 1")
+    free = branch == "free"  # else forced or direct: the source row follows the trajectory
     return denoise(
         pipe, embeddings, start, layout, controllers, inversion.num_steps, guidance_scale,
-        source_trajectory=inversion.trajectory,
+        source_trajectory=None if free else inversion.trajectory,
+        uncond_embeddings=inversion.null_embeddings,
+        source_branch="forced" if free else str(branch),
     )  # fmt: skip

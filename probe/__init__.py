@@ -19,14 +19,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _PUBLIC = {
+    "TOY_DIR": "probe.models.loading",
     "load_pipeline": "probe.models.loading",
     "layer_table": "probe.models.loading",
+    "run_layer_table": "probe.models.loading",
     "generation_defaults": "probe.models.loading",
     "LayerInfo": "probe.attention.layers",
     "unet_layers": "probe.attention.layers",
     "resolve_layers": "probe.attention.layers",
     "format_layer_table": "probe.attention.layers",
     "resolve_steps": "probe.attention.steps",
+    "fraction_steps": "probe.attention.steps",
     "BatchLayout": "probe.attention.batch",
     "AttentionCall": "probe.attention.controller",
     "Controller": "probe.attention.controller",
@@ -44,11 +47,14 @@ _PUBLIC = {
     "ProbeConfig": "probe.probing.probes",
     "ProbeResults": "probe.probing.probes",
     "run_probes": "probe.probing.probes",
+    "cross_validate": "probe.probing.probes",
+    "random_init_like": "probe.probing.random_control",
     "LayerSelection": "probe.probing.select",
     "select_layers": "probe.probing.select",
 }
 
 __all__ = [
+    "TOY_DIR",
     "AttentionCall",
     "AttentionDataset",
     "AttentionHooks",
@@ -62,17 +68,21 @@ __all__ = [
     "ProbeConfig",
     "ProbeResults",
     "build_features",
+    "cross_validate",
     "find_word",
     "format_layer_table",
+    "fraction_steps",
     "generation_defaults",
     "layer_table",
     "load_edit_pairs",
     "load_pipeline",
     "load_template",
+    "random_init_like",
     "record_attention",
     "record_dataset",
     "resolve_layers",
     "resolve_steps",
+    "run_layer_table",
     "run_probes",
     "select_layers",
     "unet_layers",
@@ -83,10 +93,17 @@ if TYPE_CHECKING:
     from probe.attention.controller import AttentionCall, Controller
     from probe.attention.hooks import AttentionHooks
     from probe.attention.layers import LayerInfo, format_layer_table, resolve_layers, unet_layers
-    from probe.attention.steps import resolve_steps
-    from probe.models.loading import generation_defaults, layer_table, load_pipeline
+    from probe.attention.steps import fraction_steps, resolve_steps
+    from probe.models.loading import (
+        TOY_DIR,
+        generation_defaults,
+        layer_table,
+        load_pipeline,
+        run_layer_table,
+    )
     from probe.probing.features import FeatureOptions, build_features
-    from probe.probing.probes import ProbeConfig, ProbeResults, run_probes
+    from probe.probing.probes import ProbeConfig, ProbeResults, cross_validate, run_probes
+    from probe.probing.random_control import random_init_like
     from probe.probing.select import LayerSelection, select_layers
     from probe.prompts.templates import load_edit_pairs, load_template
     from probe.prompts.words import find_word

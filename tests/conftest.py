@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny pipeline, built once, and deterministic generation."""
+"""Shared fixtures: the tiny pipeline and the replica folders, built once, and deterministic
+generation."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-CONFIGS = Path(__file__).parent / "configs"
+REPLICAS = Path(__file__).parent / "replicas"  # real checkpoints' configs, see replicas/build.py
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +23,45 @@ def tiny_pipe():
     from probe.models import load_pipeline
 
     return load_pipeline("tiny")
+
+
+@pytest.fixture(scope="session")
+def replica(tmp_path_factory):
+    """``replica(name)``: the folder of a replica checkpoint (``sd15``, ``sd21-base``, ``sd21``,
+    ``sdxl-base``, ``toy-sd15``; see ``tests/replicas/build.py``), built once per session into a
+    temporary folder. Tests must not change it: copy it first."""
+    from tests.replicas.build import build_replica
+
+    root = tmp_path_factory.mktemp("replicas")
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            built[name] = build_replica(name, root)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def two_colours(tmp_path_factory):
+    """A template of two prompts, "a red car" and "a blue car"."""
+    from probe.prompts.templates import load_template
+
+    path = tmp_path_factory.mktemp("tpl") / "two_colours.yaml"
+    path.write_text('name: two_colours\nprompt: "a {colour} car"\nslots:\n  colour: [red, blue]\n')
+    return load_template(path)
+
+
+def assert_same_edit(pipe, ours: torch.Tensor, ref: torch.Tensor, tol: float = 1e-4) -> None:
+    """Our edit's final latents and decoded images equal the reference's within ``tol``."""
+
+    def decoded(latents: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+
+    assert (ours - ref).abs().max() <= tol
+    assert (decoded(ours) - decoded(ref)).abs().max() <= tol
 
 
 def generate(pipe, prompt="a red car", steps=5, seed=0, **kwargs) -> np.ndarray:
@@ -37,9 +77,10 @@ def generate(pipe, prompt="a red car", steps=5, seed=0, **kwargs) -> np.ndarray:
 
 
 def unet_config(name: str) -> dict:
-    cfg = json.loads((CONFIGS / f"{name}_unet.json").read_text())
-    cfg.pop("_comment")
-    return cfg
+    """The real, full-size ``unet/config.json`` of replica ``name`` (``sd15``, ``sd21``, ...), as
+    ``UNet2DConditionModel`` keyword arguments (its ``_`` keys dropped)."""
+    cfg = json.loads((REPLICAS / name / "unet" / "config.json").read_text())
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 
 def empty_unet(name: str):

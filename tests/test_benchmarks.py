@@ -17,7 +17,10 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ("fpe_sd15", "record_toy", "k_targets", "record_sd15", "real_image", "record_scaling")
+CASES = (
+    "fpe_sd15", "record_toy", "k_targets", "record_sd15", "real_image", "inversion_quality",
+    "null_text", "record_scaling", "probe_grid",
+)  # fmt: skip
 VARIANT_KEYS = {"seconds", "time_ratio", "peak_rss_mib", "peak_ratio", "peak_delta_mib", "runs"}
 
 
@@ -67,6 +70,10 @@ def test_quick_run_checks_targets_and_equivalence(quick_results: Path) -> None:
     assert set(cases["record_toy"]["groups"][0]["variants"]) == {
         "plain", "record[auto]", "record[svd:8]", "record[pool:8]", "p2p_store",
     }  # fmt: skip
+    probing = cases["probe_grid"]["groups"][0]
+    assert set(probing["variants"]) == {"per_cell", "span"}
+    assert probing["checks"]["max_abs_diff_acc_mean"] <= 0.05  # the span probe is the same probe
+    assert len(cases["probe_grid"]["targets"]) == 1
 
 
 def test_quick_run_writes_markdown(quick_results: Path) -> None:

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from editing.edit import edit, make_controller
+from editing.editor import edit, make_controller
 from editing.inversion import ddim_invert, load_image
-from editing.methods.p2p import PromptToPrompt, align_tokens
+from editing.methods.masactrl import MutualSelfAttention
+from editing.methods.p2p import PromptToPrompt, ThresholdSelfReplace
+from editing.methods.p2p_align import global_alignment
 from editing.methods.replace import (
     CrossAttentionReplace,
     MaterialisedSelfAttentionReplace,
-    MutualSelfAttention,
     SelfAttentionReplace,
 )
 from editing.sampling import decode, denoise, encode_prompts
@@ -92,7 +93,8 @@ def test_methods_build_their_controllers():
     assert isinstance(make_controller("fpe")[0], SelfAttentionReplace)
     assert isinstance(make_controller("cross")[0], CrossAttentionReplace)
     p2p = make_controller("p2p")
-    assert isinstance(p2p[0], PromptToPrompt) and p2p[1].layer_spec == "res<=max/4"
+    assert isinstance(p2p[0], PromptToPrompt)
+    assert isinstance(p2p[1], ThresholdSelfReplace) and p2p[1].threshold == 16
     assert isinstance(make_controller("masactrl")[0], MutualSelfAttention)
     assert make_controller("none") == []
     with pytest.raises(ValueError, match="unknown edit method 'sdedit'"):
@@ -168,22 +170,24 @@ def test_edit_command_writes_images_grid_and_settings(tmp_path, capsys):
     assert main(["edit", "--model", "tiny", "--source", "a red car", "--target", "a blue car",
                  "--image", str(out / "source.png"), "--num-steps", "4", "--out", str(real)]) == 0  # fmt: skip
     assert json.loads((real / "settings.json").read_text())["real_image"] is True
-    assert main(["edit", "--model", "tiny", "--source", "a", "--target", "b", "--method", "x",
-                 "--out", str(real)]) == 2  # fmt: skip
-    assert "--method 'x'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # --method's choices come from the registry
+        main(["edit", "--model", "tiny", "--source", "a", "--target", "b", "--method", "x",
+              "--out", str(real)])  # fmt: skip
+    assert exited.value.code == 2
+    assert "--method: invalid choice: 'x'" in capsys.readouterr().err
 
 
 def test_token_alignment_for_refinement():
     src = ["<s>", "a", "car", "</s>"]
     tgt = ["<s>", "a", "red", "car", "</s>"]
-    assert align_tokens(src, tgt) == [0, 1, -1, 2, 3]
+    assert global_alignment(src, tgt) == [0, 1, -1, 2, 3]
 
 
 def test_prompt_to_prompt_modes(tiny_pipe):
     plain = edit(tiny_pipe, "a red car", ["a blue car"], method="none", num_steps=4)
     swap = edit(tiny_pipe, "a red car", ["a blue car"], method="p2p", num_steps=4)
     assert (swap.latents[1] - plain.latents[1]).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="same token count.*mode='refine'"):
+    with pytest.raises(ValueError, match="same number of words.*mode='refine'"):
         edit(tiny_pipe, "a red car", ["a big blue car"], method="p2p", num_steps=2)
     refine = edit(tiny_pipe, "a car", ["a red car"], method="p2p", mode="refine", num_steps=4)
     assert len(refine.targets) == 1
@@ -232,3 +236,36 @@ def _denoise_plain(pipe, inversion, scale):
     return denoise(
         pipe, emb, start, BatchLayout.for_samples(1, True), [], inversion.num_steps, scale
     )[0]
+
+
+@pytest.mark.parametrize(("inversion", "pivot_prompt"), [("ddim", ""), ("null-text", "a red car")])
+def test_cli_inverts_as_published(tmp_path, monkeypatch, inversion, pivot_prompt):
+    """FPE's path inverts with the empty prompt; null-text's pivot is the source prompt's DDIM
+    inversion at guidance 1 (``null_text_w_ptp.ipynb``), optimised at the edit's guidance."""
+    from PIL import Image
+
+    import editing.inversion
+    import editing.null_text
+
+    seen: dict = {}
+    invert = editing.inversion.ddim_invert
+
+    def spy_invert(pipe, image, prompt="", num_steps=None):
+        seen["pivot"] = prompt
+        return invert(pipe, image, prompt, num_steps)
+
+    def spy_null_text(pipe, pivot, prompt, guidance_scale=None):
+        seen["null_text"] = (pivot.prompt, prompt, guidance_scale)
+        return pivot
+
+    monkeypatch.setattr(editing.inversion, "ddim_invert", spy_invert)
+    monkeypatch.setattr(editing.null_text, "null_text_invert", spy_null_text)
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "car.png")
+    assert main(["edit", "--model", "tiny", "--source", "a red car", "--target", "a blue car",
+                 "--image", str(tmp_path / "car.png"), "--inversion", inversion, "--guidance",
+                 "3.0", "--num-steps", "2", "--out", str(tmp_path / "out")]) == 0  # fmt: skip
+    assert seen["pivot"] == pivot_prompt
+    if inversion == "null-text":
+        assert seen["null_text"] == ("a red car", "a red car", 3.0)
+    else:
+        assert "null_text" not in seen

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
+from probe.attention.fpe_rule import fpe_max_positions, fpe_rule
 from probe.attention.layers import format_layer_table, resolve_layers, unet_layers
+from probe.models.loading import TOY_DIR
 from tests.conftest import empty_unet
 
 SD15_NAMES = (
@@ -93,6 +95,10 @@ def test_execution_order_is_not_processor_order(sd15):
         ("res<=32", list(range(2, 13))),
         ("res<max", list(range(2, 13))),
         ("res==8", [6]),
+        ("positions<=1024", list(range(2, 13))),
+        ("positions <= 32x32", list(range(2, 13))),
+        ("positions<256", [6]),
+        ("positions>1024", [0, 1, 13, 14, 15]),
         ("fpe", list(range(2, 13))),
         ("paper", list(range(4, 15))),
         ("all", list(range(16))),
@@ -104,9 +110,66 @@ def test_resolve_layers(sd15, spec, expected):
     assert resolve_layers(sd15, spec) == expected
 
 
-def test_fpe_preset_means_all_but_finest_on_any_size(tiny_pipe):
-    # tiny's finest layers are 8x8, not 64x64: the rule still picks 2-12
+def test_fpe_preset_on_tiny_is_the_official_rule_carried_to_its_size(tiny_pipe):
+    # tiny's native latent is 8x8 (64 px): the official 32x32-at-64x64 becomes 4x4 = 16
+    # positions, which at its native size picks 2-12 as the official rule does on SD 1.5
     assert resolve_layers(tiny_pipe.unet, "fpe") == list(range(2, 13))
+    assert fpe_rule(unet_layers(tiny_pipe.unet)) == "positions<=16"
+    assert resolve_layers(unet_layers(tiny_pipe.unet, 16, 16), "fpe") == [4, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize(
+    ("pixels", "expected"),
+    [(512, list(range(2, 13))), (768, [4, 5, 6, 7, 8, 9]), (1024, [4, 5, 6, 7, 8, 9]),
+     (256, list(range(0, 16)))],
+)  # fmt: skip
+def test_official_fpe_rule_on_the_sd15_replica(replica, pixels, expected):
+    """The official code replaces where the query map has <= 32x32 positions, at any size:
+    2-12 at 512 px, 4-9 at 768 px (its 64x64 and 48x48 maps are left alone)."""
+    from probe.attention.hooks import AttentionHooks
+    from probe.models import layer_table, load_pipeline, run_layer_table
+
+    folder = replica("sd15")
+    table = layer_table(folder, pixels, pixels)
+    assert fpe_rule(table) == "positions<=1024"
+    assert resolve_layers(table, "fpe") == expected
+    assert resolve_layers(table, "positions<=1024") == expected
+    pipe = load_pipeline(folder)
+    assert resolve_layers(run_layer_table(pipe, pixels, pixels), "fpe") == expected
+    hooks = AttentionHooks(pipe, latent_hw=(pixels // 8, pixels // 8))  # as the edit loop opens
+    assert resolve_layers(hooks.layers, "fpe") == expected
+
+
+def test_fpe_rule_on_the_toy_is_the_official_rule_carried_to_its_size():
+    """The toy is SD 1.x scaled down: native 64 px with a factor-4 VAE, 16x16 latents (its
+    UNet's sample_size). SD's <= 32x32 at native 64x64 latents carried to 16x16 is <= 8x8 = 64
+    positions, absolute: 2-12 at 64 px, 4-9 at 128 px."""
+    from probe.models import layer_table
+
+    def config(name: str) -> dict:
+        return json.loads((TOY_DIR / name).read_text())
+
+    vae_scale = 2 ** (len(config("vae/config.json")["block_out_channels"]) - 1)
+    native = config("attnprobe.json")["height"] // vae_scale
+    assert (vae_scale, native, config("unet/config.json")["sample_size"]) == (4, 16, 16)
+    assert fpe_max_positions((16, 16)) == 64
+    assert fpe_rule(layer_table("toy")) == "positions<=64"
+    assert resolve_layers(layer_table("toy"), "fpe") == list(range(2, 13))
+    assert resolve_layers(layer_table("toy", 128, 128), "fpe") == [4, 5, 6, 7, 8, 9]
+
+
+def test_fpe_preset_needs_a_table_that_knows_its_model():
+    from probe.attention.layers import LayerInfo, layers_from_json
+
+    old = [{k: v for k, v in row.items() if k != "native_latent"}
+           for row in [layer.to_json() for layer in unet_layers(empty_unet("sd15"))]]  # fmt: skip
+    table = layers_from_json(old)  # written before native_latent was stored: still readable
+    assert isinstance(table[0], LayerInfo) and table[0].native_latent is None
+    assert resolve_layers(table, "res<max") == list(range(2, 13))
+    with pytest.raises(ValueError, match="give the rule itself, 'positions<=1024'"):
+        resolve_layers(table, "fpe")
+    with pytest.raises(ValueError, match="unknown layer spec 'p2p'"):
+        resolve_layers(table, "p2p")  # removed: P2P edits cross-attention in every layer
 
 
 def test_resolve_from_selection_file(sd15, tmp_path):
@@ -138,3 +201,21 @@ def test_table_text(tiny_pipe):
     text = format_layer_table(unet_layers(tiny_pipe.unet))
     assert "mid_block.attentions.0" in text
     assert len(text.splitlines()) == 18
+
+
+def test_an_edit_resolves_fpe_at_the_size_it_generates(tiny_pipe):
+    from editing.editor import edit
+
+    result = edit(tiny_pipe, "a red car", ["a blue car"], num_steps=1, height=128, width=128)
+    assert result.settings["layers"] == "fpe"
+    assert "SelfAttentionReplace(layers=[4, 5, 6, 7, 8, 9]" in result.settings["controllers"][0]
+    assert result.targets[0].size == (128, 128)
+
+
+def test_layers_command_prints_the_official_fpe_layers(replica, capsys):
+    from probe.cli.main import main
+
+    args = ["layers", "--model", str(replica("sd15")), "--spec", "fpe", "--height", "768"]
+    assert main(args) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [int(row.split()[0]) for row in rows] == [4, 5, 6, 7, 8, 9]

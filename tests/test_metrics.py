@@ -10,16 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from editing.scoring.toy_metrics import (
-    EditScore,
-    judge_kind,
-    mean_abs_diff,
-    psnr,
-    score_edit,
-    ssim,
-    summarise,
-    to_array,
-)
+from editing.scoring.images import mean_abs_diff, psnr, ssim, to_array
+from editing.scoring.toy_metrics import EditScore, judge_kind, score_edit, summarise
 from probe.models import TOY_DIR
 from probe.prompts.templates import load_edit_pairs
 from probe.toy.world import Scene, render_scene
@@ -237,7 +229,7 @@ def test_clip_edit_scorer_scores_an_edit_without_masks(tiny_folders):
 
 
 def test_cli_sweep_scores_with_clip_and_refuses_to_mix_scorers(tiny_folders, tmp_path, capsys):
-    from editing.sweep.run import read_rows
+    from editing.sweep.table import read_rows
     from probe.cli.main import main
 
     out = tmp_path / "sw"
@@ -304,7 +296,7 @@ def test_toy_render_inversion_reconstructs(toy_renders):
 @pytest.mark.slow
 @needs_toy
 def test_toy_fpe_edits_of_renders_reach_the_target_colour(toy_renders):
-    from editing.edit import edit
+    from editing.editor import edit
     from editing.inversion import ddim_invert
 
     pipe, renders = toy_renders

@@ -15,19 +15,11 @@ from probe.probing.features import FeatureOptions, FeatureSet, build_features, s
 from probe.probing.probes import ProbeConfig, ProbeResults, ProbeRow, cross_validate, run_probes
 from probe.probing.random_control import random_init_like
 from probe.probing.select import LayerSelection, select_layers
-from probe.prompts.templates import load_template
 from probe.recording.dataset import record_dataset
 from probe.recording.store import AttentionDataset
 from probe.viz.probe_figures import plot_accuracy_by_layer, plot_accuracy_heatmap
 
 SMALL = {"layers": "0,3,6,13", "num_steps": 2, "batch_size": 8, "progress": False}
-
-
-@pytest.fixture(scope="module")
-def two_colours(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tpl") / "two_colours.yaml"
-    path.write_text('name: two_colours\nprompt: "a {colour} car"\nslots:\n  colour: [red, blue]\n')
-    return load_template(path)
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +133,19 @@ def test_select_rules_and_round_trip_through_resolve_layers(tiny_pipe, tmp_path)
     assert select_layers(_results(leak), within=range(9, 16)).layers == [10, 11]
     with pytest.raises(ValueError, match="--threshold"):
         select_layers(_results([0.9] * 16))
+
+
+def test_layer_scores_count_steps_by_the_one_step_fraction_rule():
+    from probe.probing.select import layer_scores
+
+    rows = [ProbeRow(0, step, 999.0 - step, "self", "linear", 0.5, 0.01, 0.1, math.nan,
+                     float(step), 0.1, 320, 64) for step in range(5)]  # fmt: skip
+    results = ProbeResults(rows, "colour")
+    # int(0.5 * 5) = 2 steps (0, 1), floored as fraction_steps and the official code floor it
+    assert layer_scores(results, "self", "selectivity", 0.5) == {0: 0.5}
+    assert layer_scores(results, "self", "selectivity", 0.8) == {0: 1.5}  # 4 steps, not 5
+    with pytest.raises(ValueError, match="covers no step of the 5 probed"):
+        layer_scores(results, "self", "selectivity", 0.1)
 
 
 def test_record_probe_select_commands(two_colours, tmp_path, capsys):

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from editing.experiment.claims import HELD, INCONCLUSIVE, NOT_HELD, check_claims
-from editing.experiment.reproduce import STAGES, ReproduceConfig, check_settings, pick_pairs
+from editing.experiment.reproduce import SETTINGS, STAGES, ReproduceConfig, pick_pairs
 from probe.probing.probes import ProbeResults, ProbeRow
 from probe.prompts.templates import load_edit_pairs
+from probe.recording.folders import SettingsMismatchError, check_folder_settings
 
 SECTIONS = (
     "Summary: the paper&#x27;s claims here",
@@ -39,10 +40,13 @@ def test_pick_pairs_spreads_sources_and_targets():
 
 
 def test_a_folder_keeps_its_settings(tmp_path):
-    check_settings(tmp_path, ReproduceConfig.preset("tiny", quick=True))
-    check_settings(tmp_path, ReproduceConfig.preset("tiny", quick=True))  # same: fine
-    with pytest.raises(ValueError, match="quick: True → False"):
-        check_settings(tmp_path, ReproduceConfig.preset("tiny"))
+    def check(config: ReproduceConfig) -> None:
+        check_folder_settings(tmp_path, SETTINGS, config.to_json(), "a reproduce run")
+
+    check(ReproduceConfig.preset("tiny", quick=True))
+    check(ReproduceConfig.preset("tiny", quick=True))  # same: fine
+    with pytest.raises(SettingsMismatchError, match="quick: True → False.*another --out"):
+        check(ReproduceConfig.preset("tiny"))
 
 
 def results(cross: float, self_: float, shuffled: float = 0.1) -> ProbeResults:
@@ -133,9 +137,9 @@ def test_claims_3_to_5_are_checked_per_edit_set_when_animal_edits_were_swept():
 def test_reproduce_sweeps_animal_edits_and_reports_them(tmp_path):
     from dataclasses import replace
 
-    from editing.experiment.report import write_report
+    from editing.experiment.report import write_report_html
     from editing.experiment.reproduce import Reproduction
-    from editing.sweep.run import read_rows
+    from editing.sweep.table import read_rows
     from probe.probing.select import LayerSelection
 
     config = replace(ReproduceConfig.preset("tiny", quick=True), num_steps=2, sources=1,
@@ -146,7 +150,7 @@ def test_reproduce_sweeps_animal_edits_and_reports_them(tmp_path):
     assert len(rows) == 2 * 3 and {r["slot"] for r in rows} == {"animal"}
     assert {(r["kind"], r["range"]) for r in rows} == {
         ("self", "none"), ("self", "fpe"), ("cross", "all")}  # fmt: skip
-    page = write_report(tmp_path, config, {}).read_text()
+    page = write_report_html(tmp_path, config, {}).read_text()
     assert ">Animal edits</h3>" in page and "(animal edits)" in page
     assert "Structure vs edit success: animal edits" in page
 

@@ -15,12 +15,12 @@ import torch
 
 from probe.prompts.templates import load_template
 from probe.recording.dataset import parse_bytes, record_dataset
+from probe.recording.folders import SettingsMismatchError, check_folder_settings
 from probe.recording.record import BudgetError
 from probe.recording.store import (
     INDEX,
     AttentionDataset,
     CorruptSampleError,
-    SettingsMismatchError,
     parse_seeds,
     parse_shard,
     read_index,
@@ -66,6 +66,42 @@ def test_seeds_shards_and_sizes(monkeypatch):
     assert sorted(s.id for part in shards for s in part) == sorted(s.id for s in specs)
     assert len({s.id for s in specs}) == 50
     assert parse_bytes("1.5GiB") == int(1.5 * 2**30) and parse_bytes("500MB") == 500 * 2**20
+
+
+def test_one_settings_guard_for_every_output_folder(tmp_path):
+    check_folder_settings(tmp_path / "run", "run.json", {"steps": 3, "layers": (1, 2)}, "a run")
+    check_folder_settings(tmp_path / "run", "run.json", {"steps": 3, "layers": [1, 2]}, "a run")
+    with pytest.raises(SettingsMismatchError) as err:
+        check_folder_settings(tmp_path / "run", "run.json", {"steps": 4, "seed": 1}, "a run")
+    message = str(err.value)
+    assert "holds a run with other settings" in message
+    assert "seed: None → 1" in message and "steps: 3 → 4" in message and "layers" in message
+    assert "another --out" in message and f"delete {tmp_path / 'run'}" in message
+    # a file from an older version lacks a key: its default applies, and the file is upgraded
+    (tmp_path / "run" / "run.json").write_text('{"steps": 3}')
+    check_folder_settings(tmp_path / "run", "run.json", {"steps": 3, "scorer": "judges"}, "a run",
+                          {"scorer": "judges"})  # fmt: skip
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["scorer"] == "judges"
+    with pytest.raises(SettingsMismatchError, match="scorer: 'judges' → 'clip'"):
+        check_folder_settings(tmp_path / "run", "run.json", {"steps": 3, "scorer": "clip"}, "a run")
+
+
+def test_one_seed_parser_sorts_and_refuses_repeats():
+    assert parse_seeds("0-3") == [0, 1, 2, 3] and parse_seeds("1,5") == [1, 5]
+    assert parse_seeds(7) == [7] and parse_seeds([3, 2]) == [2, 3]
+    assert parse_seeds(" 9, 0 - 1") == [0, 1, 9] and parse_seeds(range(2)) == [0, 1]
+    with pytest.raises(ValueError, match="'a-b' is not a seed or a range"):
+        parse_seeds("a-b")
+    with pytest.raises(ValueError, match="runs backwards.*'1-3'"):
+        parse_seeds("3-1")
+    with pytest.raises(ValueError, match="name 16 more than once"):
+        parse_seeds("0-31,16")
+    with pytest.raises(ValueError, match="name 1, 2 more than once"):
+        parse_seeds([1, 2, 2, 1])
+    with pytest.raises(ValueError, match="seed -1 .* negative"):
+        parse_seeds([-1, 0])
+    with pytest.raises(ValueError, match="no seeds"):
+        parse_seeds(" ")
 
 
 def test_resume_after_interruption_loses_nothing_and_redoes_truncated(
@@ -116,7 +152,7 @@ def test_torn_index_line_and_other_settings(tiny_pipe, two_colours, tmp_path):
     with open(out / INDEX, "a") as f:
         f.write('{"id": "p0000-a_red_car-s0009", "fi')  # a crash while appending
     assert len(AttentionDataset(out)) == 2
-    with pytest.raises(SettingsMismatchError, match="num_inference_steps.*new --out"):
+    with pytest.raises(SettingsMismatchError, match="num_inference_steps.*another --out"):
         record_dataset(tiny_pipe, load_template(two_colours), [0], out, **SMALL | {"num_steps": 4})
 
 

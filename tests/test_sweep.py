@@ -9,10 +9,11 @@ import math
 
 import pytest
 
-import editing.edit
+import editing.editor
 from editing.sweep.plots import sweep_tradeoff, sweep_windows
-from editing.sweep.ranges import LayerRange, default_ranges, parse_ranges, parse_seeds, select_pairs
-from editing.sweep.run import FIELDS, read_rows, summarise_rows, sweep
+from editing.sweep.ranges import LayerRange, default_ranges, parse_ranges, select_pairs
+from editing.sweep.run import sweep
+from editing.sweep.table import FIELDS, read_rows, summarise_rows
 from probe.cli.main import main
 from probe.models import TOY_DIR
 from probe.prompts.templates import load_edit_pairs
@@ -37,19 +38,13 @@ def test_default_ranges_cover_presets_windows_prefixes_and_suffixes():
         default_ranges(16, width=20)
 
 
-def test_parse_ranges_and_seeds(tmp_path):
+def test_parse_ranges(tmp_path):
     sel = tmp_path / "probe_pick.json"
     ranges = parse_ranges(["presets", "windows", "4-14", str(sel), "fpe"])
     assert [r.name for r in ranges][:4] == ["none", "fpe", "paper", "all"]
     assert len([r for r in ranges if r.name == "fpe"]) == 1  # no duplicates
     assert LayerRange("4-14", "4-14", "custom") in ranges
     assert ranges[-1] == LayerRange("probe_pick", sel, "selection")
-    assert parse_seeds("0-3") == [0, 1, 2, 3] and parse_seeds("1,5") == [1, 5]
-    assert parse_seeds(7) == [7] and parse_seeds([2, 3]) == [2, 3]
-    with pytest.raises(ValueError, match="cannot read seeds 'a-b'"):
-        parse_seeds("a-b")
-    with pytest.raises(ValueError, match="empty range"):
-        parse_seeds("3-1")
 
 
 def test_select_pairs_spreads_over_sources(colour_pairs):
@@ -62,8 +57,10 @@ def test_select_pairs_spreads_over_sources(colour_pairs):
 
 def test_sweep_writes_rows_and_resumes(tiny_pipe, colour_pairs, tmp_path, monkeypatch):
     calls = []
-    real_edit = editing.edit.edit
-    monkeypatch.setattr(editing.edit, "edit", lambda *a, **k: calls.append(k) or real_edit(*a, **k))
+    real_edit = editing.editor.edit
+    monkeypatch.setattr(
+        editing.editor, "edit", lambda *a, **k: calls.append(k) or real_edit(*a, **k)
+    )
     pairs = colour_pairs[:2]  # red -> two targets: one batch sharing the source branch
     rows = sweep(tiny_pipe, pairs, ["none", "fpe"], out=tmp_path, **FAST)
     assert len(rows) == 2 * 2 * 2  # kinds x ranges x pairs
@@ -119,6 +116,8 @@ def test_sweep_refuses_other_settings_and_bad_input(tiny_pipe, colour_pairs, tmp
         sweep(tiny_pipe, colour_pairs[:1], ["10-16"], **FAST)
     with pytest.raises(ValueError, match="step fraction 1.5"):
         sweep(tiny_pipe, colour_pairs[:1], ["fpe"], step_fractions=1.5, **FAST)
+    with pytest.raises(ValueError, match="0 more than once"):  # the one seed parser's rule
+        sweep(tiny_pipe, colour_pairs[:1], ["fpe"], **{**FAST, "seeds": "0,0"})
 
 
 def test_tradeoff_plot_leaves_pyplot_alone():

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from editing.sweep.run import FIELDS
 from editing.sweep.select import layer_leaks, select_from_sweep
+from editing.sweep.table import FIELDS
 from probe.attention.layers import resolve_layers
 from probe.cli.main import main
 from probe.models import layer_table
@@ -62,7 +62,7 @@ def test_layer_table_reads_the_config_without_weights(tmp_path):
     assert resolve_layers(layer_table("toy"), "fpe") == list(range(2, 13))
     sd15 = tmp_path / "sd15"  # the SD 1.5 UNet config only: no weights on disk at all
     (sd15 / "unet").mkdir(parents=True)
-    config = Path(__file__).parent / "configs" / "sd15_unet.json"
+    config = Path(__file__).parent / "replicas" / "sd15" / "unet" / "config.json"
     (sd15 / "unet" / "config.json").write_text(config.read_text())
     (sd15 / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     table = layer_table(sd15)

@@ -67,7 +67,10 @@ def test_model_card_from_the_exported_model_or_from_facts(smoke_run, tmp_path):
     # the exported model keeps its training record, so the card needs nothing else
     assert (smoke_run / "model" / "training" / "loss.jsonl").is_file()
     docs = tmp_path / "docs"
-    assert main(["--run", str(smoke_run / "model"), "--eval", str(evaluation), "--out", str(docs)]) == 0
+    assert (
+        main(["--run", str(smoke_run / "model"), "--eval", str(evaluation), "--out", str(docs)])
+        == 0
+    )
     card = (docs / "toy_model_card.md").read_text()
     assert "images/toy_loss.png" in card and (docs / "images" / "toy_loss.png").is_file()
     assert "| batch | 4 |" in card and "| all | 2 |" in card
@@ -129,5 +132,7 @@ def test_shipped_toy_draws_the_colour_it_is_asked_for():
     assert len(prompts) == 20
     d = generation_defaults(pipe)
     images = generate(pipe, prompts, [2024] * 20, d["guidance_scale"], d["num_inference_steps"], 64)
-    right = [judge_colour(img) == expected_labels(p)[0] for p, img in zip(prompts, images, strict=True)]
+    right = [
+        judge_colour(img) == expected_labels(p)[0] for p, img in zip(prompts, images, strict=True)
+    ]
     assert np.mean(right) >= 0.8, list(zip(prompts, right, strict=True))

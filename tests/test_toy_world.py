@@ -98,15 +98,33 @@ def test_scene_errors_name_the_bad_value():
 def test_built_in_templates_load_and_match_the_world():
     check_vocabulary()
     names = list_templates()
-    assert {"colour_car", "animal_park", "colour_animal", "colour_edits", "animal_edits"} <= set(names)
+    assert {"colour_car", "animal_park", "colour_animal", "colour_edits", "animal_edits"} <= set(
+        names
+    )
     assert len(load_template("colour_animal")) == len(PALETTE) * (len(CATEGORIES) - 1)
 
 
 BAD_TEMPLATES = {
-    "unknown field": ('name: bad\nprompt: "a {colour} car"\ncolours: [red]\nslots:\n  colour: [red]\n', 3, "unknown field 'colours'"),
-    "empty list": ('name: bad\nprompt: "a {colour} car"\nslots:\n  colour: []\n', 4, "non-empty list"),
-    "label word missing": ('name: bad\nprompt: "a red car"\nslots:\n  colour: [red, blue]\n', 2, "missing from the prompt"),
-    "unknown list": ('name: bad\nprompt: "a {colour} car"\nslots:\n\n  colour: $hues\n', 5, "refers to $hues"),
+    "unknown field": (
+        'name: bad\nprompt: "a {colour} car"\ncolours: [red]\nslots:\n  colour: [red]\n',
+        3,
+        "unknown field 'colours'",
+    ),
+    "empty list": (
+        'name: bad\nprompt: "a {colour} car"\nslots:\n  colour: []\n',
+        4,
+        "non-empty list",
+    ),
+    "label word missing": (
+        'name: bad\nprompt: "a red car"\nslots:\n  colour: [red, blue]\n',
+        2,
+        "missing from the prompt",
+    ),
+    "unknown list": (
+        'name: bad\nprompt: "a {colour} car"\nslots:\n\n  colour: $hues\n',
+        5,
+        "refers to $hues",
+    ),
 }
 
 
@@ -223,5 +241,7 @@ def test_toy_render_command_writes_images_and_labels(tmp_path, capsys):
 def test_toy_render_command_errors(tmp_path, capsys):
     assert main(["toy", "render", "--template", "no_such", "--out", str(tmp_path)]) == 2
     assert "no template named 'no_such'" in capsys.readouterr().err
-    assert main(["toy", "render", "--template", "colour_car", "--n", "0", "--out", str(tmp_path)]) == 2
+    assert (
+        main(["toy", "render", "--template", "colour_car", "--n", "0", "--out", str(tmp_path)]) == 2
+    )
     assert "--n 0" in capsys.readouterr().err

@@ -228,8 +228,30 @@ def test_image_grid_keeps_the_images_and_labels(render):
         image_grid([red] * 4, ["a", "b", "c"])
 
 
+def test_image_grid_leaves_missing_cells_empty_and_wraps_long_titles():
+    red = np.zeros((8, 8, 3), np.uint8) + np.array([255, 0, 0], np.uint8)
+    long = "a photo of a red car parked in the park at noon"
+    fig = image_grid([red, None], [long, "gone"], size=1.0)
+    assert len(fig.axes[0].images) == 1 and not fig.axes[1].images
+    assert fig.axes[0].get_title().replace("\n", " ") == long and "\n" in fig.axes[0].get_title()
+    assert fig.axes[1].get_title() == "gone"
+
+
+def test_toy_sample_grid_is_categories_by_colours():
+    from probe.toy.evaluate import EvalReport, EvalRow, sample_grid
+
+    prompts = [("red", "car"), ("blue", "car"), ("red", "dog")]
+    rows = [EvalRow("t", f"a {c} {k}", 7, c, k, True, c, k) for c, k in prompts]
+    images = {(r.prompt, 7): np.full((8, 8, 3), i * 40, np.uint8) for i, r in enumerate(rows)}
+    report = EvalReport(rows, {"seeds": [7], "guidance_scale": 4.0})
+    axes = sample_grid(report, images).axes
+    assert [ax.get_title() for ax in axes] == ["red", "blue", "", ""]
+    assert [axes[0].get_ylabel(), axes[2].get_ylabel()] == ["car", "dog"]
+    assert not axes[3].images and axes[2].images[0].get_array()[0, 0, 0] == 80  # no blue dog
+
+
 def test_edit_grid_rows_are_methods_and_columns_prompts():
-    from editing.edit import EditResult
+    from editing.editor import EditResult
     from editing.experiment.edit_figures import edit_grid
 
     def solid(rgb):

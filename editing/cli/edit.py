@@ -5,30 +5,43 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
+from editing.methods.registry import SOURCE_BRANCHES, edit_methods, get_method, method_names
 from probe.cli.args import add_model_arg, default_model
 
 
+def method_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The method's keywords given on the command line, converted: ``layers``,
+    ``step_fraction`` and the method's options, only those given (``edit()`` fills in the
+    defaults from the registry).
+
+    Raises:
+        ValueError: a flag the chosen ``--method`` does not take (named as the flag), or a bad
+            value.
+    """
+    method = get_method(args.method)
+    given: dict[str, Any] = {"layers": args.layers, "step_fraction": args.step_fraction}
+    for m in edit_methods():
+        for opt in m.options:
+            given[opt.name] = getattr(args, _dest(opt.name))
+    given = {k: v for k, v in given.items() if v is not None}
+    method.check_given(given, cli=True)
+    resolved = method.resolve(**given)  # bad values fail here, before a model is loaded
+    return {k: resolved[k] for k in given}
+
+
 def _cmd_edit(args: argparse.Namespace) -> int:
-    from editing.edit import METHODS, edit
-    from editing.inversion import ddim_invert
+    from editing.editor import edit
     from probe.models import load_pipeline, resolve_device
-    from probe.viz.grid import side_by_side
+    from probe.viz.grid import image_grid
 
-    if args.method not in METHODS:
-        raise ValueError(f"--method {args.method!r}: use one of {', '.join(METHODS)}")
+    kwargs = method_arguments(args) | _source_branch_arguments(args)
     pipe = load_pipeline(args.model or default_model(), device=resolve_device(args.device))
-    inversion = None
-    if args.image:
-        inversion = ddim_invert(pipe, args.image, num_steps=args.num_steps)
-        if args.inversion == "null-text":
-            from editing.null_text import null_text_invert
-
-            inversion = null_text_invert(pipe, inversion, args.source, args.guidance)
+    inversion = _invert(pipe, args) if args.image else None
     result = edit(
-        pipe, args.source, args.target, method=args.method, layers=args.layers,
-        step_fraction=args.step_fraction, seed=args.seed, num_steps=args.num_steps,
-        guidance_scale=args.guidance, inversion=inversion,
+        pipe, args.source, args.target, method=args.method, seed=args.seed,
+        num_steps=args.num_steps, guidance_scale=args.guidance, inversion=inversion, **kwargs,
     )  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -36,7 +49,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     for k, image in enumerate(result.targets):
         image.save(out / f"target_{k}.png")
     labels = [args.source, *args.target]
-    side_by_side([result.source, *result.targets], labels).save(out / "grid.png")
+    image_grid([result.source, *result.targets], labels).savefig(out / "grid.png", dpi=100)
     settings = {**result.settings, "model": args.model or default_model(), "image": args.image}
     (out / "settings.json").write_text(json.dumps(settings, indent=2))
     print(f"edited {len(result.targets)} target(s) with {result.settings['method']}: {out}/")
@@ -45,27 +58,139 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source_branch_prompt(args: argparse.Namespace) -> str:
+    """``empty`` or ``source``: ``--source-branch-prompt``, else the method's authors' choice."""
+    if args.source_branch_prompt is not None:
+        return str(args.source_branch_prompt)
+    default = get_method(args.method).source_prompt_on_real_image
+    return "source" if default == "source" else "empty"
+
+
+def _source_branch_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """``source_branch`` and ``source_branch_prompt`` for ``edit()``, checked before a model
+    is loaded.
+
+    Raises:
+        ValueError: a source-branch flag without ``--image``, or ``--source-branch-prompt
+            empty`` with null-text inversion (its embeddings are fitted to the source prompt).
+    """
+    named = (("--source-branch", args.source_branch),
+             ("--source-branch-prompt", args.source_branch_prompt))  # fmt: skip
+    flags = [flag for flag, value in named if value is not None]
+    if not args.image:
+        if flags:
+            raise ValueError(f"{' and '.join(flags)} only apply to a real image: add --image")
+        return {}
+    if args.inversion == "null-text" and args.source_branch_prompt == "empty":
+        raise ValueError(
+            "--source-branch-prompt empty does not apply to --inversion null-text: its "
+            "embeddings are optimised for the source prompt; leave the flag out"
+        )
+    # the CLI inverts with the prompt the source branch runs on (see _invert)
+    return {"source_branch": args.source_branch, "source_branch_prompt": "inversion"}
+
+
+def _invert(pipe: Any, args: argparse.Namespace) -> Any:
+    """``--image``'s inversion. ``ddim``: DDIM with the prompt the source branch will run on
+    (the empty prompt by default, the official FPE and MasaCtrl path; the source prompt for
+    Prompt-to-Prompt or ``--source-branch-prompt source``). ``null-text``: the pivot is DDIM
+    with the *source* prompt at guidance 1, then null-text optimisation at the edit's guidance
+    (as ``null_text_w_ptp.ipynb``)."""
+    from editing.inversion import ddim_invert
+
+    if args.inversion != "null-text":
+        prompt = args.source if _source_branch_prompt(args) == "source" else ""
+        return ddim_invert(pipe, args.image, prompt=prompt, num_steps=args.num_steps)
+    from editing.null_text import null_text_invert
+
+    pivot = ddim_invert(pipe, args.image, prompt=args.source, num_steps=args.num_steps)
+    return null_text_invert(pipe, pivot, args.source, args.guidance)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``edit`` to the ``attnprobe`` command line."""
     p = sub.add_parser("edit", help="edit an image from a source prompt to target prompts")
     add_model_arg(p, device=True)
     p.add_argument("--source", required=True, help="source prompt, e.g. 'a red car'")
     p.add_argument("--target", required=True, action="append", help="target prompt (repeatable)")
-    p.add_argument("--method", default="fpe", help="fpe (default) | p2p | masactrl | cross | none")
-    p.add_argument(
-        "--layers", default=None, help="layer spec or selection .json (default: per method)"
-    )
-    p.add_argument(
-        "--step-fraction", type=float, default=0.8, help="edit the first fraction of steps"
-    )
+    _add_method_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-steps", type=int, default=None, help="default: the model's")
     p.add_argument("--guidance", type=float, default=None, help="default: the model's")
     p.add_argument("--image", default=None, help="a real image to edit (DDIM-inverted first)")
     p.add_argument(
         "--inversion", default="ddim", choices=("ddim", "null-text"),
-        help="for --image: DDIM inversion with the source following it (FPE's official path), "
-        "or null-text inversion (Prompt-to-Prompt's)",
+        help="for --image: DDIM inversion with the empty prompt (FPE's official path), or "
+        "null-text inversion (Prompt-to-Prompt's: pivot = DDIM with --source, guidance 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--source-branch", default=None, choices=SOURCE_BRANCHES,
+        help="for --image: forced = the source row put onto the inverted latents every step "
+        "(FPE's code); free = denoised like the targets (MasaCtrl's, Prompt-to-Prompt's); "
+        "direct = forced, and the same correction added to the targets (Ju et al.'s direct "
+        "inversion variant). Default: the method's (" + _defaults("source_on_real_image")
+        + "); free after null-text",
+    )  # fmt: skip
+    p.add_argument(
+        "--source-branch-prompt", default=None, choices=("empty", "source"),
+        help="for --image: the prompt the image is DDIM-inverted with and the source row runs "
+        "on: empty (the FPE and MasaCtrl code) or --source (Prompt-to-Prompt). Default: the "
+        "method's (" + _defaults("source_prompt_on_real_image") + "); source after null-text",
     )  # fmt: skip
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cmd_edit)
+
+
+def _defaults(field: str) -> str:
+    names = {"inversion": "empty", "source": "source"}
+    values = [(m.name, getattr(m, field)) for m in edit_methods()]
+    return ", ".join(f"{name} {names.get(value, value)}" for name, value in values)
+
+
+def _dest(option: str) -> str:
+    return f"method_option_{option}"
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    """``--method``, ``--layers``, ``--step-fraction`` and one flag group per method, all from
+    the registry (:mod:`editing.methods.registry`)."""
+    methods = edit_methods()
+    layered = [f"{m.name}: {m.default_layers}" for m in methods if m.uses_layers]
+    stepped = [f"{m.name}: {m.default_step_fraction:g}" for m in methods if m.uses_step_fraction]
+    p.add_argument(
+        "--method", default="fpe", choices=method_names(),
+        help="the edit method (default fpe); each one's options are in its group below",
+    )  # fmt: skip
+    p.add_argument(
+        "--layers", default=None,
+        help=f"layer spec or selection .json (default {', '.join(layered)}; only for those)",
+    )  # fmt: skip
+    p.add_argument(
+        "--step-fraction", type=float, default=None, metavar="F",
+        help="edit the first int(F x steps) steps (default "
+        f"{', '.join(stepped)}; only for those)",
+    )  # fmt: skip
+    seen: set[str] = set()
+    for m in methods:
+        group = p.add_argument_group(f"--method {m.name}", _method_text(m))
+        for opt in m.options:
+            if opt.name in seen:  # the registry keeps one meaning per option name
+                continue
+            seen.add(opt.name)
+            authors = f"; authors: {opt.authors_default}" if opt.authors_default else ""
+            group.add_argument(
+                opt.flag, dest=_dest(opt.name), default=None, choices=opt.choices,
+                action="append" if opt.repeatable else "store", metavar=opt.metavar,
+                help=f"{opt.help} (default: {_shown(opt.default)}{authors})",
+            )  # fmt: skip
+
+
+def _method_text(m: Any) -> str:
+    uses = [f"--layers (default {m.default_layers})"] * m.uses_layers
+    uses += [f"--step-fraction (default {m.default_step_fraction:g})"] * m.uses_step_fraction
+    takes = f"Takes {' and '.join(uses)}." if uses else "Takes no --layers, no --step-fraction."
+    return f"{m.help}. {takes}"
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else str(value)

@@ -7,14 +7,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from editing.methods.registry import sweep_kinds
 from probe.cli.args import add_model_arg, default_model
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from editing.sweep.ranges import parse_seeds, select_pairs
-    from editing.sweep.run import format_summary, summarise_rows, sweep
+    from editing.sweep.ranges import select_pairs
+    from editing.sweep.run import sweep
+    from editing.sweep.table import format_summary, summarise_rows
     from probe.models import load_pipeline, resolve_device
     from probe.prompts.templates import load_edit_pairs
+    from probe.recording.store import parse_seeds
 
     seeds = parse_seeds(args.seeds)
     pairs = select_pairs(load_edit_pairs(args.pairs).pairs, args.max_pairs)
@@ -51,8 +54,10 @@ def _scorer(clip: str | None, dino: str | None, device: Any) -> Any:
 def _cmd_select_from_sweep(args: argparse.Namespace) -> int:
     import json
 
-    from editing.sweep.run import read_rows
+    from editing.sweep.run import LAYER_TABLE
     from editing.sweep.select import select_from_sweep
+    from editing.sweep.table import read_rows
+    from probe.attention.layers import load_layer_table
     from probe.models import layer_table
 
     folder = Path(args.sweep)
@@ -66,8 +71,10 @@ def _cmd_select_from_sweep(args: argparse.Namespace) -> int:
     model = json.loads(settings.read_text()).get("model") or "" if settings.is_file() else ""
     rows = read_rows(csv)
     table = None
-    if model and not any(r["range"] == args.base for r in rows):
-        table = layer_table(model)  # to resolve --base (fpe, paper, ...) for the sweep's model
+    if (csv.parent / LAYER_TABLE).is_file():  # the table the sweep ran on
+        table = load_layer_table(csv.parent / LAYER_TABLE)
+    elif model and not any(r["range"] == args.base for r in rows):
+        table = layer_table(model)  # a sweep from before tables were saved: the model's config
     selection = select_from_sweep(
         rows, base=args.base, step_fraction=args.step_fraction,
         shift_tolerance=args.shift_tolerance, success_tolerance=args.success_tolerance,
@@ -115,8 +122,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(none, fpe, paper, all) | a spec such as 4-14 or 2,5,7 | a selection .json",
     )  # fmt: skip
     p.add_argument(
-        "--kinds", nargs="+", default=["self", "cross"], choices=("self", "cross"),
-        help="which attention to replace (default both)",
+        "--kinds", nargs="+", default=list(sweep_kinds()), choices=tuple(sweep_kinds()),
+        help="which attention to replace: "
+        + ", ".join(f"{kind} (method {m})" for kind, m in sweep_kinds().items())
+        + " (default all)",
     )  # fmt: skip
     p.add_argument("--seeds", default="0", help="noise seeds, e.g. 0-3 or 0,5 (default 0)")
     p.add_argument(

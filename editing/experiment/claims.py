@@ -224,7 +224,7 @@ def check_claims(
 
     Args:
         probes: label → probe results (``colour``, ``animal``).
-        summary: :func:`editing.sweep.run.summarise_rows` of the colour sweep.
+        summary: :func:`editing.sweep.table.summarise_rows` of the colour sweep.
         selection: the sweep's range name of the probe selection (a middle-range candidate).
         animal_summary: the same for a sweep of animal edits: claims 3-5 are then checked on
             each edit set, one verdict per set (titles end "(colour edits)", "(animal edits)").

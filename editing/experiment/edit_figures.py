@@ -15,9 +15,9 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from editing.edit import EditResult
+from editing.editor import EditResult
 from editing.sweep.plots import sweep_tradeoff, sweep_windows
-from probe.viz import image_grid
+from probe.viz.grid import image_grid
 
 __all__ = ["edit_grid", "sweep_tradeoff", "sweep_windows"]
 

@@ -95,7 +95,7 @@ def probe_step_figures(out: Path, figs: FigureWriter) -> None:
 
 def edit_figure(pipe: Any, out: Path, figs: FigureWriter, num_steps: int) -> None:
     """One source, two targets, edited with each method the sweep compares."""
-    from editing.edit import edit
+    from editing.editor import edit
     from editing.experiment.edit_figures import edit_grid
 
     selection = out / "selection.json"

@@ -1,7 +1,7 @@
 """``report.html`` of ``attnprobe reproduce``: one self-contained page (figures embedded as
 base64 PNG, no external files, no scripts) built from what the run left in its folder.
 
-    write_report(Path("runs/demo"), ReproduceConfig.preset("toy"), {"record": 41.0, ...})
+    write_report_html(Path("runs/demo"), ReproduceConfig.preset("toy"), {"record": 41.0, ...})
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def manifest_figures(out: Path, section: str) -> str:
                    for e in entries if e["section"] == section)  # fmt: skip
 
 
-def write_report(out: Path, config: Any, timings: Mapping[str, float]) -> Path:
+def write_report_html(out: Path, config: Any, timings: Mapping[str, float]) -> Path:
     """Build ``out/report.html`` from the run's files; returns its path."""
     probe_body, probes = probe_section(out)
     sel_body, sel_name = selection_html(out)

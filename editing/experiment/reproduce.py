@@ -5,14 +5,16 @@ Stages, in order (each skipped when a previous run in the same folder finished i
     record   probe datasets (colour_car, animal_park; a random-model control)  data/<set>/
     probe    linear probes per (layer, step, kind) with controls               probe/<set>/
     select   layers for FPE from the colour probes                             selection.json
-    sweep    colour edits over layer ranges, self- and cross-replacement      sweep/
+    sweep    colour edits over layer ranges, self- and cross-replacement      sweep/, sampling.json
              animal edits over the presets (a category edit changes shape)  sweep_animal/
     figures  token heat maps, SVD components, probe maps, edit grid           figures/
     report   one self-contained page                                          report.html
 
 ``record`` and ``sweep`` resume inside a stage too (the dataset store and ``sweep.csv`` skip
 what is on disk). A folder keeps its settings in ``reproduce.json``; rerunning with other
-settings is refused, so a report never mixes two runs.
+settings is refused, so a report never mixes two runs. ``sampling.json`` says what the edits
+sampled with (DDIM from the model's scheduler config, eta 0; defaults resolved) and which
+scheduler recording ran on (the model's own).
 
     from editing.experiment.reproduce import ReproduceConfig, reproduce
     reproduce("runs/demo", ReproduceConfig.preset("toy", quick=True))
@@ -28,12 +30,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from probe.recording.folders import check_folder_settings
+
 log = logging.getLogger(__name__)
 
 STAGES = ("record", "probe", "select", "sweep", "figures", "report")
 PROBE_SETS = {"colour_car": "colour", "animal_park": "animal"}
 SETTINGS = "reproduce.json"
 STATE = "stages.json"
+SAMPLING = "sampling.json"  # the schedulers and sampling defaults the run used
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class ReproduceConfig:
     cross_ranges: tuple[str, ...] = ("fpe", "all")
     animal_pairs: int = 12
     animal_ranges: tuple[str, ...] = ("none", "fpe", "paper", "all")
-    within: str = "res<max"
+    within: str = "fpe"  # the official code's layers (probe.attention.fpe_rule)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -116,28 +121,6 @@ class RunState:
         tmp.replace(self.path)
 
 
-def check_settings(out: Path, config: ReproduceConfig) -> None:
-    """Write ``reproduce.json``, or refuse a folder that holds a run with other settings.
-
-    Raises:
-        ValueError: the settings differ; the message names them.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / SETTINGS
-    wanted = config.to_json()
-    if path.is_file():
-        have = json.loads(path.read_text())
-        diff = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
-        if diff:
-            shown = ", ".join(f"{k}: {have.get(k)!r} → {wanted.get(k)!r}" for k in diff)
-            raise ValueError(
-                f"{out} holds a reproduce run with other settings ({shown}): use another --out, "
-                "or rerun with the settings of its reproduce.json"
-            )
-        return
-    path.write_text(json.dumps(wanted, indent=2) + "\n")
-
-
 class Reproduction:
     """The stages of one ``reproduce`` run in folder ``out``.
 
@@ -166,6 +149,18 @@ class Reproduction:
         from probe.models import generation_defaults
 
         return self.config.num_steps or int(generation_defaults(self.pipe)["num_inference_steps"])
+
+    def save_sampling(self) -> None:
+        """Write ``sampling.json``: what the edits sample with (DDIM from the model's config,
+        eta 0, defaults resolved) and the model's own scheduler, which recording runs on."""
+        from editing.scheduler import sampling_settings
+        from probe.models.schedulers import scheduler_settings
+
+        said = {
+            "editing": sampling_settings(self.pipe, self.num_steps()),
+            "recording_scheduler": scheduler_settings(self.pipe.scheduler),
+        }
+        (self.out / SAMPLING).write_text(json.dumps(said, indent=2) + "\n")
 
     def probe_sets(self) -> dict[str, tuple[str, tuple[int, ...]]]:
         """Set name → (label, seeds), for the sets this run records."""
@@ -217,21 +212,29 @@ class Reproduction:
             save_probe_figures(results, self.out / "probe" / name)
 
     def select(self) -> None:
-        """Choose FPE's layers from the colour probes (low-leak rule); fall back to ``fpe``."""
-        from probe.attention.layers import resolve_layers, unet_layers
+        """Choose FPE's layers from the colour probes (low-leak rule); fall back to ``fpe``.
+
+        Layer specs resolve against the table the probes ran on (saved with their results), so
+        this stage never loads the model.
+        """
+        from probe.attention.layers import resolve_layers
         from probe.probing.probes import ProbeResults
         from probe.probing.select import LayerSelection, select_layers
 
-        table = unet_layers(self.pipe.unet)
-        within = None if self.config.within == "all" else resolve_layers(table, self.config.within)
         results = ProbeResults.from_csv(self.out / "probe" / "colour_car" / "results.csv")
+        if not results.layer_table:  # probed before tables were saved: the dataset has it
+            from probe.recording.store import AttentionDataset
+
+            results.layer_table = AttentionDataset(self.out / "data" / "colour_car").load(0).layers
+        table = results.layer_table
+        within = None if self.config.within == "all" else self.config.within
         try:
             selection = select_layers(results, within=within, model=self.config.model)
         except ValueError as err:
             log.warning("no probe selection (%s); using the 'fpe' preset", err)
             selection = LayerSelection(
                 resolve_layers(table, "fpe"), rule="fallback: fpe preset",
-                evidence={"reason": str(err)}, model=self.config.model,
+                evidence={"reason": str(err)}, model=self.config.model, layer_table=list(table),
             )  # fmt: skip
         selection.save(self.out / "selection.json")
 
@@ -242,6 +245,7 @@ class Reproduction:
         from editing.sweep.run import sweep
         from probe.prompts.templates import load_edit_pairs
 
+        self.save_sampling()
         pairs = pick_pairs(
             load_edit_pairs("colour_edits").pairs, self.config.sources,
             self.config.targets_per_source,
@@ -268,14 +272,14 @@ class Reproduction:
 
     def report(self) -> None:
         """Write ``report.html``."""
-        from editing.experiment.report import write_report
+        from editing.experiment.report import write_report_html
 
-        write_report(self.out, self.config, RunState.load(self.out).done)
+        write_report_html(self.out, self.config, RunState.load(self.out).done)
 
     # -- running -------------------------------------------------------------------------------
     def run(self, say: Callable[[str], None] = print) -> Path:
         """Run the unfinished stages in order; returns the report's path."""
-        check_settings(self.out, self.config)
+        check_folder_settings(self.out, SETTINGS, self.config.to_json(), "a reproduce run")
         state = RunState.load(self.out)
         for i, stage in enumerate(STAGES, start=1):
             if stage in state.done and stage != "report":
@@ -328,7 +332,7 @@ def reproduce(out: str | Path, config: ReproduceConfig, progress: bool = True) -
         The path of ``report.html``.
 
     Raises:
-        ValueError: ``out`` holds a run with other settings.
+        SettingsMismatchError: ``out`` holds a run with other settings (a ValueError).
         FileNotFoundError: the model does not exist.
 
     Example:

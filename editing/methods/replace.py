@@ -11,19 +11,19 @@ every other row alone.
   (probabilities materialised and copied); kept for tests and benchmarks.
 - :class:`CrossAttentionReplace`: the targets' cross-attention uses the source's maps
   (``SDPA(q_src, k_src, v_tgt)`` again: the maps follow the source, the values the target words).
-- :class:`MutualSelfAttention` (MasaCtrl): target queries read the source's keys and values.
+
+MasaCtrl's mutual self-attention is in :mod:`editing.methods.masactrl`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from torch import Tensor
 
-from probe.attention.controller import AttentionCall, Controller, Kind
+from probe.attention.controller import AttentionCall, Controller, HookState, Kind
 from probe.attention.layers import LayerInfo, LayerSpec, resolve_layers
-from probe.attention.steps import StepSpec, resolve_steps
+from probe.attention.steps import StepSpec, as_step_fraction, fraction_steps, resolve_steps
 
 Rows = tuple[list[int], list[int]]  # (source rows, target rows), paired per guidance half
 
@@ -33,8 +33,9 @@ class RowEditor(Controller):
 
     Args:
         layers: any layer spec (resolved against the UNet when the hooks open).
-        steps: a step spec, or a float fraction ``f``: the first ``int(f * steps)`` steps (the
-            official FPE code's ``self_replace_steps``).
+        steps: a step spec (an int is a step *index*), or a float fraction ``f``: the first
+            ``int(f * steps)`` steps (the official FPE code's ``self_replace_steps``; see
+            :func:`probe.attention.steps.fraction_steps`). ``1.0`` is every step, ``1`` step 1.
         guidance: which guidance half to edit: ``"cond"`` (as the official FPE code) or
             ``"both"``.
     """
@@ -46,8 +47,10 @@ class RowEditor(Controller):
     ) -> None:
         if guidance not in ("cond", "both"):
             raise ValueError(f"guidance={guidance!r}: use 'cond' or 'both'")
-        if isinstance(steps, float) and not 0.0 <= steps <= 1.0:
-            raise ValueError(f"step fraction {steps} is not between 0 and 1")
+        if isinstance(steps, bool):
+            raise ValueError(f"steps={steps!r} is a bool: use a fraction (0.8) or a step spec")
+        if isinstance(steps, float):
+            steps = as_step_fraction(steps)
         self.layer_spec = layers
         self.step_spec = steps
         self.guidance = guidance
@@ -71,8 +74,8 @@ class RowEditor(Controller):
     def active(self, call: AttentionCall) -> bool:
         return self.claims(call.layer, call.kind) and call.step in self.steps
 
-    def on_unet_call(self, hooks: Any, first: bool) -> None:
-        if self.layers is None:
+    def on_unet_call(self, hooks: HookState, first: bool) -> None:
+        if self.layers is None or first:  # the table of this run (its generated size)
             self.bind(hooks.layers)
         if first:
             total = hooks.total_steps
@@ -81,7 +84,7 @@ class RowEditor(Controller):
                     raise ValueError(
                         "a step fraction needs the number of steps: set hooks.num_steps"
                     )
-                self.steps = frozenset(range(int(self.step_spec * total)))
+                self.steps = frozenset(fraction_steps(self.step_spec, total))
             else:
                 self.steps = frozenset(resolve_steps(self.step_spec, total))
 
@@ -147,49 +150,9 @@ class CrossAttentionReplace(SelfAttentionReplace):
     kind: Kind = "cross"
 
 
-class MutualSelfAttention(RowEditor):
-    """MasaCtrl: from ``start_step`` and ``start_layer`` on, target queries attend to the
-    source's keys and values in self-attention (both guidance halves, as MasaCtrl does).
-
-    Args:
-        start_step: first step to edit (MasaCtrl: 4).
-        start_layer: first layer to edit (MasaCtrl: 10 of 16).
-    """
-
-    def __init__(self, start_step: int = 4, start_layer: int = 10) -> None:
-        super().__init__(layers=None, steps="all", guidance="both")
-        self.start_step = start_step
-        self.start_layer = start_layer
-
-    def bind(self, layers: list[LayerInfo]) -> None:
-        if not 0 <= self.start_layer < len(layers):
-            raise ValueError(
-                f"start_layer {self.start_layer} does not exist: "
-                f"this UNet has layers 0-{len(layers) - 1}"
-            )
-        self.layers = frozenset(range(self.start_layer, len(layers)))
-
-    def on_unet_call(self, hooks: Any, first: bool) -> None:
-        if self.layers is None:
-            self.bind(hooks.layers)
-        if first:
-            total = hooks.total_steps or 10**6
-            self.steps = frozenset(range(self.start_step, total))
-
-    def edit_qkv(
-        self, call: AttentionCall, q: Tensor, k: Tensor, v: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        src, tgt = self.pairs(call)
-        if not tgt:
-            return q, k, v
-        k, v = k.clone(), v.clone()
-        k[tgt] = k[src]
-        v[tgt] = v[src]
-        return q, k, v
-
-
 def bind_all(controllers: Sequence[Controller], layers: list[LayerInfo]) -> None:
-    """Resolve every editor's layers against a layer table (errors surface before a run)."""
+    """Resolve every editor's layers against the run's layer table (errors surface before the
+    run; an editor bound for another run is bound again)."""
     for c in controllers:
-        if isinstance(c, RowEditor) and c.layers is None:
+        if isinstance(c, RowEditor):
             c.bind(layers)

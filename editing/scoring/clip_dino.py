@@ -9,8 +9,8 @@
   (Tumanyan et al., Splice 2022; the structure metric of Plug-and-Play), and the CLS-token
   cosine distance as a coarser alternative.
 - LPIPS needs pretrained VGG/AlexNet weights and a learned calibration that attnprobe does not
-  ship; use :func:`editing.scoring.toy_metrics.psnr` and
-  :func:`editing.scoring.toy_metrics.ssim` instead.
+  ship; use :func:`editing.scoring.images.psnr` and :func:`editing.scoring.images.ssim`
+  instead.
 
 Save the folders once on a machine with internet, e.g.
 ``CLIPModel.from_pretrained("openai/clip-vit-large-patch14").save_pretrained("clip")`` and the
@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from editing.scoring.toy_metrics import ImageLike, to_array
+from editing.scoring.images import ImageLike, to_array
 
 HOW_TO_SAVE = (
     "attnprobe never downloads weights: on a machine with internet, load the model and its "

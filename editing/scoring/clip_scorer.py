@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from editing.scoring.clip_dino import ClipMetrics, DinoStructure
-from editing.scoring.toy_metrics import EditScore, ImageLike, mean_abs_diff, psnr
+from editing.scoring.images import ImageLike, mean_abs_diff, psnr
+from editing.scoring.toy_metrics import EditScore
 
 
 class ClipEditScorer:

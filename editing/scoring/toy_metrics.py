@@ -12,8 +12,9 @@ Toy world (:func:`score_edit`), for one source image and its edit:
   object masks, grown by ``edge`` pixels so anti-aliased or blurred object edges do not count;
 - whether an object was found at all in each image.
 
-Image metrics (:func:`psnr`, :func:`ssim`) work on any pair of images of one size. CLIP and DINO
-metrics for real checkpoints live in :mod:`editing.scoring.clip_dino`.
+The image metrics it uses (PSNR, mean absolute difference, SSIM) work on any pair of images
+and live in :mod:`editing.scoring.images`; CLIP and DINO metrics for real checkpoints in
+:mod:`editing.scoring.clip_dino`.
 
     from editing.scoring.toy_metrics import score_edit
     score = score_edit(result.source, result.targets[0], pair)   # pair: an EditPair
@@ -28,9 +29,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-ImageLike = Image.Image | np.ndarray
+from editing.scoring.images import ImageLike, mean_abs_diff, psnr, same_size, to_array
 
 # which judge answers for which slot of an editing template
 SLOT_JUDGES = {
@@ -40,89 +40,6 @@ SLOT_JUDGES = {
     "category": "category",
     "object": "category",
 }
-MAX_PSNR = 100.0  # dB reported for identical images (keeps CSV and JSON finite)
-
-
-def to_array(image: ImageLike) -> np.ndarray:
-    """An image as ``uint8 [H, W, 3]``.
-
-    Args:
-        image: a PIL image (any mode convertible to RGB) or an array ``[H, W, 3]`` of uint8, or
-            of floats in ``[0, 1]``.
-
-    Raises:
-        ValueError: an array of another shape.
-    """
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"image of shape {array.shape} is not [H, W, 3] RGB")
-    if array.dtype != np.uint8:
-        array = np.clip(np.round(array.astype(np.float64) * 255), 0, 255).astype(np.uint8)
-    return array
-
-
-def _same_size(a: np.ndarray, b: np.ndarray) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"images differ in size: {a.shape} vs {b.shape}; resize one first")
-
-
-def psnr(a: ImageLike, b: ImageLike, mask: np.ndarray | None = None) -> float:
-    """Peak signal-to-noise ratio in dB (peak 255), over ``mask`` if given.
-
-    Identical images give :data:`MAX_PSNR`; an empty mask gives NaN.
-
-    Args:
-        a, b: images of the same size.
-        mask: bool ``[H, W]``: where to compare.
-    """
-    x, y = to_array(a).astype(np.float64), to_array(b).astype(np.float64)
-    _same_size(x, y)
-    diff = (x - y) ** 2
-    if mask is not None:
-        if not mask.any():
-            return math.nan
-        diff = diff[mask]
-    mse = float(diff.mean())
-    return MAX_PSNR if mse == 0 else min(MAX_PSNR, 10 * math.log10(255.0**2 / mse))
-
-
-def mean_abs_diff(a: ImageLike, b: ImageLike, mask: np.ndarray | None = None) -> float:
-    """Mean absolute difference in 0-255 units, over ``mask`` if given (NaN for an empty mask)."""
-    x, y = to_array(a).astype(np.float64), to_array(b).astype(np.float64)
-    _same_size(x, y)
-    diff = np.abs(x - y)
-    if mask is not None:
-        if not mask.any():
-            return math.nan
-        diff = diff[mask]
-    return float(diff.mean())
-
-
-def ssim(a: ImageLike, b: ImageLike, sigma: float = 1.5) -> float:
-    """Structural similarity (Wang et al. 2004) of the luminance, Gaussian window ``sigma``.
-
-    1.0 for identical images. Used where LPIPS would be: LPIPS needs pretrained VGG/AlexNet
-    weights, which attnprobe does not download.
-    """
-    from scipy.ndimage import gaussian_filter
-
-    rgb_a, rgb_b = to_array(a), to_array(b)
-    _same_size(rgb_a, rgb_b)
-    x, y = _luma(rgb_a), _luma(rgb_b)
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mx, my = gaussian_filter(x, sigma), gaussian_filter(y, sigma)
-    vx = gaussian_filter(x * x, sigma) - mx**2
-    vy = gaussian_filter(y * y, sigma) - my**2
-    cov = gaussian_filter(x * y, sigma) - mx * my
-    num = (2 * mx * my + c1) * (2 * cov + c2)
-    den = (mx**2 + my**2 + c1) * (vx + vy + c2)
-    return float((num / den).mean())
-
-
-def _luma(image: np.ndarray) -> np.ndarray:
-    return image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
 
 
 @dataclass(frozen=True)
@@ -224,7 +141,7 @@ def score_edit(
         slot, target, source_label = pair.slot, pair.target_word, pair.source_word
     kind = judge_kind(slot, target)
     src, out = to_array(source), to_array(edited)
-    _same_size(src, out)
+    same_size(src, out)
     src_mask = np.asarray(judges.find_object(src), dtype=bool)
     out_mask = np.asarray(judges.find_object(out), dtype=bool)
     found_src, found_out = bool(src_mask.any()), bool(out_mask.any())

@@ -12,6 +12,7 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from editing.sweep.table import summarise_rows
 from probe.viz.layout import KIND_COLOURS
 
 GROUP_MARKERS = {"preset": "*", "selection": "P", "window": "o", "prefix": ">", "suffix": "<"}
@@ -30,7 +31,7 @@ def sweep_tradeoff(
 
     Args:
         rows: per-edit rows of :func:`editing.sweep.run.sweep` (or its ``sweep.csv``), or the
-            summaries of :func:`editing.sweep.run.summarise_rows`.
+            summaries of :func:`editing.sweep.table.summarise_rows`.
         ax: axes to draw on (default: a new figure).
         label_all: label windows, prefixes and suffixes too (presets are always labelled).
         zoom: fit the axes to the points (at least 0.2 wide), so a cluster (say every range at
@@ -43,8 +44,6 @@ def sweep_tradeoff(
         >>> fig = sweep_tradeoff(read_rows("sweep_out/sweep.csv"))
         >>> fig.savefig("tradeoff.png")
     """
-    from editing.sweep.run import summarise_rows
-
     rows = list(rows)
     summary = rows if rows and "n" in rows[0] else summarise_rows(rows)
     if ax is None:
@@ -121,8 +120,6 @@ def sweep_windows(rows: Iterable[dict[str, Any]], ax: Axes | None = None) -> Fig
     Example:
         >>> sweep_windows(read_rows("sweep_out/sweep.csv")).savefig("windows.png")
     """
-    from editing.sweep.run import summarise_rows
-
     rows = list(rows)
     summary = rows if rows and "n" in rows[0] else summarise_rows(rows)
     windows = [s for s in summary if s["group"] == "window"]
@@ -180,8 +177,6 @@ def shift_by_layer(
     """
     import numpy as np
     from scipy.stats import spearmanr
-
-    from editing.sweep.run import summarise_rows
 
     summary = summarise_rows(rows)
     points = [

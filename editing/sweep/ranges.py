@@ -1,8 +1,8 @@
-"""Layer ranges, seeds and pair subsets for the sweep (:mod:`editing.sweep.run`).
+"""Layer ranges and pair subsets for the sweep (:mod:`editing.sweep.run`).
 
 default_ranges(16)          # none, fpe, paper, all; windows 0-3 ... 12-15; prefixes; suffixes
 parse_ranges(["presets", "4-14", "selection.json"])
-parse_seeds("0-3")          # [0, 1, 2, 3]
+select_pairs(pairs, 30)     # 30 pairs spread evenly over sources and targets
 """
 
 from __future__ import annotations
@@ -80,28 +80,6 @@ def parse_ranges(items: Iterable[str], num_layers: int = 16) -> list[LayerRange]
             out.append(LayerRange(item, item, "custom"))
     unique = {r.name: r for r in reversed(out)}
     return [r for r in out if unique.pop(r.name, None) is not None]
-
-
-def parse_seeds(text: str | int | Sequence[int]) -> list[int]:
-    """``"0-3"`` → ``[0, 1, 2, 3]``; ``"0,5"`` → ``[0, 5]``; ``7`` → ``[7]``.
-
-    Raises:
-        ValueError: text that is not seeds.
-    """
-    if isinstance(text, int):
-        return [text]
-    if not isinstance(text, str):
-        return [int(s) for s in text]
-    seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            seeds += range(int(lo), int(hi or lo) + 1)
-    except ValueError as err:
-        raise ValueError(f"cannot read seeds {text!r}: write '0-3', '0,5,7' or '4'") from err
-    if not seeds:
-        raise ValueError(f"seeds {text!r} is an empty range: write it low-high, e.g. '0-3'")
-    return seeds
 
 
 def select_pairs(pairs: Sequence[Any], max_pairs: int | None) -> list[Any]:

@@ -18,7 +18,6 @@ structure against success and ``windows.png`` both along sliding windows of laye
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -26,24 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from editing.scoring.toy_metrics import score_edit, summarise
-from editing.sweep.ranges import LayerRange, default_ranges, parse_ranges, parse_seeds
-from probe.attention.layers import resolve_layers, unet_layers
+from editing.methods.registry import sweep_kinds
+from editing.scheduler import sampling_settings
+from editing.scoring.toy_metrics import score_edit
+from editing.sweep.plots import sweep_tradeoff, sweep_windows
+from editing.sweep.ranges import LayerRange, default_ranges, parse_ranges
+from editing.sweep.table import append_rows, load_table, row_key, summarise_rows
+from probe.attention.layers import resolve_layers, save_layer_table
+from probe.models import defaults_origin, run_layer_table
+from probe.recording.folders import check_folder_settings
+from probe.recording.store import parse_seeds
 
-KIND_METHODS = {"self": "fpe", "cross": "cross"}  # sweep kind -> editing method
-KEY = ("kind", "range", "step_fraction", "seed", "source", "target")
-FIELDS = [
-    *("kind", "range", "group", "layers", "step_fraction", "seed", "source", "target"),
-    *("slot", "target_word", "judged", "success", "source_found", "edit_found"),
-    *("iou", "shape_distance", "background_psnr", "background_diff", "source_shift"),
-]
-_BOOLS = ("success", "source_found", "edit_found")
-_FLOATS = (
-    *("step_fraction", "iou", "shape_distance", "background_psnr", "background_diff"),
-    "source_shift",
-)
-# tables written before ``source_shift`` existed: read with NaN there, upgraded on resume
-_OLD_FIELDS = FIELDS[:-1]
+KIND_METHODS = sweep_kinds()  # sweep kind -> editing method, from the method registry
+LAYER_TABLE = "layer_table.json"  # the sweep's layer table, in its folder
 
 
 @dataclass
@@ -55,47 +49,6 @@ class _Job:
     seed: int
     source: str
     pairs: list[Any]
-
-
-def row_key(row: dict[str, Any]) -> tuple[str, ...]:
-    """What identifies a sweep row (for resuming)."""
-    values = {**row, "step_fraction": f"{float(row['step_fraction']):g}", "seed": str(row["seed"])}
-    return tuple(str(values[k]) for k in KEY)
-
-
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``sweep.csv``, typed (bools, floats, seed as int).
-
-    Raises:
-        ValueError: the file is not a sweep table.
-    """
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames not in (FIELDS, _OLD_FIELDS):
-            raise ValueError(
-                f"{path} is not a sweep table of this version (columns {reader.fieldnames}); "
-                "write the sweep to another --out folder"
-            )
-        rows: list[dict[str, Any]] = list(reader)
-    for row in rows:
-        row.setdefault("source_shift", "nan")
-        row.update({k: row[k] == "True" for k in _BOOLS})
-        row.update({k: float(row[k]) for k in _FLOATS})
-        row["seed"] = int(row["seed"])
-    return rows
-
-
-def _check_settings(out: Path, settings: dict[str, Any]) -> None:
-    path = out / "sweep.json"
-    if path.is_file():
-        saved = {"scorer": "judges", **json.loads(path.read_text())}  # older sweeps: judges
-        differ = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
-        if differ:
-            raise ValueError(
-                f"{out} holds a sweep with other settings {differ} (saved, now); resume with "
-                "the same settings or write to another --out folder"
-            )
-    path.write_text(json.dumps(settings, indent=2))
 
 
 def _plan(
@@ -170,7 +123,8 @@ def sweep(
             attribute is saved in ``sweep.json``: a resume with another scorer is refused.
 
     Returns:
-        One row per (kind, range, step fraction, seed, pair): the columns of :data:`FIELDS`.
+        One row per (kind, range, step fraction, seed, pair): the columns of
+            :data:`editing.sweep.table.FIELDS`.
 
     Raises:
         ValueError: an unknown kind, a range that does not fit the UNet, bad seeds, or an
@@ -191,13 +145,18 @@ def sweep(
     for f in fractions:
         if not 0.0 <= float(f) <= 1.0:
             raise ValueError(f"step fraction {f} is not between 0 and 1")
-    table = unet_layers(pipe.unet)
+    table = run_layer_table(pipe)  # the edits run at the model's size: their layer table
     chosen = default_ranges(len(table)) if ranges is None else _as_ranges(ranges, len(table))
     resolved = [(r, resolve_layers(table, r.spec)) for r in chosen]
     pair_list = list(pairs)
     jobs = _plan(pair_list, resolved, kinds, parse_seeds(seeds), fractions, batch_size)
     scorer_name = str(getattr(scorer, "name", "judges"))
-    rows, done, csv_path = _open_out(out, num_steps, guidance_scale, model_name, scorer_name)
+    sampling = sampling_settings(pipe, num_steps, guidance_scale)
+    rows, done, csv_path = _open_out(
+        out, num_steps, guidance_scale, model_name, scorer_name, (sampling, _legacy_ok(pipe))
+    )
+    if csv_path is not None:  # what select-from-sweep resolves --base against
+        save_layer_table(csv_path.parent / LAYER_TABLE, table)
     todo = sum(1 for job in jobs for pair in job.pairs if _key(job, pair) not in done)
     plain: dict[tuple[Any, ...], Any] = {}
     bar = tqdm(total=todo, desc="sweep", unit="edit", disable=not progress)
@@ -211,7 +170,7 @@ def sweep(
             for pair, image in zip(batch, result.targets, strict=True)
         ]
         if csv_path is not None:
-            _append(csv_path, new)
+            append_rows(csv_path, new)
             if save_images:
                 _save_images(csv_path.parent / "images", job, batch, result)
         rows += new
@@ -219,7 +178,7 @@ def sweep(
         bar.update(len(new))
     bar.close()
     if out is not None:
-        write_report(rows, Path(out))
+        write_sweep_summary(rows, Path(out))
     return rows
 
 
@@ -237,26 +196,31 @@ def _open_out(
     guidance: float | None,
     model: str | None,
     scorer: str,
+    sampling: tuple[dict[str, Any], bool] = ({}, True),
 ) -> tuple[list[dict[str, Any]], set[tuple[str, ...]], Path | None]:
     if out is None:
         return [], set(), None
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     settings = {"model": model, "num_steps": num_steps, "guidance_scale": guidance}
-    _check_settings(folder, {**settings, "scorer": scorer})
+    # sweeps written before the scorer was saved were scored by the judges; before the
+    # sampling was saved, a DDIM model with its own defaults sampled as today
+    legacy = {"scorer": "judges", **({"sampling": sampling[0]} if sampling[1] else {})}
+    check_folder_settings(
+        folder, "sweep.json", {**settings, "scorer": scorer, "sampling": sampling[0]},
+        "a sweep run", legacy,
+    )  # fmt: skip
     path = folder / "sweep.csv"
-    rows = read_rows(path) if path.is_file() else []
-    if rows and _header(path) != FIELDS:  # an older table: rewrite it with today's columns
-        tmp = path.with_suffix(".csv.tmp")
-        tmp.unlink(missing_ok=True)
-        _append(tmp, rows)
-        tmp.replace(path)
+    rows = load_table(path)
     return rows, {row_key(r) for r in rows}, path
 
 
-def _header(path: Path) -> list[str]:
-    with open(path, newline="") as f:
-        return next(csv.reader(f), [])
+def _legacy_ok(pipe: Any) -> bool:
+    """Whether a sweep.json without ``sampling`` sampled as today: a model on DDIM whose
+    defaults did not change (the toy, tiny); an SD folder then ran its own scheduler, 20 steps."""
+    from diffusers import DDIMScheduler
+
+    return isinstance(pipe.scheduler, DDIMScheduler) and defaults_origin(pipe)["family"] != "sd"
 
 
 def _key(job: _Job, pair: Any) -> tuple[str, ...]:
@@ -272,7 +236,7 @@ def _run(
     guidance: float | None,
     plain: dict[tuple[Any, ...], Any],
 ) -> Any:
-    from editing.edit import edit
+    from editing.editor import edit
 
     targets = [pair.target for pair in batch]
     if not job.layers:  # no replacement: the same images for every kind and fraction
@@ -320,56 +284,8 @@ def _save_images(folder: Path, job: _Job, batch: list[Any], result: Any) -> None
         image.save(edits / f"{name(pair.source)}_to_{pair.target_word}.png")
 
 
-def _append(path: Path, rows: list[dict[str, Any]]) -> None:
-    new = not path.is_file()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
-def summarise_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Means per (kind, range, step fraction), in the order the rows first name them.
-
-    Returns:
-        Dicts with kind, range, group, layers, step_fraction, and from
-        :func:`editing.scoring.toy_metrics.summarise`: n, success, found, iou, shape_distance,
-        background_psnr, background_diff.
-    """
-    groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
-    for row in rows:
-        key = (row["kind"], row["range"], float(row["step_fraction"]))
-        groups.setdefault(key, []).append(row)
-    out = []
-    for (kind, name, fraction), members in groups.items():
-        first = members[0]
-        head = {"kind": kind, "range": name, "group": first["group"], "layers": first["layers"]}
-        out.append({**head, "step_fraction": fraction, **summarise(members)})
-    return out
-
-
-def format_summary(summary: Sequence[dict[str, Any]]) -> str:
-    """A plain-text table of :func:`summarise_rows`."""
-    head = (f"{'kind':<5} {'range':<12} {'frac':>4} {'n':>4} {'success':>7} {'iou':>5} "
-            f"{'bgPSNR':>6} {'shift':>6}")  # fmt: skip
-    lines = [head, "-" * len(head)]
-    for s in summary:
-        psnr = s["background_psnr"]
-        shift = s.get("source_shift", math.nan)
-        lines.append(
-            f"{s['kind']:<5} {s['range']:<12} {s['step_fraction']:>4g} {int(s['n']):>4} "
-            f"{s['success']:>7.2f} {s['iou']:>5.2f} "
-            f"{psnr if math.isnan(psnr) else round(psnr, 1):>6} "
-            f"{'-' if math.isnan(shift) else f'{shift:.3f}':>6}"
-        )
-    return "\n".join(lines)
-
-
-def write_report(rows: list[dict[str, Any]], out: Path) -> None:
+def write_sweep_summary(rows: list[dict[str, Any]], out: Path) -> None:
     """Write ``summary.json``, ``tradeoff.png`` and ``windows.png`` for a sweep's rows."""
-    from editing.sweep.plots import sweep_tradeoff, sweep_windows
-
     summary = summarise_rows(rows)
     clean = [{k: None if _is_nan(v) else v for k, v in s.items()} for s in summary]
     (out / "summary.json").write_text(json.dumps(clean, indent=2))

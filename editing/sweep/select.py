@@ -77,8 +77,8 @@ def select_from_sweep(
         shift_tolerance, success_tolerance: how far above the plain target's shift, or below
             its success, a layer may be before it counts as leaking.
         model: recorded in the selection.
-        table: the model's layer table (:func:`probe.models.loading.layer_table`), to resolve
-            ``base`` specs the sweep did not run.
+        table: the sweep's layer table (its ``layer_table.json``), to resolve ``base`` specs
+            the sweep did not run; kept in the selection.
 
     Raises:
         ValueError: the sweep lacks the ranges, ``base`` is unknown, or every layer of it leaks.
@@ -104,7 +104,7 @@ def select_from_sweep(
         "success_tolerance": success_tolerance,
         "per_layer": {str(i): v for i, v in leaks.items()},
     }
-    return LayerSelection(kept, step_fraction, "measured-leak", evidence, model)
+    return LayerSelection(kept, step_fraction, "measured-leak", evidence, model, list(table or []))
 
 
 def _base_layers(

@@ -8,7 +8,9 @@ probabilities themselves (Prompt-to-Prompt's cross-attention edits).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -16,7 +18,7 @@ from torch import Tensor
 from probe.attention.batch import BatchLayout
 from probe.attention.layers import Kind, LayerInfo
 
-__all__ = ["AttentionCall", "Controller", "Kind", "attention_probs"]
+__all__ = ["AttentionCall", "Controller", "HookState", "Kind", "attention_probs"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,54 @@ class AttentionCall:
     layout: BatchLayout
     query_hw: tuple[int, int]
     keys: int
+
+
+class HookState(Protocol):
+    """What controllers and the processor read from the open hooks.
+
+    :class:`probe.attention.hooks.AttentionHooks` is the implementation; this protocol lets
+    the processor and every controller name its type without importing the hooks module
+    (which imports the processor).
+    """
+
+    @property
+    def layers(self) -> list[LayerInfo]:
+        """The run's layer table, at the latent size the UNet is called with."""
+        ...
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        """Latent (height, width) of the current UNet call."""
+        ...
+
+    @property
+    def total_steps(self) -> int | None:
+        """Steps of the run under way, when known."""
+        ...
+
+    @property
+    def batch_layout(self) -> BatchLayout | None:
+        """Batch roles of the current UNet call (set before controllers see the call)."""
+        ...
+
+    @property
+    def encoder_hidden_states(self) -> Tensor | None:
+        """The text embeddings ``[batch, tokens, dim]`` of the current UNet call."""
+        ...
+
+    @property
+    def pipe(self) -> Any:
+        """The pipeline the hooks were opened on, or ``None`` for a bare UNet."""
+        ...
+
+    @property
+    def controllers(self) -> Sequence[Controller]:
+        """The controllers consulted at every attention call."""
+        ...
+
+    def make_call(self, layer: LayerInfo, kind: Kind, queries: int, keys: int) -> AttentionCall:
+        """Describe the attention call now under way."""
+        ...
 
 
 class Controller:
@@ -67,6 +117,22 @@ class Controller:
         """Change queries, keys or values before attention."""
         return q, k, v
 
+    def score_bias(self, call: AttentionCall, q: Tensor, k: Tensor) -> Tensor | None:
+        """An additive bias on this call's scores ``q kᵀ · scale``, or ``None`` (the default).
+
+        The bias broadcasts to ``[batch, heads, queries, keys]`` (e.g. ``[batch, 1, q, k]``);
+        the processor adds it to the attention mask, so the fused kernel stays on and
+        observers see the biased probabilities. To keep a query from a key, add
+        ``torch.finfo(q.dtype).min``, not ``-inf``: a query left with no key then reads every
+        key uniformly (as MasaCtrl's published code does) instead of giving NaN.
+
+        Args:
+            call: the attention call.
+            q, k: queries and keys ``[batch, heads, tokens, head_dim]`` after every
+                :meth:`edit_qkv`.
+        """
+        return None
+
     def edits_probs(self, call: AttentionCall) -> bool:
         """Whether :meth:`edit_probs` changes this call's probabilities."""
         return False
@@ -78,8 +144,34 @@ class Controller:
     def observe(self, call: AttentionCall, probs: Tensor) -> None:
         """Look at the probabilities actually used (only when :meth:`needs_probs` is true)."""
 
-    def on_unet_call(self, hooks: object, first: bool) -> None:
+    def prepare(self, tokenizer: Any, source: str, targets: Sequence[str]) -> None:
+        """Read the prompts before a run; default: nothing.
+
+        :func:`editing.editor.edit` calls it on every controller once, before the first UNet
+        call, with the pipeline's tokenizer, the source prompt and the target prompts (e.g.
+        Prompt-to-Prompt aligns the targets' tokens with the source's here).
+        """
+
+    def on_unet_call(self, hooks: HookState, first: bool) -> None:
         """Called before every UNet forward; ``first`` for the first call since (re)start."""
+
+    def after_step(self, step: int, latents: Tensor, layout: BatchLayout) -> Tensor:
+        """Change the latents after denoising step ``step``; default: return them unchanged.
+
+        Loops that own their latents call it after every scheduler step, on every controller
+        in order (:func:`editing.sampling.denoise` does; a plain ``pipe(...)`` call does not).
+        Prompt-to-Prompt's LocalBlend pulls the targets back to the source here.
+
+        Args:
+            step: the 0-based step just finished.
+            latents: ``[samples, C, h, w]``, one row per sample in sample order (not the
+                UNet's guidance-doubled batch); ``layout.rows[i].sample`` names a UNet row's.
+            layout: the batch roles of the UNet calls of this step.
+
+        Returns:
+            The latents the loop continues with (the same tensor when nothing changes).
+        """
+        return latents
 
 
 def attention_probs(q: Tensor, k: Tensor, scale: float, mask: Tensor | None = None) -> Tensor:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from diffusers import UNet2DConditionModel
 from torch import nn
+
+from probe.attention.fpe_rule import fpe_rule
 
 Place = Literal["down", "mid", "up"]
 Kind = Literal["self", "cross"]
@@ -25,16 +27,13 @@ LayerSpec = int | str | Path | Sequence[int | str] | None
 
 PRESETS: dict[str, str] = {
     "all": "all",
-    # the official FPE code: every layer whose query map is at most 32x32 at 512 px, i.e. all but
-    # the finest resolution (flat indices 2-12 on SD 1.x)
-    "fpe": "res<max",
     # the paper's wording, "layers 4-14"
     "paper": "4-14",
     # MasaCtrl's default start layer 10 of 16: the decoder's two finest resolutions
     "masactrl": "10-15",
-    # Prompt-to-Prompt stores and edits only maps of at most 32x32 positions at 512 px
-    "p2p": "res<max",
 }
+"""Presets that name fixed layers. ``fpe`` depends on the model: see
+:func:`probe.attention.fpe_rule.fpe_rule` (SD 1.x/2.x: ``positions<=1024``, the official code's)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,10 @@ class LayerInfo:
         cross_dim: channels of the text embeddings its cross-attention reads.
         resolution: query map (height, width) in latent positions for the latent size the
             table was built for.
+        native_latent: the latent (height, width) the model was made for (its UNet's
+            ``sample_size``; SD 1.5: 64×64, the toy: 16×16), whatever size the table is at;
+            ``None`` in tables read from files written before it was stored. It sets the
+            ``fpe`` preset's bound (:func:`fpe_max_positions`).
     """
 
     index: int
@@ -62,6 +65,7 @@ class LayerInfo:
     channels: int
     cross_dim: int
     resolution: tuple[int, int]
+    native_latent: tuple[int, int] | None = None
 
     @property
     def positions(self) -> int:
@@ -71,6 +75,111 @@ class LayerInfo:
     def resolution_at(self, latent_height: int, latent_width: int) -> tuple[int, int]:
         """Query map (height, width) of this layer for a latent of the given size."""
         return _halve(latent_height, self.level), _halve(latent_width, self.level)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (what recordings, probe results and selections store)."""
+        native = None if self.native_latent is None else list(self.native_latent)
+        return asdict(self) | {"resolution": list(self.resolution), "native_latent": native}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LayerInfo:
+        """Read a dict written by :meth:`to_json`.
+
+        Raises:
+            ValueError: a key is missing; the message names it.
+        """
+        optional = {"native_latent"}  # tables written before it was stored lack it
+        missing = [f.name for f in fields(cls) if f.name not in data and f.name not in optional]
+        if missing:
+            raise ValueError(
+                f"layer entry {data!r} lacks {missing}: it was not written by LayerInfo.to_json "
+                "(rerun the command that made the file)"
+            )
+        h, w = data["resolution"]
+        native = data.get("native_latent")
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        return cls(**values | {"resolution": (h, w), "native_latent": _pair(native)})
+
+
+def table_at(layers: Sequence[LayerInfo], latent_hw: tuple[int, int]) -> list[LayerInfo]:
+    """The same layer table at another latent size (every ``resolution`` recomputed).
+
+    A layer table belongs to a run: resolution rules such as ``res<=16`` mean query positions
+    at the latent size generated. This turns the table of one size into the table of another
+    without the UNet.
+
+    Example:
+        >>> [layer.resolution for layer in table_at(layer_table("tiny"), (8, 16))][:2]
+        [(8, 16), (8, 16)]
+    """
+    h, w = latent_hw
+    return [replace(layer, resolution=layer.resolution_at(h, w)) for layer in layers]
+
+
+def one_resolution(
+    layers: Sequence[LayerInfo], chosen: Iterable[int], what: str, spec: LayerSpec
+) -> tuple[int, int]:
+    """The one query-map resolution of the ``chosen`` layers, for a control that averages
+    their maps (Prompt-to-Prompt's LocalBlend, MasaCtrl's word mask).
+
+    Args:
+        layers: the run's layer table.
+        chosen: indices of the layers ``spec`` chose.
+        what: who averages, for the message, e.g. ``"LocalBlend averages maps of one resolution,
+            but blend_layers"``.
+        spec: the spec given, for the message.
+
+    Raises:
+        ValueError: the layers have several resolutions, or there are none.
+    """
+    sizes = {layers[i].resolution for i in chosen}
+    if len(sizes) != 1:
+        shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)) or "no layer"
+        raise ValueError(
+            f"{what}={spec!r} gives {shown}: choose layers of one size, e.g. 'res==max/4'"
+        )
+    return sizes.pop()
+
+
+def layers_to_json(layers: Sequence[LayerInfo]) -> list[dict[str, Any]]:
+    """A layer table as a JSON-ready list (see :meth:`LayerInfo.to_json`)."""
+    return [layer.to_json() for layer in layers]
+
+
+def layers_from_json(rows: Sequence[dict[str, Any]]) -> list[LayerInfo]:
+    """Read a list written by :func:`layers_to_json`."""
+    return [LayerInfo.from_json(row) for row in rows]
+
+
+def save_layer_table(path: str | Path, layers: Sequence[LayerInfo]) -> Path:
+    """Write a run's layer table as JSON ``{"layer_table": [...]}`` (next to its artefacts)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"layer_table": layers_to_json(layers)}, indent=1) + "\n")
+    return path
+
+
+def load_layer_table(path: str | Path) -> list[LayerInfo]:
+    """Read a file written by :func:`save_layer_table`.
+
+    Raises:
+        ValueError: the file is missing or is not a layer table.
+    """
+    path = Path(path)
+    try:
+        return layers_from_json(json.loads(path.read_text())["layer_table"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{path} is not a layer table (JSON with a 'layer_table' list): {err}; rerun the "
+            "command that wrote it"
+        ) from err
+
+
+def _pair(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    h, w = value
+    return int(h), int(w)
 
 
 def _halve(size: int, times: int) -> int:
@@ -109,15 +218,17 @@ def _walk(unet: UNet2DConditionModel) -> list[tuple[str, Place, int, Any]]:
 
 
 def unet_layers(
-    unet: UNet2DConditionModel, height: int | None = None, width: int | None = None
+    unet: UNet2DConditionModel,
+    latent_height: int | None = None,
+    latent_width: int | None = None,
 ) -> list[LayerInfo]:
     """Every attention layer of ``unet``, in execution order.
 
     Args:
         unet: a diffusers ``UNet2DConditionModel`` (SD 1.x/2.x or similar).
-        height: latent height in positions (pixels / 8 for SD's VAE); default the UNet's
-            ``sample_size`` (64 for SD 1.5, i.e. 512 px).
-        width: latent width; default ``height``.
+        latent_height: latent height in positions, not pixels (pixels / ``vae_scale_factor``,
+            8 for SD's VAE); default the UNet's ``sample_size`` (64 for SD 1.5, i.e. 512 px).
+        latent_width: latent width in positions; default ``latent_height``.
 
     Returns:
         One :class:`LayerInfo` per transformer block, indexed 0..N-1.
@@ -127,9 +238,9 @@ def unet_layers(
         [64, 64, 32, 32, 16, 16, 8, 16, 16, 16, 32, 32, 32, 64, 64, 64]
     """
     size = unet.config.sample_size
-    default = size if isinstance(size, int) else size[0]
-    height = height or default
-    width = width or height
+    native = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    height = latent_height or native[0]
+    width = latent_width or height
     layers = []
     for index, (name, place, level, tb) in enumerate(_walk(unet)):
         attn1, attn2 = tb.attn1, getattr(tb, "attn2", None)
@@ -143,6 +254,7 @@ def unet_layers(
                 channels=attn1.to_q.in_features,
                 cross_dim=attn2.to_k.in_features if attn2 is not None else 0,
                 resolution=(_halve(height, level), _halve(width, level)),
+                native_latent=native,
             )
         )
     return layers
@@ -161,6 +273,14 @@ def attention_modules(unet: UNet2DConditionModel) -> dict[str, tuple[int, Kind]]
 
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 _RES = re.compile(r"^res\s*(<=|>=|<|>|==)\s*(\d+|max|min)(?:/(\d+))?$")
+_POSITIONS = re.compile(r"^positions(<=|>=|<|>|==)(\d+)(?:[x×](\d+))?$")
+_COMPARE: dict[str, Any] = {
+    "<=": lambda a, b: a <= b,
+    ">=": lambda a, b: a >= b,
+    "<": lambda a, b: a < b,
+    ">": lambda a, b: a > b,
+    "==": lambda a, b: a == b,
+}
 
 
 def resolve_layers(
@@ -169,13 +289,20 @@ def resolve_layers(
     """Turn a layer spec into sorted layer indices.
 
     Args:
-        unet_or_layers: the UNet, or its :func:`unet_layers` table.
+        unet_or_layers: the run's layer table (``hooks.layers``, ``maps.layers``,
+            ``ProbeResults.layer_table``, ...), or a UNet (then its table at ``sample_size``:
+            pass the table of the run when it generates at another size, since resolution
+            rules mean query positions at the latent size generated).
         spec: ``None``/``"all"``; an int; ``"4-14"``; ``"2,5,7"``; a list of any of these; a block
             name (``"up_blocks.1"`` or ``"up_blocks.1.attentions.0"``); a place (``"down"``,
             ``"mid"``, ``"up"``); a resolution rule in latent positions per side (``"res<=32"``,
-            ``"res<max"`` = all but the finest resolution); a preset (``fpe``, ``paper``,
-            ``masactrl``, ``p2p``, ``all``); ``"none"``; or the path of a saved layer-selection
-            JSON file (with a ``"layers"`` key).
+            ``"res<max"`` = all but the finest resolution); a rule on query positions, height ×
+            width (``"positions<=1024"`` or ``"positions<=32x32"``: maps of at most 32×32
+            positions); a preset (``fpe`` = the
+            official FPE rule, ``"positions<=1024"`` on SD 1.x/2.x, carried to smaller models,
+            see :mod:`probe.attention.fpe_rule`; ``paper``; ``masactrl``; ``all``); ``"none"``; or
+            the path of a saved layer-selection JSON file (with a ``"layers"`` key). Rules
+            mean the latent size of the table: pass the run's table.
 
     Returns:
         Sorted, de-duplicated layer indices.
@@ -187,6 +314,8 @@ def resolve_layers(
     Example:
         >>> resolve_layers(pipe.unet, "fpe")  # SD 1.5 at 512 px
         [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+        >>> resolve_layers(run_layer_table(pipe, 768, 768), "fpe")  # at 768 px
+        [4, 5, 6, 7, 8, 9]
     """
     layers = unet_or_layers if isinstance(unet_or_layers, list) else unet_layers(unet_or_layers)
     return sorted(set(_resolve(layers, spec)))
@@ -223,6 +352,8 @@ def _resolve_str(layers: list[LayerInfo], spec: str) -> Iterable[int]:
         return []
     if low in PRESETS:
         return _resolve_str(layers, PRESETS[low])
+    if low == "fpe":
+        return _resolve_str(layers, fpe_rule(layers))
     if low.isdigit():
         return _resolve(layers, int(low))
     if "," in spec:
@@ -236,6 +367,9 @@ def _resolve_str(layers: list[LayerInfo], spec: str) -> Iterable[int]:
         return [layer.index for layer in layers if layer.place == low]
     if m := _RES.match(low.replace(" ", "")):
         return _by_resolution(layers, m[1], m[2], int(m[3] or 1))
+    if m := _POSITIONS.match(low.replace(" ", "")):
+        bound = int(m[2]) * int(m[3] or 1)
+        return [layer.index for layer in layers if _COMPARE[m[1]](layer.positions, bound)]
     named = [
         layer.index for layer in layers if layer.name == spec or layer.name.startswith(spec + ".")
     ]
@@ -245,7 +379,8 @@ def _resolve_str(layers: list[LayerInfo], spec: str) -> Iterable[int]:
         return _from_file(layers, Path(spec))
     raise ValueError(
         f"unknown layer spec {spec!r}: use an index (0-{n - 1}), a range '4-14', a list '2,5', "
-        f"a place (down/mid/up), a rule 'res<=16' or 'res<max', a preset ({', '.join(PRESETS)}), "
+        f"a place (down/mid/up), a rule 'res<=16', 'res<max' or 'positions<=1024', a preset "
+        f"(fpe, {', '.join(PRESETS)}), "
         f"a block name such as {layers[0].name!r}, or a selection .json file"
     )
 
@@ -254,14 +389,8 @@ def _by_resolution(layers: list[LayerInfo], op: str, value: str, divisor: int = 
     sides = [max(layer.resolution) for layer in layers]
     bound = max(sides) if value == "max" else min(sides) if value == "min" else int(value)
     bound //= divisor
-    compare = {
-        "<=": lambda a: a <= bound,
-        ">=": lambda a: a >= bound,
-        "<": lambda a: a < bound,
-        ">": lambda a: a > bound,
-        "==": lambda a: a == bound,
-    }[op]
-    return [layer.index for layer, side in zip(layers, sides, strict=True) if compare(side)]
+    compare = _COMPARE[op]
+    return [layer.index for layer, side in zip(layers, sides, strict=True) if compare(side, bound)]
 
 
 def _from_file(layers: list[LayerInfo], path: Path) -> list[int]:

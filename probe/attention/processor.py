@@ -8,22 +8,19 @@ changes what the model computes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from probe.attention.controller import Controller, Kind, attention_probs
+from probe.attention.controller import AttentionCall, Controller, HookState, Kind, attention_probs
 from probe.attention.layers import LayerInfo
-
-if TYPE_CHECKING:
-    from probe.attention.hooks import AttentionHooks
 
 
 class HookedAttnProcessor:
     """Processor for one attention module (one layer, one kind)."""
 
-    def __init__(self, hooks: AttentionHooks, layer: LayerInfo, kind: Kind, fallback: Any) -> None:
+    def __init__(self, hooks: HookState, layer: LayerInfo, kind: Kind, fallback: Any) -> None:
         self.hooks = hooks
         self.layer = layer
         self.kind = kind
@@ -64,7 +61,7 @@ class HookedAttnProcessor:
         encoder_hidden_states: Tensor | None,
         attention_mask: Tensor | None,
         temb: Tensor | None,
-        call: Any,
+        call: AttentionCall,
         active: list[Controller],
     ) -> Tensor:
         residual = hidden_states
@@ -110,7 +107,7 @@ class HookedAttnProcessor:
 
     @staticmethod
     def _attention(
-        call: Any,
+        call: AttentionCall,
         active: list[Controller],
         q: Tensor,
         k: Tensor,
@@ -121,6 +118,11 @@ class HookedAttnProcessor:
         """Attention output ``[batch, heads, queries, head_dim]`` with every controller applied."""
         for c in active:
             q, k, v = c.edit_qkv(call, q, k, v)
+        for c in active:
+            bias = c.score_bias(call, q, k)
+            if bias is not None:
+                bias = bias.to(q.dtype)
+                mask = bias if mask is None else mask + bias
         editors = [c for c in active if c.edits_probs(call)]
         observers = [c for c in active if c.needs_probs(call)]
         if not editors and not observers:

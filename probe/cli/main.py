@@ -21,12 +21,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
-    from probe.attention.layers import format_layer_table, resolve_layers, unet_layers
-    from probe.models import load_pipeline
+    from probe.attention.layers import format_layer_table, resolve_layers
+    from probe.models import layer_table
 
-    pipe = load_pipeline(args.model or default_model())
-    latent = None if args.height is None else args.height // pipe.vae_scale_factor
-    layers = unet_layers(pipe.unet, latent, latent)
+    # no run here: the table from the model's config, at the image size asked for (pixels)
+    layers = layer_table(args.model or default_model(), args.height, args.width or args.height)
     if args.spec is not None:
         chosen = set(resolve_layers(layers, args.spec))
         layers = [layer for layer in layers if layer.index in chosen]
@@ -55,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_arg(p)
     p.add_argument("--spec", help="show only these layers (e.g. 'fpe', '4-14', 'res<=16', 'up')")
-    p.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
+    p.add_argument(
+        "--height", type=int,
+        help="image height in pixels (default: the model's); resolutions and rules such as "
+        "res<=16 are for this size",
+    )  # fmt: skip
+    p.add_argument("--width", type=int, help="image width in pixels (default: --height)")
     p.set_defaults(func=_cmd_layers)
 
     p = sub.add_parser("demo", help="one prompt: record every layer and step, draw word heat maps")

@@ -25,7 +25,7 @@ def _size(spec: str | None) -> tuple[int, int] | None:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from probe.attention.steps import resolve_steps
     from probe.probing.features import FeatureOptions, build_features
-    from probe.probing.probes import ProbeConfig, run_probes
+    from probe.probing.probes import ProbeConfig, run_probes, table_path
     from probe.recording.store import AttentionDataset
     from probe.viz.probe_figures import save_probe_figures
 
@@ -53,7 +53,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         "data": str(args.data), "control_data": args.control_data, "label": label,
         "model": data.meta.get("model"), "config": asdict(config), "features": asdict(options),
         "samples": len(data), "cells": len(results), "feature_seconds": round(feature_seconds, 1),
-        "seconds": round(seconds, 1), "layers": _layer_table(data),
+        "seconds": round(seconds, 1),
     }  # fmt: skip
     (out / PROBE_META).write_text(json.dumps(meta, indent=2) + "\n")
     print(f"{len(results)} cells probed on {len(data)} samples ({label}) in {seconds:.1f} s")
@@ -63,7 +63,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
             f"  best {kind}: layer {best.layer} step {best.step}: acc {best.acc_mean:.2f} "
             f"(shuffled {best.shuffled_acc:.2f}, chance {best.chance:.2f})"
         )
-    print(f"results: {csv}\nfigures: {', '.join(str(p) for p in figures)}")
+    print(f"results: {csv} (layer table: {table_path(csv).name})")
+    print(f"figures: {', '.join(str(p) for p in figures)}")
     return 0
 
 
@@ -76,17 +77,8 @@ def _layers(data: Any, spec: str) -> list[int] | None:
     return resolve_layers(table, spec)
 
 
-def _layer_table(data: Any) -> list[dict[str, Any]]:
-    """The dataset's layers at its latent size (so ``select --within res<max`` can resolve)."""
-    if not len(data):
-        return []
-    maps = data.load(0)
-    return [asdict(layer) | {"resolution": list(maps.resolution(layer.index))}
-            for layer in maps.layers]  # fmt: skip
-
-
 def _cmd_select(args: argparse.Namespace) -> int:
-    from probe.attention.layers import LayerInfo, resolve_layers
+    from probe.attention.layers import layers_from_json
     from probe.probing.probes import ProbeResults
     from probe.probing.select import select_layers
 
@@ -97,19 +89,14 @@ def _cmd_select(args: argparse.Namespace) -> int:
     results = ProbeResults.from_csv(csv)
     meta_path = csv.parent / PROBE_META
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    within = None
-    if args.within:
-        table = [LayerInfo(**{**d, "resolution": tuple(d["resolution"])})
-                 for d in meta.get("layers", [])]  # fmt: skip
-        if not table:
-            raise ValueError(f"--within needs the layer table of {meta_path}: rerun probe")
-        within = resolve_layers(table, args.within)
+    if not results.layer_table and meta.get("layers"):  # a folder probed before tables were saved
+        results.layer_table = layers_from_json(meta["layers"])
     selection = select_layers(
         results,
         rule=args.rule,
         step_fraction=args.step_fraction,
         threshold=args.threshold,
-        within=within,
+        within=args.within or None,
         model=str(meta.get("model") or ""),
     )
     selection.evidence["probe"] = str(csv)
@@ -128,7 +115,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (default DATA/probe)")
     p.add_argument("--label", help="label to probe (default: the template's first)")
     p.add_argument("--control-data", help="the same set recorded with --random-init")
-    p.add_argument("--probe", default="linear", choices=["linear", "mlp"])
+    p.add_argument(
+        "--probe", default="linear", choices=["linear", "linear-full", "mlp"],
+        help="linear (default): logistic regression fitted in the span of the training rows; "
+        "linear-full: the same fitted in all dimensions (slower); mlp: the authors' MLP",
+    )  # fmt: skip
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layers", default="all", help="layer spec (default all)")

@@ -16,31 +16,32 @@ def _cmd_record(args: argparse.Namespace) -> int:
         raise ValueError("record needs --prompt TEXT (one image) or --template NAME (a dataset)")
     import torch
 
-    from probe.models import generation_defaults, load_pipeline, resolve_device
-    from probe.recording.record import record_attention
+    from probe.models import defaults_origin, generation_defaults, load_pipeline, resolve_device
+    from probe.models.schedulers import scheduler_settings
+    from probe.recording.dataset import parse_bytes
+    from probe.recording.record import DEFAULT_BUDGET, record_attention
 
+    budget = parse_bytes(args.budget) or DEFAULT_BUDGET
     pipe = load_pipeline(args.model or default_model(), device=resolve_device(args.device))
-    defaults = generation_defaults(pipe)
+    gen = generation_defaults(pipe)
+    if args.num_steps:
+        gen["num_inference_steps"] = args.num_steps
+    if args.guidance is not None:
+        gen["guidance_scale"] = args.guidance
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     kinds = tuple(k.strip() for k in args.kinds.split(","))
     with record_attention(
         pipe, layers=args.layers, kinds=kinds, steps=args.steps, heads=args.heads,  # type: ignore[arg-type]
-        self_reduce=args.self_reduce,
+        self_reduce=args.self_reduce, budget_bytes=budget,
     ) as maps:  # fmt: skip
-        result = pipe(
-            args.prompt,
-            num_inference_steps=args.num_steps or defaults["num_inference_steps"],
-            guidance_scale=defaults["guidance_scale"] if args.guidance is None else args.guidance,
-            height=defaults["height"],
-            width=defaults["width"],
-            generator=torch.Generator().manual_seed(args.seed),
-        )
+        result = pipe(args.prompt, **gen, generator=torch.Generator().manual_seed(args.seed))
+    out.mkdir(parents=True, exist_ok=True)
     result.images[0].save(out / "image.png")
     maps.save(out / "maps.safetensors")
-    (out / "settings.json").write_text(
-        json.dumps(vars(args) | {"func": None}, indent=2, default=str)
-    )
+    settings = vars(args) | {"func": None, "budget_bytes": budget, **gen}
+    settings |= {"defaults": defaults_origin(pipe), "steps_recorded": len(maps.timesteps)}
+    settings["scheduler"] = scheduler_settings(pipe.scheduler)  # the folder's own, as shipped
+    (out / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
     print(f"recorded {maps}")
     print(f"image: {out / 'image.png'}\nmaps:  {out / 'maps.safetensors'}")
     return 0
@@ -111,7 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--num-steps",
         type=int,
         default=None,
-        help="denoising steps (default: 20 for --prompt, the model's for --template)",
+        help="denoising steps (default: the model's; 50 for an SD folder)",
     )
     p.add_argument(
         "--guidance",
@@ -127,7 +128,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="i/n: record shard i of n (default: RANK/WORLD_SIZE under accelerate)",
     )
     p.add_argument("--batch-size", type=int, default=8, help="samples per pipeline call")
-    p.add_argument("--budget", default="4GiB", help="memory the maps of one batch may take")
+    p.add_argument(
+        "--budget", default="4GiB", help="memory the maps (of one batch, for --template) may take"
+    )
     p.add_argument("--max-disk", default=None, help="disk the dataset may take (default: free)")
     p.add_argument("--images", action="store_true", help="--template: also save the images")
     p.add_argument(

@@ -85,15 +85,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from probe.attention.steps import parse_int_ranges
     from probe.models import load_pipeline
+    from probe.recording.store import parse_seeds
     from probe.toy.evaluate import evaluate
 
     pipe = load_pipeline(args.model)
     report = evaluate(
         pipe,
         templates=[t.strip() for t in args.templates.split(",") if t.strip()],
-        seeds=parse_int_ranges(args.seeds),
+        seeds=parse_seeds(args.seeds),
         out=args.out,
         guidance_scale=args.guidance,
         num_steps=args.num_steps,

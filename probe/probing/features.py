@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from probe.attention.layers import LayerInfo
 from probe.recording.maps import AttentionMaps, tensor_name
 from probe.recording.reduce import SelfReduce, pool_self
 from probe.recording.store import AttentionDataset
@@ -76,6 +77,7 @@ class FeatureSet:
         timesteps: step index → scheduler timestep.
         sample_ids: the dataset's sample ids, in row order.
         groups: ``[samples]`` the seed of each sample (samples of one seed share their noise).
+        layer_table: the layer table the dataset was recorded on, at its latent size.
     """
 
     label: str
@@ -85,6 +87,7 @@ class FeatureSet:
     timesteps: dict[int, float] = field(default_factory=dict)
     sample_ids: list[str] = field(default_factory=list)
     groups: np.ndarray | None = None
+    layer_table: list[LayerInfo] = field(default_factory=list)
 
     def __repr__(self) -> str:
         dims = sorted({x.shape[1] for x in self.X.values()})
@@ -265,6 +268,7 @@ def build_features(
         if i == 0:
             keys = available_keys(maps, layers, steps, kinds)
             feats.timesteps = {s: float(t) for s, t in sorted(maps.timesteps.items())}
+            feats.layer_table = list(maps.layers)
         vectors = sample_features(maps, entry["label_words"][label], keys, options)
         for key, vec in vectors.items():
             if key not in feats.X:

@@ -13,10 +13,12 @@ one of them directly:
   self-attention carries the object's layout. Take the contiguous range that maximises
   ``Σ (self selectivity − threshold)``: every layer in it adds more evidence than the threshold.
 
-``within`` restricts the candidates first (for example to ``res<max``, the official code's choice
-of every layer but the finest resolution, when a probe finds no leak anywhere and would otherwise
-pick every layer, which the paper shows breaks the edit). The selection file is JSON with a
-top-level ``"layers"`` list, so any layer spec accepts it (``--layers layers.json``).
+``within`` restricts the candidates first (for example to ``fpe``, the official code's layers,
+query maps of at most 32×32 positions on SD, when a probe finds no leak anywhere and would
+otherwise pick every layer, which the paper shows breaks the edit); a spec resolves against the
+layer table the results were probed on (``ProbeResults.layer_table``, at the dataset's latent
+size). The selection file is JSON with a top-level ``"layers"`` list, so any layer spec accepts
+it (``--layers layers.json``), and the ``"layer_table"`` it was selected on.
 
 Example:
     >>> sel = select_layers(ProbeResults.from_csv("runs/c/probe/results.csv"))
@@ -36,6 +38,14 @@ from typing import Any
 
 import numpy as np
 
+from probe.attention.layers import (
+    LayerInfo,
+    LayerSpec,
+    layers_from_json,
+    layers_to_json,
+    resolve_layers,
+)
+from probe.attention.steps import fraction_steps
 from probe.probing.probes import ProbeResults
 
 RULES = ("low-leak", "structure")
@@ -51,6 +61,8 @@ class LayerSelection:
         rule: the rule's name (see the module docstring).
         evidence: the numbers behind the choice (per-layer scores, threshold, label, ...).
         model: the model the probes ran on.
+        layer_table: the layer table the layers were selected on (the probed dataset's, at
+            its latent size); empty when unknown.
     """
 
     layers: list[int]
@@ -58,6 +70,7 @@ class LayerSelection:
     rule: str = "low-leak"
     evidence: dict[str, Any] = field(default_factory=dict)
     model: str = ""
+    layer_table: list[LayerInfo] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return (
@@ -69,7 +82,8 @@ class LayerSelection:
         """Write the selection as JSON (top-level ``layers``, ``step_fraction``, ``rule``, ...)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        data = asdict(self) | {"layer_table": layers_to_json(self.layer_table)}
+        path.write_text(json.dumps(data, indent=2) + "\n")
         return path
 
     @classmethod
@@ -87,6 +101,7 @@ class LayerSelection:
                 rule=str(data.get("rule", "")),
                 evidence=dict(data.get("evidence", {})),
                 model=str(data.get("model", "")),
+                layer_table=layers_from_json(data.get("layer_table") or []),
             )
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ValueError(
@@ -98,11 +113,23 @@ class LayerSelection:
 def layer_scores(
     results: ProbeResults, kind: str, column: str, step_fraction: float
 ) -> dict[int, float]:
-    """Per layer: ``column`` of ``kind`` averaged over the first ``step_fraction`` of steps."""
+    """Per layer: ``column`` of ``kind`` averaged over the first ``step_fraction`` of the
+    probed steps, counted by the one rule of every step fraction,
+    :func:`probe.attention.steps.fraction_steps` (``int(f * steps)``, floored as the official
+    code floors it: 0.8 of 4 probed steps is 3).
+
+    Raises:
+        ValueError: no rows of ``kind``, or a fraction that covers none of the probed steps.
+    """
     layers, steps, values = results.grid(kind, column)
     if not layers:
         raise ValueError(f"the results have no {kind!r} rows: probe a dataset with --kinds {kind}")
-    n = max(1, math.ceil(step_fraction * len(steps) - 1e-9))
+    n = len(fraction_steps(step_fraction, len(steps)))
+    if n == 0:
+        raise ValueError(
+            f"step_fraction={step_fraction:g} covers no step of the {len(steps)} probed "
+            f"(int({step_fraction:g} x {len(steps)}) = 0): use at least {1 / len(steps):.3g}"
+        )
     with warnings.catch_warnings():  # a control that was not run is all nan: stays nan
         warnings.simplefilter("ignore", RuntimeWarning)
         return {layer: float(np.nanmean(values[i, :n])) for i, layer in enumerate(layers)}
@@ -139,7 +166,7 @@ def select_layers(
     rule: str = "low-leak",
     step_fraction: float = 0.8,
     threshold: float = 0.1,
-    within: Sequence[int] | None = None,
+    within: LayerSpec = None,
     model: str = "",
 ) -> LayerSelection:
     """Choose the layers for an edit from probe results (see the module docstring).
@@ -149,14 +176,16 @@ def select_layers(
         rule: ``"low-leak"`` or ``"structure"``.
         step_fraction: the fraction of first steps the edit acts in; scores average those steps.
         threshold: selectivity bound (low-leak: at most; structure: margin to exceed).
-        within: candidate layers (default: every probed layer).
+        within: candidate layers, any layer spec (``"fpe"``, ``"2-12"``, a list of
+            indices), resolved against ``results.layer_table`` (default: every probed layer).
         model: the model's name, stored in the selection.
 
     Returns:
         A :class:`LayerSelection`.
 
     Raises:
-        ValueError: an unknown rule, or no layer satisfies it (the message says what to change).
+        ValueError: an unknown rule, no layer satisfies it (the message says what to change),
+            or a ``within`` spec on results without a layer table.
 
     Example:
         >>> select_layers(results, rule="structure", threshold=0.05).layers
@@ -166,9 +195,10 @@ def select_layers(
     if not 0 < step_fraction <= 1:
         raise ValueError(f"step_fraction={step_fraction}: use a fraction in (0, 1], e.g. 0.8")
     selfsel = layer_scores(results, "self", "selectivity", step_fraction)
-    candidates = {k: v for k, v in selfsel.items() if within is None or k in set(within)}
+    allowed = resolve_within(results, within)
+    candidates = {k: v for k, v in selfsel.items() if allowed is None or k in set(allowed)}
     if not candidates:
-        raise ValueError(f"no probed layer is within {list(within or [])}: widen --within")
+        raise ValueError(f"no probed layer is within {within!r} ({allowed}): widen --within")
     if rule == "low-leak":
         ok = [k for k, v in candidates.items() if v <= threshold]
         chosen = longest_run(ok, middle=(min(selfsel) + max(selfsel)) / 2)
@@ -181,8 +211,31 @@ def select_layers(
             f"the nearest: {', '.join(f'L{k}={v:.2f}' for k, v in lowest)}): change --threshold "
             "or --rule"
         )
-    evidence = _evidence(results, rule, threshold, step_fraction, selfsel, within)
-    return LayerSelection(chosen, step_fraction, rule, evidence, model)
+    evidence = _evidence(results, rule, threshold, step_fraction, selfsel, allowed)
+    if isinstance(within, str | Path):
+        evidence["within_spec"] = str(within)
+    return LayerSelection(chosen, step_fraction, rule, evidence, model, list(results.layer_table))
+
+
+def resolve_within(results: ProbeResults, within: LayerSpec) -> list[int] | None:
+    """``within`` as layer indices, resolved against the results' layer table.
+
+    Raises:
+        ValueError: a spec other than a list of indices, on results without a layer table.
+    """
+    if within is None:
+        return None
+    if results.layer_table:
+        return resolve_layers(results.layer_table, within)
+    if isinstance(within, Sequence) and not isinstance(within, str):
+        ints = [i for i in within if isinstance(i, int) and not isinstance(i, bool)]
+        if len(ints) == len(within):
+            return sorted(set(ints))
+    raise ValueError(
+        f"within={within!r} needs the layer table these results were probed on, and they have "
+        "none (results.csv without results.layers.json, from before tables were saved): rerun "
+        "`attnprobe probe`, or give the layers as indices, e.g. 2-12 -> [2, ..., 12]"
+    )
 
 
 def _evidence(

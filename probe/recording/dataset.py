@@ -21,15 +21,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from probe.attention.layers import LayerSpec, resolve_layers, unet_layers
+from probe.attention.layers import LayerSpec, resolve_layers
 from probe.attention.steps import StepSpec, resolve_steps
-from probe.models import generation_defaults
+from probe.models import generation_defaults, run_layer_table
+from probe.models.schedulers import loop_length
 from probe.prompts.words import prompt_tokens
 from probe.recording.maps import AttentionMaps
 from probe.recording.record import (
     AUTO_SVD,
     DEFAULT_BUDGET,
     BudgetError,
+    format_bytes,
     plan_recording,
     record_attention,
 )
@@ -67,10 +69,6 @@ def parse_bytes(spec: str | int | None) -> int | None:
         raise ValueError(f"size {spec!r}: write it like '4GiB', '500MB' or 1000000") from err
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
-
-
 def dataset_settings(
     pipe: Any,
     template: str,
@@ -85,16 +83,20 @@ def dataset_settings(
     random_init: int | None = None,
     cross_tokens: str = "prompt",
 ) -> dict[str, Any]:
-    """The settings ``meta.json`` holds (``self_reduce`` still unresolved when ``auto``)."""
+    """The settings ``meta.json`` holds (``self_reduce`` still unresolved when ``auto``).
+
+    ``layers`` is resolved against the table of the run, at the generated size ``gen``.
+    """
     latent = (gen["height"] // pipe.vae_scale_factor, gen["width"] // pipe.vae_scale_factor)
-    table = unet_layers(pipe.unet, *latent)
+    table = run_layer_table(pipe, gen["height"], gen["width"])
     return {
         "model": model,
         "random_init": random_init,
         "template": template,
         "classes": classes,
         "layers": resolve_layers(table, layers),
-        "steps": resolve_steps(steps, gen["num_inference_steps"]),
+        # the pipeline loop's iterations (PNDM: one more than num_inference_steps)
+        "steps": resolve_steps(steps, loop_length(pipe.scheduler, gen["num_inference_steps"])),
         "kinds": sorted(kinds),
         "heads": heads,
         "self_reduce": self_reduce,
@@ -123,7 +125,7 @@ def check_budget(
         BudgetError: a batch would not fit ``budget_bytes`` or the files would not fit the disk;
             the message names the options to change.
     """
-    table = unet_layers(pipe.unet, *settings["latent_hw"])
+    table = run_layer_table(pipe, settings["height"], settings["width"])
     layers = [table[i] for i in settings["layers"]]
     n_tokens = max((len(prompt_tokens(pipe.tokenizer, s.prompt)) for s in specs), default=77)
     tokens = n_tokens if settings["cross_tokens"] == "prompt" else 77
@@ -142,9 +144,9 @@ def check_budget(
             break
     else:
         raise BudgetError(
-            f"one batch of {batch_size} samples needs {_gib(mem)} of maps, over --budget "
-            f"{_gib(budget_bytes)}: use --batch-size 1, --self-reduce svd:8 or pool:8, fewer "
-            "--layers or --steps, --kinds cross, or a larger --budget"
+            f"one batch of {batch_size} samples needs {format_bytes(mem)} of maps, over "
+            f"--budget {format_bytes(budget_bytes)}: use --batch-size 1, --self-reduce svd:8 or "
+            "pool:8, fewer --layers or --steps, --kinds cross, or a larger --budget"
         )
     per_sample = disk + HEADER_BYTES + 64 * len(layers) * len(settings["steps"]) * 2
     need = per_sample * len(specs)
@@ -154,9 +156,10 @@ def check_budget(
     if need > limit:
         which = "--max-disk" if max_disk is not None and max_disk < free else "free disk"
         raise BudgetError(
-            f"{len(specs)} samples x {_gib(per_sample)} = {_gib(need)} would not fit {which} "
-            f"({_gib(limit)}) in {out}: use --self-reduce svd:8 or pool:4, fewer --layers or "
-            "--steps, --kinds cross, fewer --seeds, another --out, or a larger --max-disk"
+            f"{len(specs)} samples x {format_bytes(per_sample)} = {format_bytes(need)} would not "
+            f"fit {which} ({format_bytes(limit)}) in {out}: use --self-reduce svd:8 or pool:4, "
+            "fewer --layers or --steps, --kinds cross, fewer --seeds, another --out, or a larger "
+            "--max-disk"
         )
     return str(reduce), per_sample
 
@@ -197,6 +200,8 @@ def record_dataset(
     self_reduce: str = "auto",
     num_steps: int | None = None,
     guidance: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
     batch_size: int = 8,
     shard: tuple[int, int] = (0, 1),
     budget_bytes: int = DEFAULT_BUDGET,
@@ -219,6 +224,8 @@ def record_dataset(
             dataset.
         num_steps, guidance: sampling settings (default: the model's, see
             :func:`probe.models.loading.generation_defaults`).
+        height, width: image size in pixels (default: the model's); ``layers`` resolves at
+            this size (``res<=16``: 16 query positions per side of the latent generated).
         batch_size: samples per pipeline call.
         shard: ``(i, n)``: record only shard ``i`` of ``n``
             (see :func:`probe.recording.store.shard_specs`).
@@ -243,13 +250,9 @@ def record_dataset(
     start = time.perf_counter()
     out = Path(out)
     gen = generation_defaults(pipe)
-    gen.update(
-        {
-            k: v
-            for k, v in (("num_inference_steps", num_steps), ("guidance_scale", guidance))
-            if v is not None
-        }
-    )
+    given = {"num_inference_steps": num_steps, "guidance_scale": guidance, "height": height,
+             "width": width}  # fmt: skip
+    gen.update({k: v for k, v in given.items() if v is not None})
     settings = dataset_settings(
         pipe,
         prompts.name,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load, load_file, save, save_file
 from torch import Tensor
 
-from probe.attention.layers import LayerInfo
+from probe.attention.layers import LayerInfo, layers_from_json, layers_to_json, table_at
 from probe.prompts.words import find_word
 
 
@@ -39,7 +39,7 @@ class AttentionMaps:
     """Attention maps of one recording.
 
     Attributes:
-        layers: the UNet's layer table.
+        layers: the layer table of the run, at ``latent_hw``.
         latent_hw: latent (height, width) the maps were recorded at.
         tokens: per recorded sample, the text encoder's tokens ``[BOS, ..., EOS]``.
         timesteps: step index → scheduler timestep.
@@ -172,7 +172,7 @@ class AttentionMaps:
     # -- disk --------------------------------------------------------------------------------
     def _metadata(self) -> dict[str, str]:
         meta = {
-            "layers": [asdict(layer) for layer in self.layers],
+            "layers": layers_to_json(self.layers),
             "latent_hw": list(self.latent_hw),
             "tokens": self.tokens,
             "timesteps": {str(k): v for k, v in self.timesteps.items()},
@@ -224,10 +224,12 @@ class AttentionMaps:
 
     @classmethod
     def _from_meta(cls, meta: dict[str, Any], data: dict[str, Tensor]) -> AttentionMaps:
-        layers = [LayerInfo(**{**d, "resolution": tuple(d["resolution"])}) for d in meta["layers"]]
+        latent_hw = (int(meta["latent_hw"][0]), int(meta["latent_hw"][1]))
+        # files written before the table followed the run hold it at the UNet's sample_size
+        layers = table_at(layers_from_json(meta["layers"]), latent_hw)
         return cls(
             layers=layers,
-            latent_hw=tuple(meta["latent_hw"]),  # type: ignore[arg-type]
+            latent_hw=latent_hw,
             tokens=meta["tokens"],
             timesteps={int(k): v for k, v in meta["timesteps"].items()},
             settings=meta["settings"],

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probe.attention.controller import AttentionCall, Controller, Kind
+from probe.attention.controller import AttentionCall, Controller, HookState, Kind
 from probe.attention.hooks import AttentionHooks
 from probe.attention.layers import LayerInfo, LayerSpec, resolve_layers
 from probe.attention.steps import StepSpec, resolve_steps
@@ -93,17 +93,23 @@ def plan_recording(
     )  # fmt: skip
 
 
-def _gib(n: int) -> str:
+def format_bytes(n: float) -> str:
+    """A byte count for messages: ``"1.50 GiB"`` from 256 MiB up, else ``"12.0 MiB"``."""
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
 class AttentionRecorder(Controller):
-    """The observer that fills an :class:`AttentionMaps` (see :func:`record_attention`)."""
+    """The observer that fills an :class:`AttentionMaps` (see :func:`record_attention`).
+
+    ``layers`` is checked against ``maps.layers`` when the recorder is made and resolved again
+    against the run's table (``hooks.layers``) at the first UNet call, so a resolution rule picks
+    the layers of the size actually generated.
+    """
 
     def __init__(
         self,
         maps: AttentionMaps,
-        layers: Sequence[int],
+        layers: LayerSpec,
         kinds: Sequence[Kind],
         steps: StepSpec,
         heads: HeadSpec,
@@ -116,7 +122,8 @@ class AttentionRecorder(Controller):
         if rows not in ("cond", "all"):
             raise ValueError(f"rows={rows!r}: use 'cond' (default) or 'all'")
         self.maps = maps
-        self.layers = frozenset(layers)
+        self.layer_spec = layers
+        self.layers = frozenset(resolve_layers(maps.layers, layers))
         self.kinds = frozenset(kinds)
         self.step_spec = steps
         self.steps: frozenset[int] | None = None
@@ -142,7 +149,7 @@ class AttentionRecorder(Controller):
         return True
 
     # -- run start: steps, budget, tokens ----------------------------------------------------
-    def on_unet_call(self, hooks: Any, first: bool) -> None:
+    def on_unet_call(self, hooks: HookState, first: bool) -> None:
         if not first:
             return
         if self.maps.data:
@@ -151,20 +158,23 @@ class AttentionRecorder(Controller):
             )
             self.maps.data.clear()
             self.maps.timesteps.clear()
+        self.maps.layers, self.maps.latent_hw = hooks.layers, hooks.latent_hw
+        self.layers = frozenset(resolve_layers(hooks.layers, self.layer_spec))
         total = hooks.total_steps
         self.open_ended = total is None and self.step_spec in (None, "all")
         self.steps = frozenset([0] if self.open_ended else resolve_steps(self.step_spec, total))
         layout = hooks.batch_layout
+        if layout is None:  # AttentionHooks sets it before any controller sees the call
+            raise RuntimeError("the hooks called the recorder before reading the batch layout")
         n_rows = len(layout.indices(guidance="cond")) if self.rows == "cond" else len(layout)
         self.plan = self._plan(hooks, n_rows, total)
-        self.maps.latent_hw = hooks.latent_hw
         self.maps.settings.update(
             heads=self.heads, self_reduce=str(self.plan.self_reduce), dtype=str(self.dtype)[6:],
             rows=self.rows, row_roles=[vars(layout.rows[i]) for i in self._row_ids(layout)],
         )  # fmt: skip
         self.maps.tokens = self._tokens(hooks, layout)
 
-    def _plan(self, hooks: Any, n_rows: int, total: int | None) -> RecordingPlan:
+    def _plan(self, hooks: HookState, n_rows: int, total: int | None) -> RecordingPlan:
         layers = [hooks.layers[i] for i in sorted(self.layers)]
         steps = sorted(self.steps or ())
         if self.open_ended:  # steps unknown in advance: plan one step, check as maps arrive
@@ -181,9 +191,10 @@ class AttentionRecorder(Controller):
             if plan.total_bytes <= self.budget_bytes:
                 return plan
         raise BudgetError(
-            f"recording needs {_gib(plan.total_bytes)} (cross {_gib(plan.cross_bytes)}, self "
-            f"{_gib(plan.self_bytes)} as '{plan.self_reduce}') for {len(layers)} layers x "
-            f"{len(steps)} steps x {n_rows} rows, over budget_bytes={_gib(self.budget_bytes)}: "
+            f"recording needs {format_bytes(plan.total_bytes)} "
+            f"(cross {format_bytes(plan.cross_bytes)}, self {format_bytes(plan.self_bytes)} as "
+            f"'{plan.self_reduce}') for {len(layers)} layers x {len(steps)} steps x {n_rows} rows, "
+            f"over budget_bytes={format_bytes(self.budget_bytes)}: "
             "use self_reduce='svd:8' or 'pool:8', heads='mean', fewer layers= or steps=, "
             "kinds=('cross',), or raise budget_bytes"
         )
@@ -191,7 +202,7 @@ class AttentionRecorder(Controller):
     def _row_ids(self, layout: Any) -> list[int]:
         return layout.indices(guidance="cond") if self.rows == "cond" else list(range(len(layout)))
 
-    def _tokens(self, hooks: Any, layout: Any) -> list[list[str]]:
+    def _tokens(self, hooks: HookState, layout: Any) -> list[list[str]]:
         tokenizer = getattr(hooks.pipe, "tokenizer", None)
         rows = self._row_ids(layout)
         if self.prompts is not None and tokenizer is not None:
@@ -252,7 +263,7 @@ class AttentionRecorder(Controller):
         t = t.detach().to(device="cpu", dtype=self.dtype)
         if self.open_ended and self.maps.nbytes + t.numel() * t.element_size() > self.budget_bytes:
             raise BudgetError(
-                f"recording passed budget_bytes={_gib(self.budget_bytes)} at step "
+                f"recording passed budget_bytes={format_bytes(self.budget_bytes)} at step "
                 f"{name.split('/')[2]}: record fewer steps= or layers=, or raise budget_bytes"
             )
         self.maps.data[name] = t
@@ -277,7 +288,8 @@ def record_attention(
     Args:
         model: a diffusers SD pipeline (or a bare UNet, with ``hooks=`` for its batch layout).
         layers: any layer spec (see :func:`probe.attention.layers.resolve_layers`); default every
-            layer.
+            layer. It is resolved against the run's layer table at the first UNet call, so
+            ``res<=16`` means 16 query positions per side at the size the pipeline generates.
         kinds: ``"cross"``, ``"self"`` or both.
         steps: ``"all"``, an int, ``"0-9"``, a list, or ``"first:0.5"`` / ``"last:0.25"``.
         heads: ``"mean"`` (default), ``"all"`` or a list of head indices.
@@ -311,7 +323,7 @@ def record_attention(
     hooks = hooks or AttentionHooks(model)
     maps = AttentionMaps(layers=hooks.layers, latent_hw=hooks.latent_hw)
     recorder = AttentionRecorder(
-        maps, resolve_layers(hooks.layers, layers), tuple(kinds), steps, heads,
+        maps, layers, tuple(kinds), steps, heads,
         SelfReduce.parse(self_reduce), dtype, rows, budget_bytes, prompts,
     )  # fmt: skip
     text_encoder = getattr(model, "text_encoder", None)

@@ -27,11 +27,13 @@ import json
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from probe.recording.folders import append_line, check_folder_settings, write_atomic
 from probe.recording.maps import AttentionMaps
 
 log = logging.getLogger(__name__)
@@ -44,10 +46,6 @@ IMAGES = "images"
 
 class CorruptSampleError(ValueError):
     """A sample file that is missing, truncated or does not match its checksum."""
-
-
-class SettingsMismatchError(ValueError):
-    """A dataset folder that was recorded with other settings."""
 
 
 @dataclass(frozen=True)
@@ -91,22 +89,66 @@ def sample_specs(items: Sequence[Any], seeds: Sequence[int]) -> list[SampleSpec]
 
 
 def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
-    """``"0-31"``, ``"0,4,9"``, ``"0-3,10"``, an int or a list → sorted unique seeds."""
+    """The one seed parser of every command: ``"0-31"``, ``"0,4,9"``, ``"0-3,10"``, an int or a
+    list → sorted seeds.
+
+    A seed names a sample's initial noise, so a seed given twice would be the same sample twice
+    (a duplicate file in a dataset, a double weight in a sweep's means): it is refused, not
+    silently dropped, since ``"0-31,16"`` is most likely a typo for another range. The order
+    does not matter (the seeds come back sorted), so ``"3,1"`` and ``"1,3"`` are one run.
+
+    Args:
+        spec: ranges ``a-b`` (both ends included) and single seeds, comma-separated; an int; or
+            a sequence of ints. Seeds are integers ``>= 0``.
+
+    Returns:
+        The seeds, sorted.
+
+    Raises:
+        ValueError: unreadable text, a range that runs backwards, a negative seed, no seeds, or
+            a seed given twice; the message names it.
+
+    Example:
+        >>> parse_seeds("8-11,0")
+        [0, 8, 9, 10, 11]
+    """
     if isinstance(spec, int):
-        return [spec]
-    if not isinstance(spec, str):
-        return sorted({int(s) for s in spec})
-    seeds: set[int] = set()
-    for part in spec.replace(" ", "").split(","):
-        if m := re.fullmatch(r"(\d+)-(\d+)", part):
-            if int(m[1]) > int(m[2]):
-                raise ValueError(f"seed range {part!r} is empty: write it low-high, e.g. '0-31'")
-            seeds.update(range(int(m[1]), int(m[2]) + 1))
-        elif part.isdigit():
-            seeds.add(int(part))
-        else:
-            raise ValueError(f"seeds {spec!r}: use a range '0-31', a list '0,4,9' or both")
+        seeds = [spec]
+    elif isinstance(spec, str):
+        seeds = _seed_text(spec)
+    else:
+        seeds = [int(s) for s in spec]
+    if not seeds:
+        raise ValueError(f"no seeds in {spec!r}: write e.g. '0-31' or '0,4,9'")
+    if (low := min(seeds)) < 0:
+        raise ValueError(f"seed {low} in {spec!r} is negative: seeds are integers >= 0")
+    repeated = sorted(s for s, n in Counter(seeds).items() if n > 1)
+    if repeated:
+        shown = ", ".join(map(str, repeated[:5])) + (", ..." if len(repeated) > 5 else "")
+        raise ValueError(
+            f"seeds {spec!r} name {shown} more than once: give each seed once "
+            "(ranges such as '0-15,16-31' must not overlap)"
+        )
     return sorted(seeds)
+
+
+def _seed_text(spec: str) -> list[int]:
+    return [s for part in spec.split(",") for s in _seed_part(part, spec)] if spec.strip() else []
+
+
+def _seed_part(part: str, spec: str) -> list[int]:
+    part = part.strip()
+    if m := re.fullmatch(r"([0-9]+)\s*-\s*([0-9]+)", part):
+        lo, hi = int(m[1]), int(m[2])
+        if lo > hi:
+            raise ValueError(f"seed range {part!r} runs backwards: write it low-high, '{hi}-{lo}'")
+        return list(range(lo, hi + 1))
+    if re.fullmatch(r"[0-9]+", part):
+        return [int(part)]
+    raise ValueError(
+        f"seeds {spec!r}: {part!r} is not a seed or a range; use a range '0-31', a list '0,4,9' "
+        "or both"
+    )
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
@@ -152,28 +194,6 @@ def read_index(root: Path) -> dict[str, dict[str, Any]]:
     return entries
 
 
-def append_line(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line with a single ``write`` (``O_APPEND``) and ``fsync``."""
-    line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def verify_file(root: Path, entry: dict[str, Any], data: bytes | None = None) -> str | None:
     """Why the sample file of ``entry`` cannot be trusted, or ``None`` if it is intact."""
     path = root / entry["file"]
@@ -200,20 +220,7 @@ class DatasetFolder:
         Raises:
             SettingsMismatchError: the folder was recorded with other settings.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / META
-        wanted = json.loads(json.dumps(settings))  # normalise tuples etc. as JSON would
-        if path.is_file():
-            have = json.loads(path.read_text())
-            diff = sorted(k for k in set(have) | set(wanted) if have.get(k) != wanted.get(k))
-            if diff:
-                shown = ", ".join(f"{k}: {have.get(k)!r} → {wanted.get(k)!r}" for k in diff)
-                raise SettingsMismatchError(
-                    f"{self.root} was recorded with other settings ({shown}); record into a new "
-                    "--out folder, or rerun with the settings of its meta.json"
-                )
-            return
-        write_atomic(path, (json.dumps(wanted, indent=2, sort_keys=True) + "\n").encode())
+        check_folder_settings(self.root, META, settings, what="a dataset recorded")
 
     def finished(self, specs: Sequence[SampleSpec]) -> set[str]:
         """Ids among ``specs`` whose index entry exists and whose file verifies."""

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from probe.models import generation_defaults
 from probe.prompts.templates import load_template
 from probe.toy.world import CATEGORIES, PALETTE
+from probe.viz.grid import image_grid
 
 
 @dataclass(frozen=True)
@@ -184,11 +185,13 @@ def evaluate(
     }
     report = EvalReport(rows, settings)
     if out is not None:
-        write_report(report, images, Path(out))
+        write_evaluation(report, images, Path(out))
     return report
 
 
-def write_report(report: EvalReport, images: dict[tuple[str, int], np.ndarray], out: Path) -> None:
+def write_evaluation(
+    report: EvalReport, images: dict[tuple[str, int], np.ndarray], out: Path
+) -> None:
     """``evaluation.csv`` (one row per image), ``evaluation.md`` and ``grid.png``."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "evaluation.csv", "w", newline="") as f:
@@ -217,21 +220,12 @@ def sample_grid(report: EvalReport, images: dict[tuple[str, int], np.ndarray]) -
         flat: list[str | None] = list(prompts[:40])
         cells = [flat[i : i + 8] for i in range(0, len(flat), 8)]
         row_names, col_names = [""] * len(cells), [""] * 8
-    fig = Figure(figsize=(1.1 * len(col_names) + 0.8, 1.1 * len(cells) + 0.4))
-    axes = fig.subplots(len(cells), len(col_names), squeeze=False)
-    for i, row in enumerate(cells):
-        for j, ax in enumerate(axes[i]):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            prompt = row[j] if j < len(row) else None
-            if prompt is not None and (prompt, seed) in images:
-                ax.imshow(images[(prompt, seed)])
-            if i == 0 and col_names[j]:
-                ax.set_title(col_names[j], fontsize=8)
-            if j == 0 and row_names[i]:
-                ax.set_ylabel(row_names[i], fontsize=8)
+    ncols = len(col_names)
+    prompts_flat = [row[j] if j < len(row) else None for row in cells for j in range(ncols)]
+    pictures = [None if p is None else images.get((p, seed)) for p in prompts_flat]
+    titles = [col_names[j] if i == 0 else "" for i in range(len(cells)) for j in range(ncols)]
+    fig = image_grid(pictures, titles, ncols, row_names, size=1.1)
     fig.suptitle(f"seed {seed}, guidance {report.settings['guidance_scale']}", fontsize=9)
-    fig.tight_layout()
     return fig
 
 

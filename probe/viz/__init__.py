@@ -5,12 +5,11 @@
 Every function returns a ``matplotlib.figure.Figure`` and leaves pyplot's global state alone.
 """
 
-from probe.viz.grid import side_by_side
+from probe.viz.grid import image_grid
 from probe.viz.heatmaps import (
     heatmap,
     heatmaps_by_layer,
     heatmaps_by_step,
-    image_grid,
     overlay,
     token_heatmap,
     upsample,
@@ -38,7 +37,6 @@ __all__ = [
     "plot_components",
     "save_probe_figures",
     "self_attention_components",
-    "side_by_side",
     "svd_components",
     "token_heatmap",
     "upsample",

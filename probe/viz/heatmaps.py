@@ -12,8 +12,8 @@ state alone: figures are built with ``matplotlib.figure.Figure``::
 Self-attention SVD components (the paper's Figure 3) are in :mod:`probe.viz.svd`, probe accuracy
 plots in :mod:`probe.viz.probe_figures`; :mod:`probe.viz` re-exports them all. Edit grids and
 sweep trade-off plots take editing results, so they live on the editing side
-(:mod:`editing.experiment.edit_figures`, :mod:`editing.sweep.plots`); :func:`image_grid` draws
-any images with titles.
+(:mod:`editing.experiment.edit_figures`, :mod:`editing.sweep.plots`); image grids with titles
+are :func:`probe.viz.grid.image_grid`.
 """
 
 from __future__ import annotations
@@ -228,47 +228,4 @@ def word_heatmaps(
     axes[0].axis("off")
     for ax, word in zip(axes[1:], words, strict=True):
         overlay(ax, img, maps.word_map(word, sample, layers, steps), word)
-    return fig
-
-
-def image_grid(
-    images: Sequence[Any],
-    titles: Sequence[str] | None = None,
-    ncols: int | None = None,
-    row_labels: Sequence[str] | None = None,
-    fig: Figure | None = None,
-) -> Figure:
-    """Images in a grid with titles (row-major), e.g. a source and its edits.
-
-    Args:
-        images: PIL images or ``[H, W, 3]`` arrays.
-        titles: one per image (default: none).
-        ncols: images per row (default: all in one row).
-        row_labels: a label per row, written left of its first image.
-        fig: figure to draw into (default: a new one).
-
-    Returns:
-        The figure; ``fig.axes[i].images[0]`` holds image ``i``.
-
-    Raises:
-        ValueError: as many titles as images are needed, and one label per row.
-
-    Example:
-        >>> image_grid([source, edited], ["a red car", "a blue car"]).savefig("grid.png")
-    """
-    if titles is not None and len(titles) != len(images):
-        raise ValueError(f"{len(titles)} titles for {len(images)} images: give one per image")
-    ncols = ncols or len(images)
-    fig, axes = panels(len(images), fig, ncols)
-    nrows = -(-len(images) // max(1, min(ncols, len(images))))
-    if row_labels is not None and len(row_labels) != nrows:
-        raise ValueError(f"{len(row_labels)} row labels for {nrows} rows: give one per row")
-    for i, (ax, image) in enumerate(zip(axes, images, strict=True)):
-        ax.imshow(as_image(image))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if titles is not None:
-            ax.set_title(titles[i], fontsize=8)
-        if row_labels is not None and i % ncols == 0:
-            ax.set_ylabel(row_labels[i // ncols], fontsize=9)
     return fig

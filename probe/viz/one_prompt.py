@@ -1,4 +1,7 @@
-"""``make demo`` / ``attnprobe demo``: one prompt, every layer at every step, word heat maps."""
+"""``attnprobe demo``: one prompt, every layer at every step, word heat maps.
+
+(``make demo`` is the whole experiment, ``attnprobe reproduce``; this is the one-prompt look.)
+"""
 
 from __future__ import annotations
 
