@@ -48,10 +48,11 @@ def markdown(cases: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "# attnprobe benchmarks",
         "",
         f"Written by `python benchmarks/run_all.py` (profile `{header['profile']['name']}`) on "
-        f"{header['date']}.",
+        f"{header['date']}, from each case's file: a case run on its own (`--cases`) keeps its "
+        "own date, machine and load, written under its title.",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, "
-        f"{m['memory_gib']} GiB RAM; Python {m['python']}, torch {m['torch']}, diffusers "
+        f"Machine of the last run: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch "
+        f"threads, {m['memory_gib']} GiB RAM; Python {m['python']}, torch {m['torch']}, diffusers "
         f"{m['diffusers']}. Peak memory: {header['peak_method']}. Times are medians of the "
         "timed runs; ratios are medians over the baseline's median.",
         "",
@@ -64,6 +65,13 @@ def markdown(cases: list[dict[str, Any]], header: dict[str, Any]) -> str:
 def case_markdown(case: dict[str, Any]) -> list[str]:
     """Title, one table per group, targets and notes of one case."""
     lines = [f"## {case['title']}", ""]
+    if "measured" in case:
+        on = case["measured"]
+        lines += [
+            f"Measured {on['date']} on {on['cpu']}, {on['torch_threads']} torch threads; load "
+            f"average {on['load_before']} as it started, {on['load_after']} as it ended.",
+            "",
+        ]
     for group in case["groups"]:
         lines += group_table(group)
     if case["targets"]:

@@ -73,6 +73,27 @@ def selected(spec: str) -> list[str]:
     return [c for c in CASE_ORDER if c in names]
 
 
+def _load() -> float | None:
+    """The machine's 1-minute load average (other work running beside the benchmark)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def measured_on() -> dict[str, Any]:
+    """When a case ran, on what, and how busy the machine was as it started."""
+    from benchmarks.rigs import describe_machine
+
+    machine = describe_machine()
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": machine["cpu"],
+        "torch_threads": machine["torch_threads"],
+        "load_before": _load(),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -93,9 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         if name not in ("fpe_sd15", "record_sd15"):
             bench.drop_sd15()
         print(f"[{name}]", flush=True)
+        started = measured_on()
         t0 = time.perf_counter()
         result = funcs[name](bench)
         result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        result["measured"] = started | {"load_after": _load()}
         print(f"  wrote {report.write_case(out, result)} ({result['wall_seconds']} s)", flush=True)
     header = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
