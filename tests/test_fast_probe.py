@@ -53,6 +53,28 @@ def test_span_fit_is_the_full_fit(classes, dim, per_class, tol):
     assert span.score(X[test], y[test]) == full.score(X[test], y[test])
 
 
+def test_fit_many_is_each_fit_and_the_full_fit():
+    """One batch of problems of different sizes and class counts (span-reduced, binomial, and
+    n >= d): each equals its own per-cell fit, iteration for iteration."""
+    shapes = [(10, 2048, 4), (10, 512, 6), (2, 512, 16), (3, 300, 10), (10, 8, 8), (10, 64, 3)]
+    data = []
+    for seed, (classes, dim, per_class) in enumerate(shapes):
+        X, y = synthetic_features(per_class, classes, dim, separation=1.0 + seed % 3)
+        train = np.random.default_rng(seed).permutation(len(y))[: len(y) * 3 // 4]
+        data.append((X.astype(np.float64)[train], y[train]))
+    for tol in (1e-4, 1e-8):
+        probes = SpanLogisticRegression(tol=tol, max_iter=5000).fit_many(data)
+        for (X, y), span in zip(data, probes, strict=True):
+            full = _full(tol, 5000).fit(X, y)
+            assert span.n_iter_[0] == full[-1].n_iter_[0], (X.shape, tol)
+            assert np.abs(span.predict_proba(X) - full.predict_proba(X)).max() < 1e-6
+            alone = SpanLogisticRegression(tol=tol, max_iter=5000).fit(X, y)
+            assert np.abs(span.coef_ - alone.coef_).max() < 1e-9
+    with pytest.warns(ConvergenceWarning, match="in 6 of 6 fits"):
+        short = SpanLogisticRegression(max_iter=2).fit_many(data)
+    assert [p.n_iter_[0] for p in short] == [2] * 6
+
+
 def test_span_basis_and_standardisation():
     X, _ = synthetic_features(3, 10, 256, separation=1.0)
     mean, scale = standardise_stats(X)

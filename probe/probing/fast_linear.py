@@ -7,11 +7,13 @@ With ``Q`` (``[d, r]``, ``r < n``) an orthonormal basis of the span of the stand
 rows ``Z`` (``[n, d]``, ``Z = A Qᵀ`` with ``A = Z Q``), weights ``W = Θ Qᵀ`` give the same scores
 ``Z Wᵀ = A Θᵀ`` and the same penalty ``‖W‖ = ‖Θ‖``: the fit on the ``[n, r]`` coordinates ``A``
 is the same problem in ``r`` unknowns per class instead of ``d``. It runs scikit-learn's
-optimiser on it (SciPy's L-BFGS-B, scikit-learn's options, loss and penalty scaling), and stops
-by scikit-learn's rule as well: the largest gradient entry over the ``d`` original weights
+optimiser on it (SciPy's L-BFGS-B algorithm with scikit-learn's options, loss and penalty
+scaling, replayed for many problems at once by :mod:`probe.probing.lbfgs_batch`), and stops by
+scikit-learn's rule as well: the largest gradient entry over the ``d`` original weights
 (``∇Θ Qᵀ``) is at most ``tol``. Up to floating-point rounding the iterates are those of
 ``LogisticRegression().fit(Z, y)`` rotated, so the probe is the same model, stopped at the same
-iteration. See docs/probing.md, "The span probe".
+iteration. :meth:`SpanLogisticRegression.fit_many` fits many training sets (every fold of every
+cell and control of a run) in one batch. See docs/probing.md, "The span probe".
 
 Example:
     >>> probe = SpanLogisticRegression(C=1.0, max_iter=500).fit(X_train, y_train)
@@ -22,18 +24,19 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import optimize
 from scipy.special import expit, softmax
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_array, check_is_fitted
 
-WATCHED_COLUMNS = 32  # weights whose gradient is checked first at each iteration
+from probe.probing.lbfgs_batch import GradientTest, LogisticProblems, SpanBasis, minimise
+
+CHUNK = 384  # problems per batched L-BFGS run
 SPAN_RTOL = 1e-12  # eigenvalues of Z Zᵀ below this fraction of the largest are dropped
 
 
@@ -52,140 +55,93 @@ def standardise_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(constant, 1.0, np.sqrt(var))
 
 
-def span_basis(Z: np.ndarray) -> np.ndarray:
-    """An orthonormal basis of the span of ``Z``'s rows: ``Q`` ``[d, r]``, ``r <= n``.
+def span_factors(Z: np.ndarray) -> tuple[SpanBasis, np.ndarray]:
+    """An orthonormal basis ``Q = Zᵀ M`` (``[d, r]``, ``r <= n``) of the span of ``Z``'s rows,
+    and the rows' coordinates in it, ``A = Z Q`` (``[n, r]``), from the Gram matrix alone.
 
-    From the eigenvectors of the Gram matrix ``Z Zᵀ`` (``[n, n]``, much cheaper than a QR or
-    SVD of ``[n, d]``); directions whose singular value is below ``1e-6`` of the largest are
-    dropped (among them the one that centring removes), and a Cholesky-QR pass makes the columns
-    orthonormal to rounding.
+    The eigenvectors ``U`` of ``G = Z Zᵀ`` (``[n, n]``) give ``Q = Zᵀ U Λ^{-1/2}``; directions
+    whose singular value is below ``1e-6`` of the largest are dropped (among them the one that
+    centring removes), and a Cholesky-QR pass (``L Lᵀ = QᵀQ = Mᵀ G M``) makes the columns
+    orthonormal to rounding. ``A = G M``: after ``G`` (``n²d``), everything is ``n × n``.
 
     Args:
         Z: ``[n, d]`` rows.
     """
     Z = np.asarray(Z, dtype=np.float64)
-    ev, U = np.linalg.eigh(Z @ Z.T)
+    G = Z @ Z.T
+    ev, U = np.linalg.eigh(G)
     keep = ev > ev[-1] * SPAN_RTOL if ev[-1] > 0 else np.zeros(len(ev), dtype=bool)
-    V = Z.T @ (U[:, keep] / np.sqrt(ev[keep]))
-    if V.shape[1] == 0:
-        return V
-    L = np.linalg.cholesky(V.T @ V)  # ≈ I
-    return V @ np.linalg.inv(L).T
+    M = U[:, keep] / np.sqrt(ev[keep])
+    if M.shape[1]:
+        L = np.linalg.cholesky(M.T @ G @ M)  # ≈ I
+        M = M @ np.linalg.inv(L).T
+    return SpanBasis(Z, M), G @ M
+
+
+def span_basis(Z: np.ndarray) -> np.ndarray:
+    """The basis of :func:`span_factors` as a matrix ``Q`` ``[d, r]``."""
+    basis, _ = span_factors(Z)
+    return basis.rows.T @ basis.mix
 
 
 @dataclass
-class _Stopping:
-    """scikit-learn's convergence test for L-BFGS, read through a span basis.
+class _Prepared:
+    """One training set made ready for the batched fit."""
 
-    The test is ``max |∂F/∂w| <= tol`` over every weight of the full problem (``d`` per class)
-    and every intercept. The full gradient is ``∇Θ Qᵀ``; the columns that were largest at the
-    last full check are tried first, so most iterations need ``K·n·32`` flops, not ``K·n·d``.
+    classes: np.ndarray
+    y_index: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    coords: np.ndarray  # [n, r] span coordinates, or the standardised rows
+    basis: SpanBasis | None
+
+
+def _prepare(X: Any, y: Any, span: bool) -> _Prepared:
+    """Standardise ``X`` ``[n, d]`` and reduce it to its span when ``n < d`` (and ``span``).
+
+    Raises:
+        ValueError: ``y`` has fewer than two classes.
     """
-
-    tol: float
-    basis: np.ndarray | None
-    columns: np.ndarray | None = None
-    grad: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
-
-    def converged(self) -> bool:
-        """The test at the point of the last evaluation (``grad``: ``(x, ∇Θ, ∇b)``)."""
-        assert self.grad is not None
-        _, g_coef, g_bias = self.grad
-        if np.abs(g_bias).max(initial=0.0) > self.tol:
-            return False
-        if self.basis is None:
-            return bool(np.abs(g_coef).max(initial=0.0) <= self.tol)
-        watched = self.columns
-        if watched is not None and np.abs(g_coef @ self.basis[watched].T).max() > self.tol:
-            return False
-        full = np.abs(g_coef @ self.basis.T).max(axis=0)  # [d]
-        self.columns = np.argsort(full)[-WATCHED_COLUMNS:]
-        return bool(full.max() <= self.tol)
+    X = check_array(X, dtype=[np.float64, np.float32])
+    classes, y_index = np.unique(np.asarray(y), return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(
+            f"the training labels hold one class ({classes[0]!r}): a probe needs "
+            "at least two; record more prompts or seeds"
+        )
+    mean, scale = standardise_stats(X)
+    Z = (X - mean) / scale
+    n, d = Z.shape
+    basis, coords = span_factors(Z) if span and n < d else (None, Z)
+    return _Prepared(classes, y_index, mean, scale, coords, basis)
 
 
-def _objective(
-    A: np.ndarray, y: np.ndarray, n_classes: int, l2: float, stop: _Stopping
-) -> tuple[Callable[[np.ndarray], tuple[float, np.ndarray]], int]:
-    """scikit-learn's mean log-loss + ``l2/2 ‖W‖²`` and its gradient, on ``A`` ``[n, r]``.
+def _fit_prepared(
+    prepared: list[_Prepared], C: float, tol: float, max_iter: int
+) -> list[tuple[np.ndarray, np.ndarray, int, bool]]:
+    """``(coef [rows, d], intercept [rows], n_iter, converged)`` of each prepared set.
 
-    Two classes use the binomial loss on one weight vector (as scikit-learn does), more the
-    multinomial loss on one vector per class. The intercepts are not penalised. Returns the
-    function of the flat parameters ``[rows·r weights, rows intercepts]`` and ``rows``.
+    Sets with the same number of classes are fitted together, in chunks of similar width.
     """
-    n, r = A.shape
-    rows = 1 if n_classes == 2 else n_classes
-    onehot = (y == 1).astype(np.float64)[:, None] if rows == 1 else np.eye(n_classes)[y]
-
-    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
-        coef, bias = x[: rows * r].reshape(rows, r), x[rows * r :]
-        raw = A @ coef.T + bias  # [n, rows]
-        if rows == 1:
-            loss = np.logaddexp(0.0, raw) - onehot * raw
-            resid = expit(raw) - onehot
-        else:
-            top = raw.max(axis=1, keepdims=True)
-            exp = np.exp(raw - top)
-            total = exp.sum(axis=1, keepdims=True)
-            loss = np.log(total) + top - (raw * onehot).sum(axis=1, keepdims=True)
-            resid = exp / total - onehot
-        resid /= n
-        g_coef = resid.T @ A + l2 * coef
-        g_bias = resid.sum(axis=0)
-        stop.grad = (x.copy(), g_coef, g_bias)
-        value = float(loss.sum() / n + 0.5 * l2 * np.sum(coef * coef))
-        return value, np.concatenate([g_coef.ravel(), g_bias])
-
-    return fun, rows
-
-
-def fit_logistic(
-    A: np.ndarray,
-    y: np.ndarray,
-    n_classes: int,
-    *,
-    C: float = 1.0,
-    tol: float = 1e-4,
-    max_iter: int = 100,
-    basis: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, int, bool]:
-    """L2 logistic regression by scikit-learn's L-BFGS on coordinates ``A``.
-
-    Args:
-        A: ``[n, r]`` the training rows (span coordinates, or the standardised rows themselves).
-        y: ``[n]`` class indices ``0 .. n_classes-1``.
-        n_classes: number of classes (2: binomial, one weight vector).
-        C: inverse penalty, as in ``LogisticRegression``.
-        tol: stop when the largest gradient entry of the full problem is at most ``tol``.
-        max_iter: L-BFGS iterations at most.
-        basis: ``[d, r]`` the span basis ``A`` was taken in (``None``: ``A`` is the full problem).
-
-    Returns:
-        ``(coef [rows, r], intercept [rows], iterations, converged)``, ``rows`` 1 for two
-        classes, else ``n_classes``.
-    """
-    n, r = A.shape
-    stop = _Stopping(tol, basis)
-    fun, rows = _objective(A, y, n_classes, 1.0 / (C * n), stop)
-    x0 = np.zeros(rows * (r + 1))
-    fun(x0)
-    if stop.converged():  # L-BFGS-B tests the starting point too
-        return x0[: rows * r].reshape(rows, r), x0[rows * r :], 0, True
-    hit = []
-
-    def callback(intermediate_result: Any) -> None:
-        assert stop.grad is not None
-        if not np.array_equal(stop.grad[0], intermediate_result.x):
-            fun(intermediate_result.x)  # L-BFGS-B ends an iteration at its last evaluation
-        if stop.converged():
-            hit.append(True)
-            raise StopIteration
-
-    res = optimize.minimize(
-        fun, x0, jac=True, method="L-BFGS-B", callback=callback,
-        options={"maxiter": max_iter, "maxls": 50, "gtol": 0.0, "ftol": 64 * np.finfo(float).eps},
-    )  # fmt: skip
-    converged = bool(hit) or res.status == 0
-    return res.x[: rows * r].reshape(rows, r), res.x[rows * r :], int(res.nit), converged
+    out: list[Any] = [None] * len(prepared)
+    by_classes: dict[int, list[int]] = {}
+    for i, p in enumerate(prepared):
+        by_classes.setdefault(len(p.classes), []).append(i)
+    for n_classes, members in by_classes.items():
+        members.sort(key=lambda i: prepared[i].coords.shape[1])
+        for lo in range(0, len(members), CHUNK):
+            chunk = [prepared[i] for i in members[lo : lo + CHUNK]]
+            problems = LogisticProblems.pack(
+                [p.coords for p in chunk], [p.y_index for p in chunk], n_classes, C
+            )
+            test = GradientTest(tol, [p.basis for p in chunk], problems)
+            fit = minimise(problems, test, max_iter)
+            coef, bias = problems.split(fit.x)
+            for j, p in enumerate(chunk):
+                theta = coef[j, :, : p.coords.shape[1]]
+                full = theta if p.basis is None else p.basis.to_weights(theta)
+                out[members[lo + j]] = (full, bias[j], int(fit.n_iter[j]), bool(fit.converged[j]))
+    return out
 
 
 class SpanLogisticRegression(ClassifierMixin, BaseEstimator):
@@ -194,8 +150,9 @@ class SpanLogisticRegression(ClassifierMixin, BaseEstimator):
 
     The inputs are standardised with the training rows' mean and standard deviation
     (:func:`standardise_stats`); with ``n < d`` the model is fitted on the rows' coordinates in
-    their span (:func:`span_basis`), else on the rows themselves. Either way it is scikit-learn's
-    L-BFGS with scikit-learn's stopping rule (:func:`fit_logistic`), in float64.
+    their span (:func:`span_factors`), else on the rows themselves. Either way it is
+    scikit-learn's L-BFGS with scikit-learn's stopping rule (:func:`probe.probing.lbfgs_batch.
+    minimise`), in float64.
 
     Args:
         C: inverse L2 strength.
@@ -229,31 +186,56 @@ class SpanLogisticRegression(ClassifierMixin, BaseEstimator):
         Raises:
             ValueError: ``y`` has fewer than two classes.
         """
-        X = check_array(X, dtype=[np.float64, np.float32])
-        self.classes_, y_index = np.unique(np.asarray(y), return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ValueError(
-                f"the training labels hold one class ({self.classes_[0]!r}): a probe needs "
-                "at least two; record more prompts or seeds"
-            )
-        self.mean_, self.scale_ = standardise_stats(X)
-        Z = (X - self.mean_) / self.scale_
-        n, d = Z.shape
-        basis = span_basis(Z) if self.span and n < d else None
-        A = Z if basis is None else Z @ basis
-        coef, self.intercept_, n_iter, converged = fit_logistic(
-            A, y_index, len(self.classes_), C=self.C, tol=self.tol, max_iter=self.max_iter,
-            basis=basis,
-        )  # fmt: skip
-        if not converged:
+        prepared = _prepare(X, y, self.span)
+        fitted = _fit_prepared([prepared], self.C, self.tol, self.max_iter)[0]
+        self._store(prepared, *fitted)
+        if not fitted[3]:
             warnings.warn(
-                f"L-BFGS stopped after {n_iter} iterations above tol={self.tol}: raise max_iter",
+                f"L-BFGS stopped after {fitted[2]} iterations above tol={self.tol}: raise max_iter",
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        self.coef_ = coef if basis is None else coef @ basis.T
+        return self
+
+    def fit_many(self, datasets: Sequence[tuple[Any, Any]]) -> list[SpanLogisticRegression]:
+        """Fit one copy of this probe per ``(X, y)`` in ``datasets``, all in one batched run.
+
+        Each copy equals ``clone(self).fit(X, y)``; the L-BFGS runs of all of them advance
+        side by side (:mod:`probe.probing.lbfgs_batch`), which is what makes many small fits
+        (every fold of every cell and control) cheap. Runs that stop at ``max_iter`` give one
+        ``ConvergenceWarning`` for all.
+
+        Args:
+            datasets: ``(X [n_i, d_i], y [n_i])`` pairs; sizes may differ.
+
+        Returns:
+            The fitted copies, in the order of ``datasets``.
+
+        Example:
+            >>> probes = SpanLogisticRegression().fit_many([(X[tr], y[tr]) for tr, _ in splits])
+        """
+        prepared = [_prepare(X, y, self.span) for X, y in datasets]
+        fits = _fit_prepared(prepared, self.C, self.tol, self.max_iter)
+        probes = []
+        for p, fitted in zip(prepared, fits, strict=True):
+            probes.append(clone(self)._store(p, *fitted))
+        stopped = sum(not f[3] for f in fits)
+        if stopped:
+            warnings.warn(
+                f"L-BFGS stopped above tol={self.tol} in {stopped} of {len(fits)} fits: "
+                "raise max_iter",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return probes
+
+    def _store(
+        self, p: _Prepared, coef: np.ndarray, intercept: np.ndarray, n_iter: int, _: bool
+    ) -> SpanLogisticRegression:
+        self.classes_, self.mean_, self.scale_ = p.classes, p.mean, p.scale
+        self.coef_, self.intercept_ = coef, intercept
         self.n_iter_ = np.array([n_iter])
-        self.n_features_in_ = d
+        self.n_features_in_ = len(p.mean)
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:

@@ -26,11 +26,9 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,11 +40,13 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from probe.attention.layers import LayerInfo, load_layer_table, save_layer_table
 from probe.probing.fast_linear import SpanLogisticRegression
 from probe.probing.features import FeatureSet, Key
+from probe.probing.results import ProbeResults, ProbeRow
+from probe.probing.results import table_path as table_path  # re-exported
 
 PROBES = ("linear", "linear-full", "mlp")
+CELL_BLOCK = 64  # cells whose folds the linear probe fits in one batch
 Split = tuple[np.ndarray, np.ndarray]  # (train indices, test indices)
 
 
@@ -145,120 +145,39 @@ def cross_validate(
     With ``groups`` (the samples' seeds), every group is wholly in train or in test. ``splits``
     (from :func:`fold_splits` of the same ``y`` and ``groups``) saves computing them again.
     """
-    scores = []
+    splits = fold_splits(y, config, groups) if splits is None else splits
+    return fold_scores([(X, y, splits)], config)[0]
+
+
+def fold_scores(
+    jobs: list[tuple[np.ndarray, np.ndarray, list[Split]]], config: ProbeConfig
+) -> list[np.ndarray]:
+    """Held-out accuracy ``[folds]`` of each ``(X, y, splits)`` job.
+
+    The linear probe fits every fold of every job in one batched run
+    (:meth:`SpanLogisticRegression.fit_many`); the others fit fold by fold.
+    """
+    folds = [(X, y, train, test) for X, y, splits in jobs for train, test in splits]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        for train, test in fold_splits(y, config, groups) if splits is None else splits:
-            probe = make_probe(config, X.shape[1]).fit(X[train], y[train])
-            scores.append(float(probe.score(X[test], y[test])))
-    return np.array(scores)
+        if config.probe == "linear":
+            probe = make_probe(config, 0)
+            fitted = probe.fit_many([(X[train], y[train]) for X, y, train, _ in folds])
+        else:
+            fitted = [make_probe(config, X.shape[1]).fit(X[tr], y[tr]) for X, y, tr, _ in folds]
+    scores = [
+        np.mean(p.predict(X[te]) == y[te]) for p, (X, y, _, te) in zip(fitted, folds, strict=True)
+    ]
+    out, at = [], 0
+    for _, _, splits in jobs:
+        out.append(np.array(scores[at : at + len(splits)], dtype=float))
+        at += len(splits)
+    return out
 
 
 def shuffled(y: np.ndarray, seed: int) -> np.ndarray:
     """The labels permuted with a fixed seed (the shuffled-label control)."""
     return np.random.default_rng(seed).permutation(y)
-
-
-@dataclass
-class ProbeRow:
-    """One (layer, step, kind) cell's probe result (``nan`` where a control was not run)."""
-
-    layer: int
-    step: int
-    timestep: float
-    kind: str
-    probe: str
-    acc_mean: float
-    acc_std: float
-    shuffled_acc: float
-    random_model_acc: float
-    selectivity: float
-    chance: float
-    n_samples: int
-    n_features: int
-
-
-@dataclass
-class ProbeResults:
-    """A table of :class:`ProbeRow`, one per cell, with CSV round-trip and grid views.
-
-    Attributes:
-        rows: the results.
-        label: the label probed.
-        layer_table: the layer table of the dataset probed, at its latent size (what a layer
-            spec such as ``res<max`` resolves against when layers are chosen from these
-            results); saved next to the CSV as ``<name>.layers.json``.
-    """
-
-    rows: list[ProbeRow] = field(default_factory=list)
-    label: str = ""
-    layer_table: list[LayerInfo] = field(default_factory=list)
-
-    def __repr__(self) -> str:
-        kinds = sorted({r.kind for r in self.rows})
-        return f"ProbeResults(label={self.label!r}, {len(self.rows)} rows, kinds={kinds})"
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def to_csv(self, path: str | Path) -> Path:
-        """Write the table (plus a ``label`` column), and the layer table beside it."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if self.layer_table:
-            save_layer_table(table_path(path), self.layer_table)
-        else:
-            table_path(path).unlink(missing_ok=True)  # not the table of an earlier run
-        names = ["label", *(f.name for f in fields(ProbeRow))]
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=names)
-            writer.writeheader()
-            for row in self.rows:
-                writer.writerow({"label": self.label, **asdict(row)})
-        return path
-
-    @classmethod
-    def from_csv(cls, path: str | Path) -> ProbeResults:
-        """Read a table written by :meth:`to_csv` (with its layer table, when it is there).
-
-        Raises:
-            ValueError: the layer table beside the CSV cannot be read.
-        """
-        types = {f.name: f.type for f in fields(ProbeRow)}
-        cast = {"int": int, "float": float, "str": str}
-        rows, label = [], ""
-        with open(path, newline="") as f:
-            for raw in csv.DictReader(f):
-                label = raw.pop("label", label)
-                rows.append(ProbeRow(**{k: cast[str(types[k])](v) for k, v in raw.items()}))
-        table = table_path(Path(path))
-        return cls(rows, label, load_layer_table(table) if table.is_file() else [])
-
-    def select(self, kind: str | None = None, probe: str | None = None) -> list[ProbeRow]:
-        return [r for r in self.rows if (kind is None or r.kind == kind)
-                and (probe is None or r.probe == probe)]  # fmt: skip
-
-    def grid(self, kind: str, column: str = "acc_mean") -> tuple[list[int], list[int], np.ndarray]:
-        """``(layers, steps, values [layers, steps])`` of one kind (``nan`` where missing)."""
-        rows = self.select(kind)
-        layers = sorted({r.layer for r in rows})
-        steps = sorted({r.step for r in rows})
-        values = np.full((len(layers), len(steps)), np.nan)
-        for r in rows:
-            values[layers.index(r.layer), steps.index(r.step)] = getattr(r, column)
-        return layers, steps, values
-
-    def best(self, kind: str, column: str = "acc_mean") -> ProbeRow:
-        """The row of ``kind`` with the highest ``column``."""
-        rows = self.select(kind)
-        if not rows:
-            raise KeyError(f"no {kind!r} rows; kinds here: {sorted({r.kind for r in self.rows})}")
-        return max(rows, key=lambda r: getattr(r, column))
-
-
-def table_path(csv_path: Path) -> Path:
-    """Where :meth:`ProbeResults.to_csv` keeps the layer table: ``results.layers.json``."""
-    return csv_path.with_suffix(".layers.json")
 
 
 @dataclass(frozen=True)
@@ -307,13 +226,34 @@ def probe_cell(
     """
     if folds is None or (control is not None and folds.control is None):
         folds = CellFolds.plan(y, config, groups, None if control is None else control[1:])
-    acc = cross_validate(X, y, config, groups, folds.real)
-    shuf = cross_validate(X, folds.shuffled_y, config, groups, folds.shuffled)
-    rand = math.nan
-    if control is not None:
-        cx, cy, cg = control
-        rand = float(cross_validate(cx, cy, config, cg, folds.control).mean())
-    return float(acc.mean()), float(acc.std()), float(shuf.mean()), rand
+    cx, cy = (None, None) if control is None else control[:2]
+    return probe_cells([(X, cx)], y, config, folds, cy)[0]
+
+
+def probe_cells(
+    cells: list[tuple[np.ndarray, np.ndarray | None]],
+    y: np.ndarray,
+    config: ProbeConfig,
+    folds: CellFolds,
+    control_y: np.ndarray | None = None,
+) -> list[tuple[float, float, float, float]]:
+    """:func:`probe_cell` for several cells of one run: ``cells`` are ``(X, control X or
+    None)`` with the run's labels ``y``, splits ``folds`` and control labels ``control_y``.
+    The linear probe fits every fold of every cell and control in one batch.
+    """
+    jobs = []
+    for X, cx in cells:
+        jobs += [(X, y, folds.real), (X, folds.shuffled_y, folds.shuffled)]
+        if cx is not None:
+            assert folds.control is not None and control_y is not None
+            jobs.append((cx, control_y, folds.control))
+    scores = iter(fold_scores(jobs, config))
+    out = []
+    for _, cx in cells:
+        acc, shuf = next(scores), next(scores)
+        rand = math.nan if cx is None else float(next(scores).mean())
+        out.append((float(acc.mean()), float(acc.std()), float(shuf.mean()), rand))
+    return out
 
 
 def run_probes(
@@ -355,19 +295,24 @@ def run_probes(
         probed = (control.y, groups(control))
     folds = CellFolds.plan(features.y, config, groups(features), probed)
 
-    def task(key: Key) -> tuple[float, float, float, float]:
-        other = None
-        if control is not None and key in control.X:
-            other = (control.X[key], control.y, groups(control))
-        return probe_cell(features.X[key], features.y, config, groups(features), other, folds)
+    def task(block: list[Key]) -> list[tuple[float, float, float, float]]:
+        cells = [(features.X[k], None if control is None else control.X.get(k)) for k in block]
+        return probe_cells(cells, features.y, config, folds, None if control is None else control.y)
 
-    bar = tqdm(keys, disable=not progress, desc=f"probe {features.label}", unit="cell")
+    blocks = [keys[i : i + CELL_BLOCK] for i in range(0, len(keys), CELL_BLOCK)]
+    bar = tqdm(total=len(keys), disable=not progress, desc=f"probe {features.label}", unit="cell")
+    values = []
     if jobs == 1:
-        values = [task(k) for k in bar]
+        for block in blocks:
+            values += task(block)
+            bar.update(len(block))
     else:
         from joblib import Parallel, delayed
 
-        values = Parallel(n_jobs=jobs)(delayed(task)(k) for k in bar)
+        for done in Parallel(n_jobs=jobs)(delayed(task)(b) for b in blocks):
+            values += done
+            bar.update(len(done))
+    bar.close()
     chance = 1.0 / len(features.classes)
     rows = []
     for (layer, step, kind), (acc, std, shuf, rand) in zip(keys, values, strict=True):
