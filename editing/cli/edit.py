@@ -34,10 +34,12 @@ def method_arguments(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_edit(args: argparse.Namespace) -> int:
     from editing.editor import edit
     from probe.models import load_pipeline, resolve_device
+    from probe.models.vocabulary import check_known_words
     from probe.viz.grid import image_grid
 
     kwargs = method_arguments(args) | _source_branch_arguments(args)
     pipe = load_pipeline(args.model or default_model(), device=resolve_device(args.device))
+    check_known_words(pipe, [args.source, *args.target])  # before an inversion is spent
     inversion = _invert(pipe, args) if args.image else None
     result = edit(
         pipe, args.source, args.target, method=args.method, seed=args.seed,

@@ -35,6 +35,7 @@ from probe.recording.folders import check_folder_settings
 log = logging.getLogger(__name__)
 
 STAGES = ("record", "probe", "select", "sweep", "figures", "report")
+MODEL_STAGES = ("record", "sweep", "figures")  # the stages that run the model
 PROBE_SETS = {"colour_car": "colour", "animal_park": "animal"}
 SETTINGS = "reproduce.json"
 STATE = "stages.json"
@@ -238,18 +239,39 @@ class Reproduction:
             )  # fmt: skip
         selection.save(self.out / "selection.json")
 
-    def sweep(self) -> None:
-        """Colour edits with self-attention replaced in each range, and cross in a few; then
-        animal edits over the presets, self-attention and cross ``all``."""
+    def edit_pairs(self) -> tuple[list[Any], list[Any]]:
+        """The colour and the animal edit pairs of the sweep (no animal pairs: ``[]``)."""
         from editing.sweep.ranges import select_pairs
-        from editing.sweep.run import sweep
         from probe.prompts.templates import load_edit_pairs
 
-        self.save_sampling()
-        pairs = pick_pairs(
+        colours = pick_pairs(
             load_edit_pairs("colour_edits").pairs, self.config.sources,
             self.config.targets_per_source,
         )  # fmt: skip
+        if self.config.animal_pairs <= 0:
+            return colours, []
+        animals = select_pairs(load_edit_pairs("animal_edits").pairs, self.config.animal_pairs)
+        return colours, animals
+
+    def check_words(self) -> None:
+        """Refuse the run before anything is written if one of its prompts (probe sets, edit
+        pairs, figures) has a word the model does not know (the toy's closed vocabulary)."""
+        from editing.experiment.figures import EDIT_SOURCE, EDIT_TARGETS, SAMPLE_PROMPT
+        from probe.models.vocabulary import check_known_words
+        from probe.prompts.templates import load_template
+
+        prompts = [item.prompt for name in self.probe_sets() for item in load_template(name).items]
+        colours, animals = self.edit_pairs()
+        prompts += [p for pair in [*colours, *animals] for p in (pair.source, pair.target)]
+        check_known_words(self.pipe, [*prompts, SAMPLE_PROMPT, EDIT_SOURCE, *EDIT_TARGETS])
+
+    def sweep(self) -> None:
+        """Colour edits with self-attention replaced in each range, and cross in a few; then
+        animal edits over the presets, self-attention and cross ``all``."""
+        from editing.sweep.run import sweep
+
+        self.save_sampling()
+        pairs, animals = self.edit_pairs()
         common: dict[str, Any] = {
             "seeds": list(self.config.sweep_seeds), "out": self.out / "sweep",
             "num_steps": self.num_steps(), "model_name": self.config.model,
@@ -258,8 +280,7 @@ class Reproduction:
         selection = str(self.out / "selection.json")
         sweep(self.pipe, pairs, [*self.config.self_ranges, selection], kinds=("self",), **common)
         sweep(self.pipe, pairs, list(self.config.cross_ranges), kinds=("cross",), **common)
-        if self.config.animal_pairs > 0:
-            animals = select_pairs(load_edit_pairs("animal_edits").pairs, self.config.animal_pairs)
+        if animals:
             common["out"] = self.out / "sweep_animal"
             sweep(self.pipe, animals, list(self.config.animal_ranges), kinds=("self",), **common)
             sweep(self.pipe, animals, ["all"], kinds=("cross",), **common)
@@ -279,8 +300,10 @@ class Reproduction:
     # -- running -------------------------------------------------------------------------------
     def run(self, say: Callable[[str], None] = print) -> Path:
         """Run the unfinished stages in order; returns the report's path."""
-        check_folder_settings(self.out, SETTINGS, self.config.to_json(), "a reproduce run")
         state = RunState.load(self.out)
+        if any(stage not in state.done for stage in MODEL_STAGES):
+            self.check_words()
+        check_folder_settings(self.out, SETTINGS, self.config.to_json(), "a reproduce run")
         for i, stage in enumerate(STAGES, start=1):
             if stage in state.done and stage != "report":
                 say(
@@ -334,6 +357,9 @@ def reproduce(out: str | Path, config: ReproduceConfig, progress: bool = True) -
     Raises:
         SettingsMismatchError: ``out`` holds a run with other settings (a ValueError).
         FileNotFoundError: the model does not exist.
+        UnknownWordError: a prompt of the run has a word outside the model's closed
+            vocabulary (the toy's; see :mod:`probe.models.vocabulary`), before anything is
+            written.
 
     Example:
         >>> reproduce("runs/demo", ReproduceConfig.preset("tiny", quick=True))

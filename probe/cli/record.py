@@ -18,11 +18,13 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
     from probe.models import defaults_origin, generation_defaults, load_pipeline, resolve_device
     from probe.models.schedulers import scheduler_settings
+    from probe.models.vocabulary import check_known_words
     from probe.recording.dataset import parse_bytes
     from probe.recording.record import DEFAULT_BUDGET, record_attention
 
     budget = parse_bytes(args.budget) or DEFAULT_BUDGET
     pipe = load_pipeline(args.model or default_model(), device=resolve_device(args.device))
+    check_known_words(pipe, [args.prompt])  # the toy refuses a word it never learned
     gen = generation_defaults(pipe)
     if args.num_steps:
         gen["num_inference_steps"] = args.num_steps

@@ -6,6 +6,11 @@ tokenizer without downloading CLIP's 49k-word vocabulary, so this module trains 
 word list: merges are learned greedily from the words themselves, so applying them in rank order
 (what the tokenizer does) rebuilds every listed word as a single token, and any other text still
 tokenizes, character by character.
+
+With ``closed=True`` (the toy's tokenizer) the folder also declares its word list
+(``tokenizer_config.json``, key :data:`WORD_LIST_KEY`): a *closed* vocabulary, whose other words
+the model never learned and attnprobe refuses (:mod:`probe.models.vocabulary`).
+``save_pretrained`` keeps the key.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from transformers import CLIPTokenizer
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 END_OF_WORD = "</w>"
+WORD_LIST_KEY = "attnprobe_words"
+"""``tokenizer_config.json`` key listing a closed vocabulary's words (absent: any word)."""
 
 
 def _byte_alphabet() -> list[str]:
@@ -71,13 +78,18 @@ def _apply_merge(seq: list[str], pair: tuple[str, str]) -> list[str]:
     return out
 
 
-def write_clip_tokenizer(words: list[str], folder: str | Path, max_length: int = 77) -> Path:
+def write_clip_tokenizer(
+    words: list[str], folder: str | Path, max_length: int = 77, closed: bool = False
+) -> Path:
     """Write a CLIP-format tokenizer folder whose vocabulary holds ``words`` as whole tokens.
 
     Args:
         words: the words that must each be one token (lower-case ASCII).
         folder: where to write ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json``.
         max_length: the text encoder's context length (77 for every SD 1.x/2.x model).
+        closed: declare ``words`` as the whole vocabulary (:data:`WORD_LIST_KEY`), so that a
+            prompt with another word is refused: the toy's, whose text encoder is trained on
+            these words only. Default ``False``: any word is taken (``tiny``, random weights).
 
     Returns:
         The folder.
@@ -111,6 +123,8 @@ def write_clip_tokenizer(words: list[str], folder: str | Path, max_length: int =
         "do_lower_case": True,
         "tokenizer_class": "CLIPTokenizer",
     }
+    if closed:
+        config[WORD_LIST_KEY] = sorted({w.lower() for w in words if w})
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     (folder / "special_tokens_map.json").write_text(
         json.dumps({"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS})

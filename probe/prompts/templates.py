@@ -151,7 +151,8 @@ def _template_path(name_or_path: str | Path) -> Path:
     return path
 
 
-def _shared_lists() -> dict[str, list[str]]:
+def shared_lists() -> dict[str, list[str]]:
+    """The word lists the templates share (``lists.yaml``: ``colours``, ``animals``)."""
     path = template_dir() / LISTS_FILE
     if not path.is_file():
         return {}
@@ -188,7 +189,7 @@ def _slots(path: Path, data: dict[str, Any], nodes: dict[str, yaml.Node]) -> dic
     if node is None or not isinstance(data.get("slots"), dict) or not data["slots"]:
         where = _where(path, node) if node is not None else f"{path}:1"
         raise TemplateError(f"{where}: 'slots' must map each {{placeholder}} to a list of words")
-    shared = _shared_lists()
+    shared = shared_lists()
     slots: dict[str, list[str]] = {}
     for key, value_node in node.value:  # type: ignore[union-attr]
         name, values = key.value, data["slots"][key.value]

@@ -25,6 +25,7 @@ from probe.attention.layers import LayerSpec, resolve_layers
 from probe.attention.steps import StepSpec, resolve_steps
 from probe.models import generation_defaults, run_layer_table
 from probe.models.schedulers import loop_length
+from probe.models.vocabulary import check_known_words
 from probe.prompts.words import prompt_tokens
 from probe.recording.maps import AttentionMaps
 from probe.recording.record import (
@@ -243,11 +244,14 @@ def record_dataset(
     Raises:
         SettingsMismatchError: ``out`` holds a dataset recorded with other settings.
         BudgetError: memory or disk would not suffice (before anything is generated).
+        UnknownWordError: a prompt has a word outside the model's closed vocabulary (the
+            toy's; see :mod:`probe.models.vocabulary`), before anything is written.
 
     Example:
         >>> record_dataset(load_pipeline("tiny"), load_template("colour_car"), range(4), "runs/c")
     """
     start = time.perf_counter()
+    check_known_words(pipe, [item.prompt for item in prompts.items])  # before the folder exists
     out = Path(out)
     gen = generation_defaults(pipe)
     given = {"num_inference_steps": num_steps, "guidance_scale": guidance, "height": height,

@@ -134,6 +134,17 @@ CrossAttnUpBlock2D ×3: 16 transformer blocks), ε-prediction on the SD DDIM sch
 (scaled_linear 0.00085–0.012) — but small, and trained from scratch on this CPU on the toy world
 (`docs/toy_world.md`): cars and ten animals in ten colours, in a park or on a street.
 
+## Vocabulary
+
+Its tokenizer holds exactly the words the model was trained with: every word of the templates
+in `data_templates/` and a few common ones, each one token, listed under `attnprobe_words` in
+`tokenizer/tokenizer_config.json`. A prompt with any other word is refused — by `record`,
+`edit`, `sweep`, `reproduce` and the pipeline's own call — with an error that names the word and
+the prompt and lists the words the model knows (`probe.models.vocabulary`): the text encoder
+never learned it, and before this check "a white car" silently came out as random-coloured
+animals. Real checkpoints take any word; `with probe.allow_unknown_words(pipe):` opts in to see
+what the toy makes of one.
+
 ## Sizes and why
 
 - 64×64 px images through a **factor-4** VAE → 16×16×4 latents. Query resolutions per layer:

@@ -431,7 +431,9 @@ def train(cfg: TrainConfig) -> Path:
     torch.set_num_threads(cfg.threads)
     try:
         t0 = time.monotonic()
-        tokenizer = load_clip_tokenizer(write_clip_tokenizer(tiny_words(), work / "tokenizer"))
+        # closed: the toy learns these words only, so a prompt with another one is refused
+        tok_dir = write_clip_tokenizer(tiny_words(), work / "tokenizer", closed=True)
+        tokenizer = load_clip_tokenizer(tok_dir)
         vae = train_vae(cfg, work).requires_grad_(False)
         latents, scenes, scaling = encode_pool(cfg, vae, work)
         unet, text_encoder = train_unet(cfg, work, tokenizer, latents, scenes, scaling)

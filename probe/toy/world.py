@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from probe.prompts.templates import _shared_lists
+from probe.prompts.templates import shared_lists
 
 ANIMALS = (
     "dog",
@@ -344,7 +344,7 @@ def random_scene(rng: np.random.Generator) -> tuple[str, Scene]:
 
 def check_vocabulary() -> None:
     """The template lists and the world must agree: every colour drawable, every animal drawn."""
-    lists = _shared_lists()
+    lists = shared_lists()
     missing = [c for c in lists.get("colours", []) if c not in PALETTE]
     missing += [a for a in lists.get("animals", []) if a not in CATEGORIES]
     if missing:
