@@ -8,7 +8,7 @@ noise and one source branch, with editing controllers on the hooks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from probe.attention.batch import BatchLayout
 from probe.attention.controller import Controller
 from probe.attention.layers import LayerSpec
 from probe.models import defaults_origin, generation_defaults
+from probe.models.family import Conditioning, MicroConditioning
+from probe.models.vocabulary import check_known_words
 
 
 @dataclass
@@ -88,6 +90,7 @@ def edit(
     width: int | None = None,
     source_branch: str | None = None,
     source_branch_prompt: str | None = None,
+    micro_conditioning: MicroConditioning | None = None,
     **options: Any,
 ) -> EditResult:
     """Edit a generated (or, with ``inversion``, a real) image from ``source`` to each of
@@ -129,6 +132,9 @@ def edit(
         height, width: image size in pixels (default: the model's; a real image keeps its
             inversion's size). Layer specs resolve at this size: ``res<=16`` means 16 query
             positions per side of the latent generated.
+        micro_conditioning: SDXL's original size, crop and target size, for every row
+            (:class:`probe.models.family.MicroConditioning`; default: the size generated, crop
+            (0, 0), as diffusers' pipeline); SD 1.x/2.x ignore it.
 
     Returns:
         :class:`EditResult`.
@@ -137,6 +143,8 @@ def edit(
         ValueError: no target, an unknown method, an option (or layers, or a step fraction)
             the method does not take, a prompt over the text encoder's length, or a layer spec
             that does not fit the UNet.
+        UnknownWordError: a word of the source or a target outside the model's closed
+            vocabulary (the toy's; see :mod:`probe.models.vocabulary`), before any step.
 
     Example:
         >>> r = edit(pipe, "a red car", ["a blue car"], method="fpe", layers="fpe")
@@ -144,6 +152,7 @@ def edit(
     """
     if isinstance(targets, str) or not targets:
         raise ValueError("targets must be a non-empty list of prompts, e.g. ['a blue car']")
+    check_known_words(pipe, [source, *targets])  # the toy refuses a word it never learned
     defaults = generation_defaults(pipe)
     defaults.update({k: v for k, v in (("height", height), ("width", width)) if v is not None})
     num_steps = num_steps or defaults["num_inference_steps"]
@@ -156,7 +165,8 @@ def edit(
     prompts = [branch_prompt, *targets]
     for c in chosen:
         c.prepare(pipe.tokenizer, branch_prompt, targets)
-    embeddings = encode_prompts(pipe, prompts, guided)
+    size = _edit_size(pipe, defaults, inversion)
+    embeddings = encode_prompts(pipe, prompts, guided, size, micro_conditioning)
     layout = BatchLayout.for_edit(len(targets), guided)
     if inversion is None:
         latents = _shared_noise(pipe, defaults, seed, len(prompts))
@@ -174,6 +184,7 @@ def edit(
         "num_steps": num_steps,
         "guidance_scale": guidance_scale,
         **_real_image_settings(inversion, branch, branch_prompt),
+        "micro_conditioning": None if micro_conditioning is None else asdict(micro_conditioning),
         "height": int(final.shape[-2]) * pipe.vae_scale_factor,
         "width": int(final.shape[-1]) * pipe.vae_scale_factor,
         "scheduler": editing_scheduler_settings(pipe),
@@ -220,6 +231,13 @@ def _controllers(
     shown = str(spec_layers) if isinstance(spec_layers, Path) else spec_layers
     settings = {"method": spec.name, "layers": shown, "step_fraction": fraction}
     return chosen, {**settings, "options": kwargs}
+
+
+def _edit_size(pipe: Any, defaults: dict[str, Any], inversion: Inversion | None) -> tuple[int, int]:
+    """(height, width) in pixels of the edit: the inversion's latent size, else the defaults'."""
+    if inversion is None:
+        return int(defaults["height"]), int(defaults["width"])
+    return inversion.pixel_size(pipe.vae_scale_factor)
 
 
 def _shared_noise(pipe: Any, defaults: dict[str, Any], seed: int, n: int) -> Tensor:
@@ -269,7 +287,7 @@ def _source_branch(
 def _edit_inverted(
     pipe: Any,
     inversion: Inversion,
-    embeddings: Tensor,
+    embeddings: Conditioning,
     layout: BatchLayout,
     controllers: Sequence[Controller],
     guidance_scale: float,

@@ -51,6 +51,11 @@ class Inversion:
     def kind(self) -> str:
         return "ddim" if self.null_embeddings is None else "null-text"
 
+    def pixel_size(self, vae_scale_factor: int) -> tuple[int, int]:
+        """(height, width) in pixels of the image inverted."""
+        h, w = self.trajectory[0].shape[-2:]
+        return int(h) * vae_scale_factor, int(w) * vae_scale_factor
+
 
 def load_image(image: str | Path | Image.Image | np.ndarray, size: tuple[int, int]) -> Image.Image:
     """Read an RGB image of exactly ``size`` (width, height).
@@ -107,6 +112,8 @@ def ddim_invert(
     image: str | Path | Image.Image | np.ndarray,
     prompt: str = "",
     num_steps: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
 ) -> Inversion:
     """DDIM-invert an image with ``prompt`` (empty by default) and no guidance.
 
@@ -114,22 +121,31 @@ def ddim_invert(
     (:func:`editing.scheduler.editing_scheduler`), whatever scheduler the folder ships, so
     that its latents line up with the DDIM steps the edit samples with.
 
+    Args:
+        pipe: an SD 1.x/2.x or SDXL pipeline.
+        image: a file, a PIL image or a uint8 array ``[H, W, 3]`` of exactly the size inverted.
+        prompt: the prompt to invert with (the FPE and MasaCtrl code: ``""``).
+        num_steps: DDIM steps (default: the model's).
+        height, width: the image's size in pixels (default: the model's); the edit then runs
+            at this size.
+
     Example:
         >>> inv = ddim_invert(pipe, "car.png")
         >>> edit(pipe, "a red car", ["a blue car"], inversion=inv)
     """
+    from editing.sampling import encode_prompts
+
     defaults = generation_defaults(pipe)
     num_steps = num_steps or defaults["num_inference_steps"]
-    img = load_image(image, (defaults["width"], defaults["height"]))
+    size = (height or defaults["height"], width or defaults["width"])
+    img = load_image(image, (size[1], size[0]))
     latent = encode_image(pipe, img)
-    cond, _ = pipe.encode_prompt([prompt], pipe.device, 1, False)
+    cond = encode_prompts(pipe, [prompt], False, size)  # SDXL: with its pooled text and time ids
     inverse = inverse_scheduler(editing_scheduler(pipe))
     inverse.set_timesteps(num_steps, device=pipe.device)
     path = [latent]
     for _, t in denoising_steps(pipe, inverse.timesteps):
-        noise = pipe.unet(
-            inverse.scale_model_input(latent, t), t, encoder_hidden_states=cond
-        ).sample
+        noise = pipe.unet(inverse.scale_model_input(latent, t), t, **cond.unet_kwargs()).sample
         latent = inverse.step(noise, t, latent).prev_sample
         path.append(latent)
     # the inverse loop gives [z_0, z_1, ..., z_N]; sampling step i starts from z_{N-i}
@@ -163,7 +179,7 @@ def reconstruct(
     if inversion.null_embeddings is not None and not guided:
         raise ValueError("null-text inversion only matters with guidance: set guidance_scale > 1")
     text = inversion.prompt if prompt is None else prompt
-    embeddings = encode_prompts(pipe, [text], guided)
+    embeddings = encode_prompts(pipe, [text], guided, inversion.pixel_size(pipe.vae_scale_factor))
     latents = inversion.trajectory[0].clone()
     final = denoise(
         pipe, embeddings, latents, BatchLayout.for_samples(1, guided), [], inversion.num_steps,

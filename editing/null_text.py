@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from editing.inversion import Inversion
 from editing.scheduler import EDIT_ETA, editing_scheduler
 from probe.attention.clock import denoising_steps
+from probe.models.family import Conditioning
 
 
 def null_text_invert(
@@ -85,7 +86,9 @@ def null_text_invert(
     scale = guidance_scale
     if scale is None:
         scale = generation_defaults(pipe)["guidance_scale"]
-    uncond, cond = encode_prompts(pipe, [prompt], True).chunk(2)
+    both = encode_prompts(pipe, [prompt], True, pivot.pixel_size(pipe.vae_scale_factor))
+    null_rows, cond = both.rows([0]), both.rows([1])  # SDXL: the uncond pooled/time ids stay
+    uncond = null_rows.embeddings
     scheduler = editing_scheduler(pipe)
     scheduler.set_timesteps(pivot.num_steps, device=pipe.device)
     latent = pivot.trajectory[0].clone()
@@ -93,8 +96,9 @@ def null_text_invert(
     steps = denoising_steps(pipe, scheduler.timesteps)
     for i, t in tqdm(steps, total=pivot.num_steps, desc="null-text inversion", leave=False):
         with torch.no_grad():
-            noise_cond = pipe.unet(latent, t, encoder_hidden_states=cond).sample
+            noise_cond = pipe.unet(latent, t, **cond.unet_kwargs()).sample
         step = _InnerStep(pipe, scheduler, latent, t, noise_cond, pivot.trajectory[i + 1], scale)
+        step.null_rows = null_rows
         uncond, record = step.optimise(
             uncond, inner_steps, lr * (1 - lr_decay * i), tolerance + tolerance_growth * i
         )
@@ -102,7 +106,7 @@ def null_text_invert(
             trace.append({"step": i, **record})
         found.append(uncond.detach().clone())
         with torch.no_grad():
-            latent = step.prev(pipe.unet(latent, t, encoder_hidden_states=uncond).sample)
+            latent = step.prev(step.noise_uncond(uncond))
     return Inversion(pivot.trajectory, prompt, pivot.num_steps, null_embeddings=found)
 
 
@@ -115,6 +119,14 @@ class _InnerStep:
     ) -> None:  # fmt: skip
         self.pipe, self.scheduler, self.latent, self.t = pipe, scheduler, latent, t
         self.noise_cond, self.target, self.scale = noise_cond, target, scale
+        self.null_rows: Conditioning | None = None  # the uncond row's added conditioning (SDXL)
+
+    def noise_uncond(self, uncond: Any) -> Any:
+        """The UNet's prediction with the unconditional text embedding ``uncond``."""
+        kwargs: dict[str, Any] = {"encoder_hidden_states": uncond}
+        if self.null_rows is not None:
+            kwargs = self.null_rows.with_embeddings(uncond).unet_kwargs()
+        return self.pipe.unet(self.latent, self.t, **kwargs).sample
 
     def prev(self, noise_uncond: Any) -> Any:
         """The guided DDIM step from ``latent`` with this unconditional prediction."""
@@ -131,7 +143,7 @@ class _InnerStep:
         loss_value, done = float("nan"), 0
         while done < inner_steps:
             done += 1
-            noise_uncond = self.pipe.unet(self.latent, self.t, encoder_hidden_states=uncond).sample
+            noise_uncond = self.noise_uncond(uncond)
             loss = torch.nn.functional.mse_loss(self.prev(noise_uncond), self.target)
             optimiser.zero_grad()
             loss.backward()

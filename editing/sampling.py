@@ -2,7 +2,9 @@
 
 It always runs DDIM (eta 0) built from the model's own scheduler config
 (:func:`editing.scheduler.editing_scheduler`), whatever scheduler the folder ships;
-``pipe.scheduler`` is left as it is.
+``pipe.scheduler`` is left as it is. Every UNet row gets its family's conditioning
+(:class:`probe.models.family.Conditioning`): the text embeddings, and on SDXL the pooled
+embedding and time ids, doubled with the rows under guidance.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from probe.attention.batch import BatchLayout
 from probe.attention.clock import denoising_steps
 from probe.attention.controller import Controller
 from probe.attention.hooks import AttentionHooks
+from probe.models import generation_defaults
+from probe.models.family import Conditioning, MicroConditioning, encode_conditioning, family_of
 
 
 def _check_prompts(tokenizer: Any, prompts: Sequence[str]) -> None:
@@ -34,17 +38,59 @@ def _check_prompts(tokenizer: Any, prompts: Sequence[str]) -> None:
 
 
 @torch.no_grad()
-def encode_prompts(pipe: Any, prompts: Sequence[str], guidance: bool) -> Tensor:
-    """Text embeddings ``[(uncond rows +) cond rows, tokens, dim]``, unconditional first."""
+def encode_prompts(
+    pipe: Any,
+    prompts: Sequence[str],
+    guidance: bool,
+    size: tuple[int, int] | None = None,
+    micro_conditioning: MicroConditioning | None = None,
+) -> Conditioning:
+    """What the UNet rows of these prompts are conditioned on, unconditional rows first.
+
+    Args:
+        pipe: an SD 1.x/2.x or SDXL pipeline.
+        prompts: one per sample.
+        guidance: add the unconditional rows.
+        size: (height, width) in pixels generated (SDXL's time ids; default the model's).
+        micro_conditioning: SDXL's original size, crop and target size (default: the size
+            generated, crop (0, 0), as diffusers).
+
+    Returns:
+        ``embeddings`` ``[(uncond rows +) cond rows, tokens, dim]`` and, on SDXL, ``added``
+        ``text_embeds`` and ``time_ids`` for the same rows
+        (:func:`probe.models.family.encode_conditioning`).
+
+    Raises:
+        ValueError: a prompt longer than the text encoder reads.
+    """
     _check_prompts(pipe.tokenizer, prompts)
-    cond, uncond = pipe.encode_prompt(list(prompts), pipe.device, 1, guidance)
-    return torch.cat([uncond, cond]) if guidance else cond
+    if size is None:
+        defaults = generation_defaults(pipe)
+        size = (defaults["height"], defaults["width"])
+    return encode_conditioning(pipe, prompts, guidance, size, micro_conditioning)
+
+
+def as_conditioning(pipe: Any, embeddings: Conditioning | Tensor) -> Conditioning:
+    """A :class:`Conditioning`; bare text embeddings only for a family that needs nothing else.
+
+    Raises:
+        ValueError: bare embeddings for SDXL (its rows need ``text_embeds`` and ``time_ids``).
+    """
+    if isinstance(embeddings, Conditioning):
+        return embeddings
+    family = family_of(pipe)
+    if family.added_conditioning:
+        raise ValueError(
+            f"{family.title} needs {', '.join(family.added_conditioning)} for every UNet row, "
+            "not bare text embeddings: pass encode_prompts(pipe, prompts, guidance)"
+        )
+    return Conditioning(embeddings)
 
 
 @torch.no_grad()
 def denoise(
     pipe: Any,
-    embeddings: Tensor,
+    embeddings: Conditioning | Tensor,
     latents: Tensor,
     layout: BatchLayout,
     controllers: Sequence[Controller],
@@ -61,6 +107,8 @@ def denoise(
     scheduler step every controller's ``after_step`` may change the latents (LocalBlend).
 
     Args:
+        embeddings: the rows' conditioning from :func:`encode_prompts` (bare text embeddings
+            ``[rows, tokens, dim]`` do for SD 1.x/2.x).
         source_trajectory: for real images, the inverted latents ``[1, 4, h, w]`` of every
             step (noisiest first, then ``z_0``), which row 0 (the source) is put onto after
             every step (before ``after_step``), so that it follows them instead of drifting.
@@ -81,6 +129,7 @@ def denoise(
     hooks.num_steps = num_steps
     bind_all(controllers, hooks.layers)
     guided = layout.has_guidance
+    rows = as_conditioning(pipe, embeddings)
     if source_trajectory is not None:
         _check_trajectory(source_trajectory, num_steps, source_branch)
         latents[0] = source_trajectory[0][0]
@@ -89,9 +138,8 @@ def denoise(
             model_in = torch.cat([latents] * 2) if guided else latents
             model_in = scheduler.scale_model_input(model_in, t)
             if uncond_embeddings is not None:
-                n = len(layout.indices(guidance="uncond"))
-                embeddings = torch.cat([uncond_embeddings[i].expand(n, -1, -1), embeddings[n:]])
-            noise = pipe.unet(model_in, t, encoder_hidden_states=embeddings).sample
+                rows = _with_null_text(rows, uncond_embeddings[i], layout)
+            noise = pipe.unet(model_in, t, **rows.unet_kwargs()).sample
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + guidance_scale * (cond - uncond)
@@ -101,6 +149,14 @@ def denoise(
             for c in controllers:  # e.g. Prompt-to-Prompt's LocalBlend
                 latents = c.after_step(i, latents, layout)
     return latents
+
+
+def _with_null_text(cond: Conditioning, uncond: Tensor, layout: BatchLayout) -> Conditioning:
+    """The unconditional rows' text embeddings replaced by a null-text embedding
+    ``[1, tokens, dim]`` (their added conditioning stays)."""
+    n = len(layout.indices(guidance="uncond"))
+    embeddings = cond.embeddings
+    return cond.with_embeddings(torch.cat([uncond.expand(n, -1, -1), embeddings[n:]]))
 
 
 def _check_trajectory(trajectory: Sequence[Tensor], num_steps: int, source_branch: str) -> None:

@@ -24,6 +24,9 @@ _PUBLIC = {
     "layer_table": "probe.models.loading",
     "run_layer_table": "probe.models.loading",
     "generation_defaults": "probe.models.loading",
+    "check_known_words": "probe.models.vocabulary",
+    "allow_unknown_words": "probe.models.vocabulary",
+    "UnknownWordError": "probe.models.vocabulary",
     "LayerInfo": "probe.attention.layers",
     "unet_layers": "probe.attention.layers",
     "resolve_layers": "probe.attention.layers",
@@ -67,7 +70,10 @@ __all__ = [
     "LayerSelection",
     "ProbeConfig",
     "ProbeResults",
+    "UnknownWordError",
+    "allow_unknown_words",
     "build_features",
+    "check_known_words",
     "cross_validate",
     "find_word",
     "format_layer_table",
@@ -101,6 +107,7 @@ if TYPE_CHECKING:
         load_pipeline,
         run_layer_table,
     )
+    from probe.models.vocabulary import UnknownWordError, allow_unknown_words, check_known_words
     from probe.probing.features import FeatureOptions, build_features
     from probe.probing.probes import ProbeConfig, ProbeResults, cross_validate, run_probes
     from probe.probing.random_control import random_init_like

@@ -242,9 +242,13 @@ def test_edit_calls_prepare_on_every_controller_and_records_the_method(tiny_pipe
     assert r.settings["method"] == "masactrl" and r.settings["step_fraction"] is None
     assert r.settings["layers"] is None
     assert r.settings["options"] == {
-        "start_step": 4, "start_layer": 10, "mask_word": None, "mask_target_word": None,
+        "start_step": 4, "start_layer": None, "mask_word": None, "mask_target_word": None,
         "mask_threshold": 0.1, "mask_layers": "res==max/4", "mask": None, "mask_target": None,
     }  # fmt: skip
+    # start_layer None is the family's (preset masactrl): 10 of SD's 16, as the authors'
+    assert r.settings["controllers"] == [
+        "MutualSelfAttention(start_step=4, start_layer=10, mask=None)"
+    ]
     json.dumps(r.settings)
 
 

@@ -164,13 +164,16 @@ def test_old_snapshot_naming_clip_feature_extractor_still_loads(replica, tmp_pat
     assert load_pipeline(folder).feature_extractor is not None
 
 
-def test_sdxl_replica_is_refused_naming_its_issue(replica, capsys, tmp_path):
-    folder = replica("sdxl-base")
-    with pytest.raises(NotImplementedError, match=r"SDXL .*issue 14"):
-        load_pipeline(folder)
-    args = ["record", "--model", str(folder), "--prompt", "a red car", "--out", str(tmp_path)]
-    assert main(args) == 2
-    assert "SDXL support is issue 14" in capsys.readouterr().err
+def test_sdxl_replica_loads_as_an_sdxl_pipeline(loaded):
+    """Issue 14: the SDXL folder loads through load_pipeline, both text encoders included
+    (StableDiffusionPipeline would drop text_encoder_2); more in tests/test_sdxl.py."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = loaded("sdxl-base")
+    assert type(pipe) is StableDiffusionXLPipeline
+    assert pipe.text_encoder_2 is not None and pipe.tokenizer_2 is not None
+    assert type(pipe.scheduler).__name__ == SHIPPED_SCHEDULER["sdxl-base"]
+    assert pipe.config.force_zeros_for_empty_prompt is True
 
 
 def test_sdxl_replica_is_a_working_sdxl_folder_for_diffusers(replica):

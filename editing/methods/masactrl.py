@@ -10,7 +10,9 @@ What the authors' classes do (TencentARC/MasaCtrl, ``masactrl/masactrl.py``), he
 hooks:
 
 - ``MutualSelfAttentionControl``: in the transformer blocks ``start_layer`` … last (execution
-  order; 10 of SD's 16: ``up_blocks.2``-``3``) and the steps ``start_step`` … N−1, self-attention
+  order; 10 of SD's 16: ``up_blocks.2``-``3``; on SDXL 44 of 70, the first start layer of the
+  authors' SDXL script, ``up_blocks.0.attentions.1`` on: the ``masactrl`` layer preset,
+  :mod:`probe.attention.presets`) and the steps ``start_step`` … N−1, self-attention
   only, in *each* guidance half: every target query attends to the source's keys and values
   (``softmax(q_tgt k_srcᵀ) v_src``); the source row attends to itself. Runs on the fused kernel.
 - ``MutualSelfAttentionControlMask`` (:class:`ImageMask`): a source mask ``M_s`` and a target
@@ -243,8 +245,9 @@ class MutualSelfAttention(RowEditor):
 
     Args:
         start_step: first step edited (the authors: 4); steps ``start_step`` … N−1.
-        start_layer: first layer edited, execution order (the authors: 10 of 16); every later
-            layer too.
+        start_layer: first layer edited, execution order; every later layer too. Default
+            ``None``: the model family's, the first layer of the ``masactrl`` preset (the
+            authors: 10 of SD's 16; 44 of SDXL's 70 in their SDXL script).
         mask: restrict the mutual attention to regions: :class:`ImageMask`, :class:`WordMask`,
             or ``None`` (plain mutual attention).
 
@@ -253,26 +256,31 @@ class MutualSelfAttention(RowEditor):
     """
 
     def __init__(
-        self, start_step: int = 4, start_layer: int = 10, mask: RegionMask | None = None
+        self, start_step: int = 4, start_layer: int | None = None, mask: RegionMask | None = None
     ) -> None:
         super().__init__(layers=None, steps="all", guidance="both")
         self.start_step = start_step
         self.start_layer = start_layer
+        self.first_layer: int | None = start_layer  # start_layer, or the family's once bound
         self.mask = mask
 
     def __repr__(self) -> str:
+        layer = self.first_layer if self.first_layer is not None else "family default"
         return (
-            f"MutualSelfAttention(start_step={self.start_step}, start_layer={self.start_layer}, "
+            f"MutualSelfAttention(start_step={self.start_step}, start_layer={layer}, "
             f"mask={self.mask!r})"
         )
 
     def bind(self, layers: list[LayerInfo]) -> None:
-        if not 0 <= self.start_layer < len(layers):
+        start = self.start_layer
+        if start is None:
+            start = resolve_layers(layers, "masactrl")[0]
+        if not 0 <= start < len(layers):
             raise ValueError(
-                f"start_layer {self.start_layer} does not exist: "
-                f"this UNet has layers 0-{len(layers) - 1}"
+                f"start_layer {start} does not exist: this UNet has layers 0-{len(layers) - 1}"
             )
-        self.layers = frozenset(range(self.start_layer, len(layers)))
+        self.first_layer = start
+        self.layers = frozenset(range(start, len(layers)))
         if self.mask is not None:
             self.mask.bind(layers)
 
@@ -338,7 +346,7 @@ class MutualSelfAttention(RowEditor):
 
 def masactrl(
     start_step: int = 4,
-    start_layer: int = 10,
+    start_layer: int | None = None,
     mask_word: str | None = None,
     mask_target_word: str | None = None,
     mask_threshold: float = 0.1,

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 RESERVED = frozenset(
     ("layers", "step_fraction", "method", "controllers", "inversion", "seed", "num_steps",
      "guidance_scale", "guidance", "source", "target", "targets", "pipe", "model", "device",
-     "image", "out", "source_branch", "source_branch_prompt", "height", "width")
+     "image", "out", "source_branch", "source_branch_prompt", "height", "width",
+     "micro_conditioning")
 )  # fmt: skip
 
 SOURCE_BRANCHES = ("forced", "free", "direct")
@@ -353,9 +354,11 @@ register(EditMethod(
     options=(
         MethodOption("start_step", integer("start_step"), 4, "first step edited",
                      authors_default="4 (" + MASACTRL_CODE + ")", metavar="N"),
-        MethodOption("start_layer", integer("start_layer"), 10,
-                     "first layer edited (0-based, execution order); every later layer too",
-                     authors_default="10 of 16 (" + MASACTRL_CODE + ")", metavar="N"),
+        MethodOption("start_layer", integer("start_layer"), None,
+                     "first layer edited (0-based, execution order); every later layer too "
+                     "(default: the model's, the first of preset masactrl: 10 on SD, 44 on SDXL)",
+                     authors_default="10 of 16 (" + MASACTRL_CODE + "); 44 of SDXL's 70 (the "
+                     "first of 44, 54, 64 in run_synthesis_sdxl.py)", metavar="N"),
         MethodOption("mask_word", optional_word("mask_word"), None,
                      "mask from this source word's cross-attention: foreground queries read the "
                      "source's foreground, background its background",

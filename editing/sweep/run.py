@@ -32,7 +32,9 @@ from editing.sweep.plots import sweep_tradeoff, sweep_windows
 from editing.sweep.ranges import LayerRange, default_ranges, parse_ranges
 from editing.sweep.table import append_rows, load_table, row_key, summarise_rows
 from probe.attention.layers import resolve_layers, save_layer_table
+from probe.attention.presets import PRESET_NAMES, preset_rule
 from probe.models import defaults_origin, run_layer_table
+from probe.models.vocabulary import check_known_words
 from probe.recording.folders import check_folder_settings
 from probe.recording.store import parse_seeds
 
@@ -129,6 +131,8 @@ def sweep(
     Raises:
         ValueError: an unknown kind, a range that does not fit the UNet, bad seeds, or an
             ``out`` folder holding a sweep with other settings.
+        UnknownWordError: a pair's prompt has a word outside the model's closed vocabulary
+            (the toy's; see :mod:`probe.models.vocabulary`), before ``out`` is written.
 
     Example:
         >>> rows = sweep(pipe, load_edit_pairs("colour_edits"), ["fpe", "all", "none"],
@@ -146,9 +150,11 @@ def sweep(
         if not 0.0 <= float(f) <= 1.0:
             raise ValueError(f"step fraction {f} is not between 0 and 1")
     table = run_layer_table(pipe)  # the edits run at the model's size: their layer table
-    chosen = default_ranges(len(table)) if ranges is None else _as_ranges(ranges, len(table))
+    chosen = _default_ranges(table) if ranges is None else _as_ranges(ranges, len(table))
     resolved = [(r, resolve_layers(table, r.spec)) for r in chosen]
     pair_list = list(pairs)
+    prompts = dict.fromkeys(p for pair in pair_list for p in (pair.source, pair.target))
+    check_known_words(pipe, prompts)  # the toy refuses a word it never learned
     jobs = _plan(pair_list, resolved, kinds, parse_seeds(seeds), fractions, batch_size)
     scorer_name = str(getattr(scorer, "name", "judges"))
     sampling = sampling_settings(pipe, num_steps, guidance_scale)
@@ -180,6 +186,20 @@ def sweep(
     if out is not None:
         write_sweep_summary(rows, Path(out))
     return rows
+
+
+def _default_ranges(table: list[Any]) -> list[LayerRange]:
+    """:func:`default_ranges` without the presets this model's family gives no meaning
+    (SDXL: ``paper``, SD 1.5's "layers 4-14"; :mod:`probe.attention.presets`)."""
+    out = []
+    for r in default_ranges(len(table)):
+        if r.group == "preset" and isinstance(r.spec, str) and r.spec in PRESET_NAMES:
+            try:
+                preset_rule(table, r.spec)
+            except ValueError:
+                continue
+        out.append(r)
+    return out
 
 
 def _as_ranges(ranges: Sequence[LayerRange | str], num_layers: int) -> list[LayerRange]:

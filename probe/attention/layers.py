@@ -2,9 +2,11 @@
 
 A *layer* is one transformer block: a pair of ``Attention`` modules, ``attn1`` (self) and
 ``attn2`` (cross). SD 1.x/2.x UNets have 16: two in each of ``down_blocks.0-2``, one in the
-mid block and three in each of ``up_blocks.1-3``. Layers are numbered 0-based in the order the
-UNet runs them (down → mid → up), by walking the model; the order of ``unet.attn_processors``
-(down, up, mid) is never used.
+mid block and three in each of ``up_blocks.1-3``. SDXL base has 70: its attention blocks hold
+1, 2 or 10 transformer blocks each (``down_blocks.1-2``, the mid block, ``up_blocks.0-1``), and
+each transformer block is a layer (``...attentions.0.transformer_blocks.3``). Layers are
+numbered 0-based in the order the UNet runs them (down → mid → up), by walking the model; the
+order of ``unet.attn_processors`` (down, up, mid) is never used.
 """
 
 from __future__ import annotations
@@ -20,20 +22,18 @@ from diffusers import UNet2DConditionModel
 from torch import nn
 
 from probe.attention.fpe_rule import fpe_rule
+from probe.attention.presets import PRESET_NAMES, from_block, preset_rule, unet_family
 
 Place = Literal["down", "mid", "up"]
 Kind = Literal["self", "cross"]
 LayerSpec = int | str | Path | Sequence[int | str] | None
 
-PRESETS: dict[str, str] = {
-    "all": "all",
-    # the paper's wording, "layers 4-14"
-    "paper": "4-14",
-    # MasaCtrl's default start layer 10 of 16: the decoder's two finest resolutions
-    "masactrl": "10-15",
-}
-"""Presets that name fixed layers. ``fpe`` depends on the model: see
-:func:`probe.attention.fpe_rule.fpe_rule` (SD 1.x/2.x: ``positions<=1024``, the official code's)."""
+PRESETS = PRESET_NAMES
+"""Presets that name fixed layers; what they mean depends on the model family
+(:mod:`probe.attention.presets`: ``masactrl`` is 10-15 of SD's 16 layers and 44-69 of SDXL's
+70; ``paper`` is SD 1.5's only). ``fpe`` is a rule on query positions that carries to every
+model: see :func:`probe.attention.fpe_rule.fpe_rule` (SD 1.x/2.x and SDXL: ``positions<=1024``,
+the official code's)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,10 @@ class LayerInfo:
             ``sample_size``; SD 1.5: 64×64, the toy: 16×16), whatever size the table is at;
             ``None`` in tables read from files written before it was stored. It sets the
             ``fpe`` preset's bound (:func:`fpe_max_positions`).
+        family: the model family, ``"sd"`` (SD 1.x/2.x) or ``"sdxl"``
+            (:func:`probe.attention.presets.unet_family`); it sets what the ``masactrl`` and
+            ``paper`` presets mean. ``None`` in tables read from files written before it was
+            stored (they are SD's).
     """
 
     index: int
@@ -66,6 +70,7 @@ class LayerInfo:
     cross_dim: int
     resolution: tuple[int, int]
     native_latent: tuple[int, int] | None = None
+    family: str | None = None
 
     @property
     def positions(self) -> int:
@@ -88,7 +93,7 @@ class LayerInfo:
         Raises:
             ValueError: a key is missing; the message names it.
         """
-        optional = {"native_latent"}  # tables written before it was stored lack it
+        optional = {"native_latent", "family"}  # tables written before they were stored
         missing = [f.name for f in fields(cls) if f.name not in data and f.name not in optional]
         if missing:
             raise ValueError(
@@ -135,8 +140,10 @@ def one_resolution(
     sizes = {layers[i].resolution for i in chosen}
     if len(sizes) != 1:
         shown = ", ".join(f"{h}x{w}" for h, w in sorted(sizes)) or "no layer"
+        sides = sorted({max(layer.resolution) for layer in layers}, reverse=True)
+        has = ", ".join(f"'res=={side}'" for side in sides)  # SDXL has no 16x16 maps at 1024 px
         raise ValueError(
-            f"{what}={spec!r} gives {shown}: choose layers of one size, e.g. 'res==max/4'"
+            f"{what}={spec!r} gives {shown}: choose layers of one size; this table has {has}"
         )
     return sizes.pop()
 
@@ -241,6 +248,7 @@ def unet_layers(
     native = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     height = latent_height or native[0]
     width = latent_width or height
+    family = unet_family(unet.config)
     layers = []
     for index, (name, place, level, tb) in enumerate(_walk(unet)):
         attn1, attn2 = tb.attn1, getattr(tb, "attn2", None)
@@ -255,6 +263,7 @@ def unet_layers(
                 cross_dim=attn2.to_k.in_features if attn2 is not None else 0,
                 resolution=(_halve(height, level), _halve(width, level)),
                 native_latent=native,
+                family=family,
             )
         )
     return layers
@@ -294,13 +303,15 @@ def resolve_layers(
             pass the table of the run when it generates at another size, since resolution
             rules mean query positions at the latent size generated).
         spec: ``None``/``"all"``; an int; ``"4-14"``; ``"2,5,7"``; a list of any of these; a block
-            name (``"up_blocks.1"`` or ``"up_blocks.1.attentions.0"``); a place (``"down"``,
-            ``"mid"``, ``"up"``); a resolution rule in latent positions per side (``"res<=32"``,
-            ``"res<max"`` = all but the finest resolution); a rule on query positions, height ×
-            width (``"positions<=1024"`` or ``"positions<=32x32"``: maps of at most 32×32
-            positions); a preset (``fpe`` = the
-            official FPE rule, ``"positions<=1024"`` on SD 1.x/2.x, carried to smaller models,
-            see :mod:`probe.attention.fpe_rule`; ``paper``; ``masactrl``; ``all``); ``"none"``; or
+            name (``"up_blocks.1"`` or ``"up_blocks.1.attentions.0"``), or a block name and a
+            dash, that block and every later layer (``"up_blocks.0.attentions.1-"``); a place
+            (``"down"``, ``"mid"``, ``"up"``); a resolution rule in latent positions per side
+            (``"res<=32"``, ``"res<max"`` = all but the finest resolution); a rule on query
+            positions, height × width (``"positions<=1024"`` or ``"positions<=32x32"``: maps of
+            at most 32×32 positions); a preset (``fpe`` = the
+            official FPE rule, ``"positions<=1024"`` on SD 1.x/2.x and SDXL, carried to smaller
+            models, see :mod:`probe.attention.fpe_rule`; ``paper``, SD only; ``masactrl``, per
+            family, see :mod:`probe.attention.presets`; ``all``); ``"none"``; or
             the path of a saved layer-selection JSON file (with a ``"layers"`` key). Rules
             mean the latent size of the table: pass the run's table.
 
@@ -351,7 +362,7 @@ def _resolve_str(layers: list[LayerInfo], spec: str) -> Iterable[int]:
     if low == "none":
         return []
     if low in PRESETS:
-        return _resolve_str(layers, PRESETS[low])
+        return _resolve_str(layers, preset_rule(layers, low))
     if low == "fpe":
         return _resolve_str(layers, fpe_rule(layers))
     if low.isdigit():
@@ -370,6 +381,8 @@ def _resolve_str(layers: list[LayerInfo], spec: str) -> Iterable[int]:
     if m := _POSITIONS.match(low.replace(" ", "")):
         bound = int(m[2]) * int(m[3] or 1)
         return [layer.index for layer in layers if _COMPARE[m[1]](layer.positions, bound)]
+    if spec.endswith("-") and not spec[:-1].strip().isdigit():
+        return from_block(layers, spec[:-1].strip())  # "up_blocks.0.attentions.1-": from it on
     named = [
         layer.index for layer in layers if layer.name == spec or layer.name.startswith(spec + ".")
     ]
@@ -409,12 +422,13 @@ def _from_file(layers: list[LayerInfo], path: Path) -> list[int]:
 
 def format_layer_table(layers: list[LayerInfo]) -> str:
     """A plain-text table of layers, as ``attnprobe layers`` prints it."""
-    head = f"{'idx':>3}  {'place':<5} {'block':<40} {'res':>7} {'heads':>5} {'ch':>5} {'xdim':>5}"
+    n = max([40, *(len(layer.name) for layer in layers)])  # SDXL: ...transformer_blocks.K
+    head = f"{'idx':>3}  {'place':<5} {'block':<{n}} {'res':>7} {'heads':>5} {'ch':>5} {'xdim':>5}"
     rows = [head, "-" * len(head)]
     for layer in layers:
         res = f"{layer.resolution[0]}x{layer.resolution[1]}"
         rows.append(
-            f"{layer.index:>3}  {layer.place:<5} {layer.name:<40} {res:>7} {layer.heads:>5} "
+            f"{layer.index:>3}  {layer.place:<5} {layer.name:<{n}} {res:>7} {layer.heads:>5} "
             f"{layer.channels:>5} {layer.cross_dim:>5}"
         )
     return "\n".join(rows)

@@ -19,7 +19,8 @@ def add_model_arg(parser: argparse.ArgumentParser, device: bool = False) -> None
     parser.add_argument(
         "--model",
         default=None,
-        help="'toy' (default; the embedded model), 'tiny' (random weights) or a diffusers folder",
+        help="'toy' (default; the embedded model), 'tiny' / 'tiny-xl' (random weights, SD / SDXL "
+        "topology) or a diffusers SD 1.x/2.x or SDXL folder",
     )
     if device:
         parser.add_argument(

@@ -1,9 +1,12 @@
-"""Models: the embedded ``toy``, the random ``tiny``, or a diffusers folder on disk.
+"""Models: the embedded ``toy``, the random ``tiny`` and ``tiny-xl``, or a diffusers SD 1.x/2.x
+or SDXL folder on disk; what differs per family is in :mod:`probe.models.family`.
 
-pipe = load_pipeline("toy")              # or "tiny", or "/models/stable-diffusion-v1-5"
+pipe = load_pipeline("toy")              # or "tiny", "tiny-xl", "/models/stable-diffusion-v1-5"
 layers = layer_table("toy")              # the layer table from the config alone
+family_of(pipe).name                     # "sd" or "sdxl"
 """
 
+from probe.models.family import FAMILIES, Conditioning, MicroConditioning, family_of
 from probe.models.loading import (
     TOY_DIR,
     assemble_pipeline,
@@ -18,10 +21,14 @@ from probe.models.loading import (
 )
 
 __all__ = [
+    "FAMILIES",
     "TOY_DIR",
+    "Conditioning",
+    "MicroConditioning",
     "assemble_pipeline",
     "build_tiny_pipeline",
     "defaults_origin",
+    "family_of",
     "generation_defaults",
     "layer_table",
     "load_pipeline",

@@ -1,148 +1,49 @@
-"""Load a Stable Diffusion pipeline: the embedded ``toy`` model, the random ``tiny`` one, or a
-diffusers folder on disk. Nothing here touches the network.
+"""Load a Stable Diffusion pipeline: the embedded ``toy`` model, the random ``tiny`` and
+``tiny-xl`` ones, or a diffusers SD 1.x/2.x or SDXL folder on disk. Nothing here touches the
+network. What differs per model family is in :mod:`probe.models.family`.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
 
 from probe.attention.layers import LayerInfo, unet_layers
-from probe.models.clip_tokenizer import load_clip_tokenizer, write_clip_tokenizer
+from probe.models.family import family_of, family_of_folder
+from probe.models.tiny import BASE_WORDS as BASE_WORDS
+from probe.models.tiny import assemble_pipeline as assemble_pipeline
+from probe.models.tiny import build_tiny_pipeline as build_tiny_pipeline
+from probe.models.tiny import build_tiny_xl_pipeline as build_tiny_xl_pipeline
+from probe.models.tiny import sd_ddim_scheduler as sd_ddim_scheduler
+from probe.models.tiny import tiny_text_encoder as tiny_text_encoder
+from probe.models.tiny import tiny_unet as tiny_unet
+from probe.models.tiny import tiny_vae as tiny_vae
+from probe.models.tiny import tiny_words as tiny_words
+from probe.models.tiny import tiny_xl_unet as tiny_xl_unet
 
 TOY_DIR = Path(__file__).resolve().parents[1] / "toy" / "weights"
 
-BASE_WORDS = [
-    *("a", "an", "the", "of", "and", "with", "in", "on", "at", "standing", "sitting"),
-    *("photo", "picture", "man", "woman", "car", "dog", "cat", "park", "street", "beach"),
-]
-
 HOW_TO_GET_WEIGHTS = (
     "attnprobe never downloads weights. On a machine with internet, save a diffusers Stable "
-    "Diffusion 1.x/2.x folder, e.g. `huggingface-cli download stable-diffusion-v1-5/"
+    "Diffusion 1.x/2.x or SDXL folder, e.g. `huggingface-cli download stable-diffusion-v1-5/"
     "stable-diffusion-v1-5 --local-dir ./sd15` (or `StableDiffusionPipeline.from_pretrained(...)"
-    ".save_pretrained('./sd15')`), copy it here and pass its path; or use the built-in 'toy' or "
-    "'tiny' models."
+    ".save_pretrained('./sd15')`), copy it here and pass its path; or use the built-in 'toy', "
+    "'tiny' or 'tiny-xl' models."
 )
-
-
-def sd_ddim_scheduler() -> DDIMScheduler:
-    """The DDIM schedule of SD 1.x, as the official FPE code sets it up."""
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-
-
-def tiny_unet(cross_attention_dim: int = 32, sample_size: int = 8) -> UNet2DConditionModel:
-    """A randomly initialised UNet with the SD 1.x topology (16 transformer blocks)."""
-    return UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(32, 64, 64, 64),
-        layers_per_block=2,
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=4,  # diffusers' SD 1.x naming: this is the number of heads
-        norm_num_groups=16,
-    )
-
-
-def tiny_vae() -> AutoencoderKL:
-    """A randomly initialised factor-8 AutoencoderKL (4 blocks, 4 latent channels)."""
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 32, 32, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=16,
-        sample_size=64,
-    )
-
-
-def tiny_text_encoder(vocab_size: int, bos: int, eos: int, hidden: int = 32) -> CLIPTextModel:
-    """A randomly initialised 2-layer CLIP text encoder."""
-    config = CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=bos,
-        eos_token_id=eos,
-        pad_token_id=eos,
-    )
-    return CLIPTextModel(config)
-
-
-def tiny_words() -> list[str]:
-    """The tiny/toy vocabulary: a few common words plus every word of ``data_templates/``."""
-    from probe.prompts.templates import template_words
-
-    return sorted(set(BASE_WORDS) | set(template_words()))
-
-
-def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """Build the ``tiny`` pipeline: SD 1.x topology, random weights, deterministic for ``seed``.
-
-    Images are 64×64 px (8×8 latents). The global RNG state is left as it was.
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = load_clip_tokenizer(write_clip_tokenizer(tiny_words(), tmp))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        text_encoder = tiny_text_encoder(
-            len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id
-        )
-        unet = tiny_unet()
-        vae = tiny_vae()
-    pipe = assemble_pipeline(vae, text_encoder, tokenizer, unet)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def assemble_pipeline(
-    vae: Any, text_encoder: Any, tokenizer: Any, unet: Any
-) -> StableDiffusionPipeline:
-    """An SD pipeline of these parts on the SD DDIM schedule, without safety checker."""
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=sd_ddim_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
 
 
 GENERATION_DEFAULTS: dict[str, dict[str, Any]] = {
     # a diffusers SD 1.x/2.x folder: the settings of the official FPE, Prompt-to-Prompt and
     # MasaCtrl code (50 DDIM steps, guidance 7.5), at the UNet's native size
     "sd": {"num_inference_steps": 50, "guidance_scale": 7.5},
-    # a pipeline assembled in memory (the random "tiny"): few steps, for tests
+    # a diffusers SDXL folder: the same (MasaCtrl's SDXL script: DDIM, 50 steps, guidance 7.5;
+    # diffusers' own SDXL call defaults to 5.0), at the UNet's native size (1024 px)
+    "sdxl": {"num_inference_steps": 50, "guidance_scale": 7.5},
+    # a pipeline assembled in memory (the random "tiny", "tiny-xl"): few steps, for tests
     "tiny": {"num_inference_steps": 20, "guidance_scale": 7.5},
 }
 """Sampling defaults per model family. A folder's ``attnprobe.json`` (the toy ships one) wins."""
@@ -153,9 +54,10 @@ def generation_defaults(pipe: StableDiffusionPipeline) -> dict[str, Any]:
 
     Read from ``attnprobe.json`` in the model's folder when there is one (the toy model ships
     its own: 20 steps, guidance 4.0, 64 px), else the family's row of
-    :data:`GENERATION_DEFAULTS` (an SD 1.x/2.x folder: 50 steps, guidance 7.5; ``tiny`` and
-    other pipelines built in memory: 20 steps, guidance 7.5), at the native size (the UNet's
-    ``sample_size`` × the VAE's scale factor: 512 px for SD 1.5, 768 for SD 2.1).
+    :data:`GENERATION_DEFAULTS` (an SD 1.x/2.x or SDXL folder: 50 steps, guidance 7.5; ``tiny``,
+    ``tiny-xl`` and other pipelines built in memory: 20 steps, guidance 7.5), at the native size
+    (the UNet's ``sample_size`` × the VAE's scale factor: 512 px for SD 1.5, 768 for SD 2.1,
+    1024 for SDXL).
 
     Returns:
         ``num_inference_steps``, ``guidance_scale``, ``height``, ``width``: keyword arguments of
@@ -167,7 +69,7 @@ def generation_defaults(pipe: StableDiffusionPipeline) -> dict[str, Any]:
     """
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     folder = getattr(pipe, "name_or_path", None)
-    family = GENERATION_DEFAULTS["sd" if folder else "tiny"]
+    family = GENERATION_DEFAULTS[family_of(pipe).name if folder else "tiny"]
     defaults: dict[str, Any] = {**family, "height": size, "width": size}
     saved = _saved_defaults(Path(folder)) if folder else {}
     defaults.update({k: saved[k] for k in defaults if k in saved})
@@ -179,7 +81,8 @@ def defaults_origin(pipe: StableDiffusionPipeline) -> dict[str, str]:
 
     Returns:
         ``{"family": ..., "source": ...}``: family ``"own"`` (the folder's ``attnprobe.json``,
-        e.g. the toy), ``"sd"`` (an SD 1.x/2.x folder) or ``"tiny"`` (built in memory).
+        e.g. the toy), ``"sd"`` (an SD 1.x/2.x folder), ``"sdxl"`` (an SDXL folder) or
+        ``"tiny"`` (built in memory).
 
     Example:
         >>> defaults_origin(load_pipeline("tiny"))["family"]
@@ -189,7 +92,11 @@ def defaults_origin(pipe: StableDiffusionPipeline) -> dict[str, str]:
     if folder and (Path(folder) / "attnprobe.json").is_file():
         return {"family": "own", "source": str(Path(folder) / "attnprobe.json")}
     if folder:
-        return {"family": "sd", "source": "SD 1.x/2.x folder: GENERATION_DEFAULTS['sd']"}
+        family = family_of(pipe)
+        return {
+            "family": family.name,
+            "source": f"{family.title} folder: GENERATION_DEFAULTS['{family.name}']",
+        }
     return {"family": "tiny", "source": "built in memory: GENERATION_DEFAULTS['tiny']"}
 
 
@@ -206,34 +113,49 @@ def _saved_defaults(folder: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
+BUILT_IN = {"tiny": build_tiny_pipeline, "tiny-xl": build_tiny_xl_pipeline}
+"""The random models built in memory, by name (:mod:`probe.models.tiny`)."""
+
+
 def load_pipeline(
     spec: str | Path = "toy",
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-) -> StableDiffusionPipeline:
+) -> Any:
     """Load a Stable Diffusion pipeline, offline.
 
     Args:
         spec: ``"toy"`` (the embedded trained toy model), ``"tiny"`` (random weights, SD 1.x
-            topology, for tests) or the path of a diffusers SD 1.x/2.x folder.
+            topology, for tests), ``"tiny-xl"`` (random weights, SDXL topology, for tests) or
+            the path of a diffusers SD 1.x/2.x or SDXL folder (told apart by the
+            ``_class_name`` of its model_index.json).
         device: where to put it (default: CPU).
         dtype: weights' dtype (default: float32).
 
     Returns:
-        A ``StableDiffusionPipeline`` with the safety checker off.
+        A ``StableDiffusionPipeline`` (safety checker off) or, for an SDXL folder and
+        ``tiny-xl``, a ``StableDiffusionXLPipeline`` (its invisible watermark off). A model
+        with a closed vocabulary (the toy) refuses prompts with a word it never learned
+        (:mod:`probe.models.vocabulary`); real checkpoints and ``tiny`` take any word.
 
     Raises:
         FileNotFoundError: the spec is neither a built-in model nor a folder on disk, or the
             folder is not a diffusers pipeline.
+        NotImplementedError: a folder of a family attnprobe does not load yet (SD3, Flux).
 
     Example:
         >>> pipe = load_pipeline("tiny")
         >>> image = pipe("a red car", num_inference_steps=5).images[0]
+        >>> type(load_pipeline("~/models/sdxl-base")).__name__
+        'StableDiffusionXLPipeline'
     """
-    tiny = str(spec) == "tiny"
-    pipe = build_tiny_pipeline() if tiny else _load_folder(_resolve_folder(spec))
+    from probe.models.vocabulary import refuse_unknown_words
+
+    built = BUILT_IN.get(str(spec))
+    pipe = built() if built else _load_folder(_resolve_folder(spec))
     if device is not None or dtype is not None:
         pipe = pipe.to(device=device, dtype=dtype)
+    refuse_unknown_words(pipe)  # the toy's closed vocabulary: a word it never learned fails
     return pipe
 
 
@@ -282,8 +204,9 @@ def layer_table(
         >>> resolve_layers(layer_table("~/models/sd15"), "fpe")
         [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
     """
-    if str(spec) == "tiny":
-        unet, scale, saved = tiny_unet(), _vae_scale(tiny_vae().config), {}
+    if str(spec) in BUILT_IN:
+        unet = tiny_unet() if str(spec) == "tiny" else tiny_xl_unet()
+        scale, saved = _vae_scale(tiny_vae().config), {}
     else:
         folder = _resolve_folder(spec)
         config = UNet2DConditionModel.load_config(str(folder / "unet"))
@@ -350,7 +273,8 @@ def _resolve_folder(spec: str | Path) -> Path:
     folder = Path(spec).expanduser()
     if not folder.exists():
         raise FileNotFoundError(
-            f"model {str(spec)!r} is not 'toy', 'tiny' or a folder on disk. {HOW_TO_GET_WEIGHTS}"
+            f"model {str(spec)!r} is not 'toy', 'tiny', 'tiny-xl' or a folder on disk. "
+            f"{HOW_TO_GET_WEIGHTS}"
         )
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(
@@ -360,15 +284,10 @@ def _resolve_folder(spec: str | Path) -> Path:
     return folder
 
 
-def _load_folder(folder: Path) -> StableDiffusionPipeline:
+def _load_folder(folder: Path) -> Any:
     pipeline_class = str(json.loads((folder / "model_index.json").read_text()).get("_class_name"))
-    if pipeline_class.startswith("StableDiffusionXL"):
-        # StableDiffusionPipeline would load it, dropping text_encoder_2, and fail at generation
-        raise NotImplementedError(
-            f"{folder} is an SDXL folder ({pipeline_class} in model_index.json): attnprobe loads "
-            "SD 1.x/2.x folders only so far; SDXL support is issue 14. Use an SD 1.x/2.x folder "
-            "or --model toy."
-        )
+    if family_of_folder(pipeline_class, folder).name == "sdxl":
+        return _load_sdxl_folder(folder)
     # The safety checker is never loaded: safety_checker=None drops it (SD 1.x folders list it,
     # SD 2.x list [null, null]), and requires_safety_checker=False keeps diffusers from warning
     # that it is missing; images come back unfiltered. The feature extractor still loads.
@@ -380,6 +299,18 @@ def _load_folder(folder: Path) -> StableDiffusionPipeline:
         safety_checker=None,
         requires_safety_checker=False,
         dtype=torch.float32,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load_sdxl_folder(folder: Path) -> StableDiffusionXLPipeline:
+    """An SDXL folder (StableDiffusionPipeline would load it without text_encoder_2 and fail
+    at generation). No invisible watermark: it would change every image decoded after the
+    VAE, and attnprobe compares images (recording leaves them unchanged, identity edits); the
+    dtype as for SD folders (SDXL's configs record float16)."""
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        str(folder), local_files_only=True, add_watermarker=False, dtype=torch.float32
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -26,6 +26,7 @@ from probe.attention.controller import AttentionCall, Controller, HookState, Kin
 from probe.attention.hooks import AttentionHooks
 from probe.attention.layers import LayerInfo, LayerSpec, resolve_layers
 from probe.attention.steps import StepSpec, resolve_steps
+from probe.models.vocabulary import check_known_words
 from probe.prompts.words import prompt_tokens
 from probe.recording.maps import AttentionMaps, tensor_name
 from probe.recording.reduce import (
@@ -133,7 +134,9 @@ class AttentionRecorder(Controller):
         self.rows = rows
         self.budget_bytes = budget_bytes
         self.prompts = list(prompts) if prompts is not None else None
-        self.captured: list[tuple[Tensor, Tensor]] = []  # (input_ids, embeddings) of text encoder
+        # (input_ids, [outputs]) of the first text encoder: its last layer, and every hidden
+        # state when the pipeline asks for them (SDXL reads the penultimate one)
+        self.captured: list[tuple[Tensor, list[Tensor]]] = []
         self.plan: RecordingPlan | None = None
         self.open_ended = False  # steps 'all' of a run whose length is unknown (bare UNet)
 
@@ -229,9 +232,14 @@ class AttentionRecorder(Controller):
         return tokens
 
     def _match_tokens(self, tokenizer: Any, embedding: Tensor) -> list[str]:
-        for ids, out in self.captured:
-            for i in range(out.shape[0]):
-                if out[i].shape == embedding.shape and torch.equal(out[i].to(embedding), embedding):
+        """The tokens of the prompt whose embedding row this is. SD's row is the text encoder's
+        output; SDXL's row starts with the first encoder's penultimate hidden state (the second
+        encoder's columns follow, from a tokenizer with the same tokens), so a row matches an
+        output on its leading columns."""
+        for ids, outs in self.captured:
+            for i, row in ((i, out[i]) for out in outs for i in range(out.shape[0])):
+                lead = embedding[..., : row.shape[-1]]
+                if row.shape == lead.shape and torch.equal(row.to(lead), lead):
                     toks = tokenizer.convert_ids_to_tokens(ids[i].tolist())
                     return (
                         toks[: toks.index(tokenizer.eos_token) + 1]
@@ -308,6 +316,9 @@ def record_attention(
     Raises:
         BudgetError: at the first UNet call, before any step, if the maps would not fit.
         ValueError: an unknown layer, step, kind or option.
+        UnknownWordError: a word of ``prompts`` outside a closed vocabulary (the toy's), at
+            once; a prompt the pipeline is called with, from its text encoder (see
+            :mod:`probe.models.vocabulary`).
 
     Example:
         >>> with record_attention(pipe, layers="up", kinds=("cross",)) as maps:
@@ -318,6 +329,8 @@ def record_attention(
     for kind in kinds:
         if kind not in ("cross", "self"):
             raise ValueError(f"kind {kind!r} is neither 'cross' nor 'self'")
+    if prompts is not None:  # without prompts, load_pipeline's text encoder refuses them
+        check_known_words(model, prompts)
     unet = model.unet if hasattr(model, "unet") else model
     own = hooks is None
     hooks = hooks or AttentionHooks(model)
@@ -346,6 +359,8 @@ def _capture_into(recorder: AttentionRecorder) -> Any:
     def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
         ids = args[0] if args else kwargs.get("input_ids")
         if ids is not None:
-            recorder.captured.append((ids.detach().cpu(), output[0].detach()))
+            hidden = getattr(output, "hidden_states", None) or ()
+            outs = [t.detach() for t in (output[0], *hidden)]
+            recorder.captured.append((ids.detach().cpu(), outs))
 
     return hook
