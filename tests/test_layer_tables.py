@@ -19,15 +19,13 @@ from editing.methods.replace import SelfAttentionReplace
 from editing.sweep.run import LAYER_TABLE, sweep
 from editing.sweep.table import FIELDS
 from probe.attention.hooks import AttentionHooks
-from probe.attention.layers import (
-    LayerInfo,
+from probe.attention.layer_files import (
     layers_from_json,
     layers_to_json,
     load_layer_table,
-    resolve_layers,
     save_layer_table,
-    table_at,
 )
+from probe.attention.layers import LayerInfo, resolve_layers, table_at
 from probe.cli.main import main
 from probe.models import layer_table, run_layer_table
 from probe.probing.features import build_features

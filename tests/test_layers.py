@@ -159,7 +159,8 @@ def test_fpe_rule_on_the_toy_is_the_official_rule_carried_to_its_size():
 
 
 def test_fpe_preset_needs_a_table_that_knows_its_model():
-    from probe.attention.layers import LayerInfo, layers_from_json
+    from probe.attention.layer_files import layers_from_json
+    from probe.attention.layers import LayerInfo
 
     old = [{k: v for k, v in row.items() if k != "native_latent"}
            for row in [layer.to_json() for layer in unet_layers(empty_unet("sd15"))]]  # fmt: skip

@@ -57,7 +57,7 @@ def _cmd_select_from_sweep(args: argparse.Namespace) -> int:
     from editing.sweep.run import LAYER_TABLE
     from editing.sweep.select import select_from_sweep
     from editing.sweep.table import read_rows
-    from probe.attention.layers import load_layer_table
+    from probe.attention.layer_files import load_layer_table
     from probe.models import layer_table
 
     folder = Path(args.sweep)

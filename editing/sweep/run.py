@@ -31,7 +31,8 @@ from editing.scoring.toy_metrics import score_edit
 from editing.sweep.plots import sweep_tradeoff, sweep_windows
 from editing.sweep.ranges import LayerRange, default_ranges, parse_ranges
 from editing.sweep.table import append_rows, load_table, row_key, summarise_rows
-from probe.attention.layers import resolve_layers, save_layer_table
+from probe.attention.layer_files import save_layer_table
+from probe.attention.layers import resolve_layers
 from probe.attention.presets import PRESET_NAMES, preset_rule
 from probe.models import defaults_origin, run_layer_table
 from probe.models.vocabulary import check_known_words

@@ -78,7 +78,7 @@ def _layers(data: Any, spec: str) -> list[int] | None:
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    from probe.attention.layers import layers_from_json
+    from probe.attention.layer_files import layers_from_json
     from probe.probing.probes import ProbeResults
     from probe.probing.select import select_layers
 

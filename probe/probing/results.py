@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from probe.attention.layers import LayerInfo, load_layer_table, save_layer_table
+from probe.attention.layer_files import load_layer_table, save_layer_table
+from probe.attention.layers import LayerInfo
 
 
 @dataclass

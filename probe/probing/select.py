@@ -38,13 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from probe.attention.layers import (
-    LayerInfo,
-    LayerSpec,
-    layers_from_json,
-    layers_to_json,
-    resolve_layers,
-)
+from probe.attention.layer_files import layers_from_json, layers_to_json
+from probe.attention.layers import LayerInfo, LayerSpec, resolve_layers
 from probe.attention.steps import fraction_steps
 from probe.probing.probes import ProbeResults
 

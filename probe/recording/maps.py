@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from safetensors.torch import load, load_file, save, save_file
 from torch import Tensor
 
-from probe.attention.layers import LayerInfo, layers_from_json, layers_to_json, table_at
+from probe.attention.layer_files import layers_from_json, layers_to_json
+from probe.attention.layers import LayerInfo, table_at
 from probe.prompts.words import find_word
 
 
