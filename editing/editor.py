@@ -16,12 +16,15 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from editing.dit_sampling import decode_flow, denoise_flow, flow_noise, flow_scheduler_settings
 from editing.inversion import Inversion
+from editing.methods.joint_fpe import for_joint_attention
 from editing.methods.registry import SOURCE_BRANCHES, SOURCE_PROMPTS, get_method
 from editing.sampling import decode, denoise, encode_prompts
 from editing.scheduler import editing_scheduler, editing_scheduler_settings
 from probe.attention.batch import BatchLayout
 from probe.attention.controller import Controller
+from probe.attention.dit_layers import denoiser_of, is_dit, is_flux
 from probe.attention.layers import LayerSpec
 from probe.models import defaults_origin, generation_defaults
 from probe.models.family import Conditioning, MicroConditioning
@@ -158,7 +161,16 @@ def edit(
     num_steps = num_steps or defaults["num_inference_steps"]
     guidance_scale = guidance_scale if guidance_scale is not None else defaults["guidance_scale"]
     chosen, method_settings = _controllers(method, layers, step_fraction, controllers, options)
-    guided = guidance_scale > 1.0
+    dit = is_dit(denoiser_of(pipe))  # SD3, Flux: joint attention, flow-match (dit_sampling.py)
+    if dit:
+        chosen = for_joint_attention(chosen, method_settings["method"])
+        if inversion is not None:
+            raise NotImplementedError(
+                "real-image editing (inversion) is not built for SD3 and Flux yet: edit a "
+                "generated image"
+            )
+    # FLUX.1 is guidance-distilled: its guidance is a transformer input, no unconditional half
+    guided = guidance_scale > 1.0 and not is_flux(denoiser_of(pipe))
     branch, branch_prompt = _source_branch(
         method_settings["method"], inversion, source_branch, source_branch_prompt, source
     )
@@ -168,13 +180,17 @@ def edit(
     size = _edit_size(pipe, defaults, inversion)
     embeddings = encode_prompts(pipe, prompts, guided, size, micro_conditioning)
     layout = BatchLayout.for_edit(len(targets), guided)
-    if inversion is None:
+    if dit:
+        latent_hw = (size[0] // pipe.vae_scale_factor, size[1] // pipe.vae_scale_factor)
+        latents = flow_noise(pipe, seed, latent_hw, len(prompts))
+        final = denoise_flow(pipe, embeddings, latents, layout, chosen, num_steps, guidance_scale)
+    elif inversion is None:
         latents = _shared_noise(pipe, defaults, seed, len(prompts))
         final = denoise(pipe, embeddings, latents, layout, chosen, num_steps, guidance_scale)
     else:
         final = _edit_inverted(pipe, inversion, embeddings, layout, chosen, guidance_scale, branch)
         num_steps = inversion.num_steps
-    images = decode(pipe, final)
+    images = (decode_flow if dit else decode)(pipe, final)
     settings = {
         "source": source,
         "targets": list(targets),
@@ -187,7 +203,7 @@ def edit(
         "micro_conditioning": None if micro_conditioning is None else asdict(micro_conditioning),
         "height": int(final.shape[-2]) * pipe.vae_scale_factor,
         "width": int(final.shape[-1]) * pipe.vae_scale_factor,
-        "scheduler": editing_scheduler_settings(pipe),
+        "scheduler": flow_scheduler_settings(pipe) if dit else editing_scheduler_settings(pipe),
         "defaults": defaults_origin(pipe),
     }
     return EditResult(images[0], images[1:], settings, final)

@@ -129,12 +129,21 @@ def ddim_invert(
         height, width: the image's size in pixels (default: the model's); the edit then runs
             at this size.
 
+    Raises:
+        NotImplementedError: an SD3 pipeline (no flow inversion yet).
+
     Example:
         >>> inv = ddim_invert(pipe, "car.png")
         >>> edit(pipe, "a red car", ["a blue car"], inversion=inv)
     """
     from editing.sampling import encode_prompts
+    from probe.attention.dit_layers import denoiser_of, is_dit
 
+    if is_dit(denoiser_of(pipe)):
+        raise NotImplementedError(
+            "DDIM inversion needs a UNet; SD3 is a flow model and attnprobe has no flow inversion "
+            "yet: edit a generated image (edit(pipe, source, targets))"
+        )
     defaults = generation_defaults(pipe)
     num_steps = num_steps or defaults["num_inference_steps"]
     size = (height or defaults["height"], width or defaults["width"])

@@ -78,11 +78,10 @@ def test_sdxl_replica_loads_as_sdxl_with_its_scheduler(xl_replica):
     }  # fmt: skip
 
 
-def test_an_sd3_folder_is_refused_naming_what_loads(tmp_path):
-    (tmp_path / "model_index.json").write_text(
-        json.dumps({"_class_name": "StableDiffusion3Pipeline"})
-    )
-    with pytest.raises(NotImplementedError, match="loads SD 1.x/2.x and SDXL folders so far"):
+def test_a_pixart_folder_is_refused_naming_what_loads(tmp_path):
+    # SD3 and Flux folders load since issue 15 (tests/test_sd3.py, tests/test_flux.py)
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "PixArtAlphaPipeline"}))
+    with pytest.raises(NotImplementedError, match="loads SD 1.x/2.x, SDXL, SD3 and Flux"):
         load_pipeline(tmp_path)
 
 

@@ -27,6 +27,8 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
+from probe.attention.dit_layers import denoiser_of
+
 Driver = Literal["loop", "scheduler", "timestep"]
 
 _MISSING = object()
@@ -162,8 +164,7 @@ def denoising_steps(model: Any, timesteps: Sequence[Any]) -> Iterator[tuple[int,
         ...     noise = pipe.unet(latents, t, encoder_hidden_states=emb).sample
         ...     latents = scheduler.step(noise, t, latents).prev_sample
     """
-    unet = getattr(model, "unet", model)
-    hooks = getattr(unet, "_attnprobe_hooks", None)
+    hooks = getattr(denoiser_of(model), "_attnprobe_hooks", None)  # on the UNet or transformer
     if hooks is not None:
         hooks.restart()
         hooks.clock.reset("loop", len(timesteps))

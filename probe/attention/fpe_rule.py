@@ -66,7 +66,8 @@ def fpe_max_positions(native_latent: tuple[int, int], finest_level: int = 0) -> 
 
 
 def fpe_rule(layers: Sequence[_Layer]) -> str:
-    """The rule the ``fpe`` preset stands for on this table's model: ``"positions<=N"``.
+    """The rule the ``fpe`` preset stands for on this table's model: ``"positions<=N"``
+    (``"all"`` on SD3 and Flux, whose joint blocks all have one query size).
 
     Raises:
         ValueError: the table does not know its model's native latent size (it was read from a
@@ -76,6 +77,10 @@ def fpe_rule(layers: Sequence[_Layer]) -> str:
         >>> fpe_rule(layer_table("toy")), fpe_rule(layer_table("~/models/sd15"))
         ('positions<=64', 'positions<=1024')
     """
+    if layers and getattr(layers[0], "family", None) in ("sd3", "flux"):
+        # every joint block sees the same query map: a bound on positions picks all or none.
+        # No FPE exists for DiTs; attnprobe's reading is every block (docs/joint_attention.md)
+        return "all"
     latent = layers[0].native_latent if layers else None
     if latent is None or any(layer.native_latent != latent for layer in layers):
         raise ValueError(

@@ -15,12 +15,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from diffusers import UNet2DConditionModel
 from torch import Tensor
 
 from probe.attention.batch import BatchLayout
 from probe.attention.clock import SchedulerWatch, StepClock
 from probe.attention.controller import AttentionCall, Controller, Kind
+from probe.attention.dit_layers import (
+    JOINT_KINDS,
+    denoiser_of,
+    dit_layers,
+    is_dit,
+    is_flux,
+    joint_modules,
+    native_latent,
+)
+from probe.attention.flux_joint import HookedFluxAttnProcessor
+from probe.attention.joint import HookedJointAttnProcessor
 from probe.attention.layers import (
     LayerInfo,
     attention_modules,
@@ -36,6 +46,8 @@ STANDARD_PROCESSORS = {
     "XFormersAttnProcessor",
     "SlicedAttnProcessor",
     "AttnProcessorNPU",
+    "JointAttnProcessor2_0",  # SD3's joint attention
+    "FluxAttnProcessor",  # Flux's double- and single-stream attention
 }
 
 
@@ -43,7 +55,9 @@ class AttentionHooks:
     """Install attnprobe's attention processor on a UNet for the span of a ``with`` block.
 
     Args:
-        model: a diffusers pipeline (batch roles are then read from it) or a bare UNet.
+        model: a diffusers pipeline (batch roles are then read from it) or a bare UNet; an
+            SD3 or Flux pipeline or transformer too (one joint processor per block,
+            :mod:`probe.attention.joint`, :mod:`probe.attention.flux_joint`).
         controllers: recorders and editors to consult; more can be added with :meth:`add`.
         layout: explicit batch roles; by default derived at each UNet call from the pipeline's
             guidance setting (unconditional rows first), or all-conditional for a bare UNet.
@@ -81,15 +95,16 @@ class AttentionHooks:
         replace_foreign: bool = False,
         latent_hw: tuple[int, int] | None = None,
     ) -> None:
-        self.pipe = None if isinstance(model, UNet2DConditionModel) else model
-        self.unet: UNet2DConditionModel = model if self.pipe is None else model.unet
+        self.unet: Any = denoiser_of(model)  # the UNet, or a DiT's transformer
+        self.pipe = None if self.unet is model else model
+        self.dit = is_dit(self.unet)
         self.controllers: list[Controller] = list(controllers)
         self.layout = layout
         self.replace_foreign = replace_foreign
-        size = self.unet.config.sample_size
-        default = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        self.latent_hw: tuple[int, int] = latent_hw or default
-        self.layers: list[LayerInfo] = unet_layers(self.unet, *self.latent_hw)
+        self.flux = is_flux(self.unet)
+        self.latent_hw: tuple[int, int] = latent_hw or native_latent(self.unet)
+        table = dit_layers if self.dit else unet_layers
+        self.layers: list[LayerInfo] = table(self.unet, *self.latent_hw)
         self.clock = StepClock()
         self._watch = SchedulerWatch(lambda: self.clock.end_step("scheduler"), self.restart)
         self.batch_layout: BatchLayout | None = None
@@ -138,6 +153,14 @@ class AttentionHooks:
         self._restore()
 
     def _install(self, saved: dict[str, Any]) -> None:
+        if self.dit:  # SD3.5's dual-attention attn2 modules keep their own processors
+            cls = HookedFluxAttnProcessor if self.flux else HookedJointAttnProcessor
+            joint = {
+                name: cls(self, self.layers[index], "self", saved[name])
+                for name, index in joint_modules(self.unet).items()
+            }
+            self.unet.set_attn_processor({**saved, **joint})
+            return
         modules = attention_modules(self.unet)
         missing = set(saved) - set(modules)
         if missing:
@@ -167,13 +190,16 @@ class AttentionHooks:
     def _check_foreign(self, controllers: Iterable[Controller]) -> None:
         if self.replace_foreign or self._saved is None:
             return
-        modules = attention_modules(self.unet)
+        modules = self._module_kinds()
         for name, proc in self._saved.items():
             if type(proc).__name__ in STANDARD_PROCESSORS or isinstance(proc, HookedAttnProcessor):
                 continue
-            index, kind = modules[name]
+            if name not in modules:
+                continue  # not hooked (SD3.5's attn2): it keeps running its own processor
+            index, kinds = modules[name]
             for c in controllers:
-                if c.claims(self.layers[index], kind):
+                kind = next((k for k in kinds if c.claims(self.layers[index], k)), None)
+                if kind is not None:
                     raise RuntimeError(
                         f"layer {index} ({kind}) runs a processor installed by someone else "
                         f"({type(proc).__name__}) and {type(c).__name__} needs it: remove that "
@@ -181,19 +207,23 @@ class AttentionHooks:
                         "replace_foreign=True"
                     )
 
+    def _module_kinds(self) -> dict[str, tuple[int, tuple[Kind, ...]]]:
+        """Processor name → (layer index, the kinds it computes)."""
+        if self.dit:
+            return {n: (i, JOINT_KINDS) for n, i in joint_modules(self.unet).items()}
+        return {n: (i, (kind,)) for n, (i, kind) in attention_modules(self.unet).items()}
+
     # -- per call ----------------------------------------------------------------------------
     def _pre_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
-        sample = args[0] if args else kwargs["sample"]
-        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        sample, t, context = _forward_inputs(self.dit, args, kwargs)
+        latent = _flux_latent(kwargs) if self.flux else (sample.shape[-2], sample.shape[-1])
         timestep = float(t.flatten()[0]) if isinstance(t, Tensor) else float(t)
         self._watch.attach(getattr(self.pipe, "scheduler", None))  # also a swapped-in one
         if self.clock.starts_new_run(timestep):
             self.restart()  # the run's first timestep again: a new generation
         self.clock.tick(timestep)
-        self.encoder_hidden_states = (
-            args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
-        )
-        self._set_latent((int(sample.shape[-2]), int(sample.shape[-1])))
+        self.encoder_hidden_states = context
+        self._set_latent((int(latent[0]), int(latent[1])))
         self.batch_layout = self._layout_for(int(sample.shape[0]))
         first, self._first_call = self._first_call, False
         for c in self.controllers:
@@ -257,6 +287,29 @@ class AttentionHooks:
             query_hw=(h, w),
             keys=keys,
         )
+
+
+def _forward_inputs(dit: bool, args: tuple, kwargs: dict) -> tuple[Tensor, Any, Tensor | None]:
+    """(sample, timestep, text embeddings) of a UNet call ``unet(sample, timestep,
+    encoder_hidden_states)`` or an SD3 or Flux transformer call ``transformer(hidden_states,
+    encoder_hidden_states, pooled_projections, timestep)``."""
+    if dit:
+        sample = args[0] if args else kwargs["hidden_states"]
+        context = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
+        return sample, args[3] if len(args) > 3 else kwargs["timestep"], context
+    sample = args[0] if args else kwargs["sample"]
+    t = args[1] if len(args) > 1 else kwargs["timestep"]
+    return sample, t, args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
+
+
+def _flux_latent(kwargs: dict) -> tuple[int, int]:
+    """The VAE latent (height, width) of a Flux call: its packed tokens carry no grid, their
+    ``img_ids`` do (``(0, row, col)`` per 2×2-packed token)."""
+    ids = kwargs.get("img_ids")
+    if ids is None:
+        raise RuntimeError("a Flux transformer call without img_ids: call it as FluxPipeline does")
+    ids = ids[0] if ids.ndim == 3 else ids
+    return 2 * (int(ids[:, 1].max()) + 1), 2 * (int(ids[:, 2].max()) + 1)
 
 
 def _pipe_guidance(pipe: Any) -> bool:

@@ -24,8 +24,8 @@ from torch import nn
 from probe.attention.fpe_rule import fpe_rule
 from probe.attention.presets import PRESET_NAMES, from_block, preset_rule, unet_family
 
-Place = Literal["down", "mid", "up"]
-Kind = Literal["self", "cross"]
+Place = Literal["down", "mid", "up", "joint", "single"]  # a DiT's blocks (dit_layers.py)
+Kind = Literal["self", "cross", "text_image", "text_text"]  # the last two: DiT joint maps only
 LayerSpec = int | str | Path | Sequence[int | str] | None
 
 PRESETS = PRESET_NAMES
@@ -44,7 +44,8 @@ class LayerInfo:
         index: 0-based position in execution order (down → mid → up).
         name: the module path of its transformer block, e.g. ``up_blocks.1.attentions.0``
             (``...transformer_blocks.K`` is appended when a block holds several).
-        place: ``"down"``, ``"mid"`` or ``"up"``.
+        place: ``"down"``, ``"mid"`` or ``"up"``; ``"joint"`` for a DiT's joint block,
+            ``"single"`` for Flux's single-stream ones (:mod:`probe.attention.dit_layers`).
         level: how many times the latent was halved before this layer (0 = finest).
         heads: attention heads.
         channels: query channels.
@@ -55,7 +56,7 @@ class LayerInfo:
             ``sample_size``; SD 1.5: 64×64, the toy: 16×16), whatever size the table is at;
             ``None`` in tables read from files written before it was stored. It sets the
             ``fpe`` preset's bound (:func:`fpe_max_positions`).
-        family: the model family, ``"sd"`` (SD 1.x/2.x) or ``"sdxl"``
+        family: the model family, ``"sd"`` (SD 1.x/2.x), ``"sdxl"``, ``"sd3"`` or ``"flux"``
             (:func:`probe.attention.presets.unet_family`); it sets what the ``masactrl`` and
             ``paper`` presets mean. ``None`` in tables read from files written before it was
             stored (they are SD's).
@@ -340,7 +341,7 @@ def _resolve_str(layers: list[LayerInfo], spec: str) -> Iterable[int]:
         if lo > hi:
             raise ValueError(f"layer range {spec!r} is empty: write it low-high, e.g. '4-14'")
         return [i for k in range(lo, hi + 1) for i in _resolve(layers, k)]
-    if low in ("down", "mid", "up"):
+    if low in ("down", "mid", "up", "joint", "single"):
         return [layer.index for layer in layers if layer.place == low]
     if m := _RES.match(low.replace(" ", "")):
         return _by_resolution(layers, m[1], m[2], int(m[3] or 1))

@@ -25,12 +25,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-SD, SDXL = "sd", "sdxl"
+SD, SDXL, SD3, FLUX = "sd", "sdxl", "sd3", "flux"
 
 FAMILY_PRESETS: dict[str, dict[str, str | None]] = {
     SD: {"all": "all", "paper": "4-14", "masactrl": "10-15"},
     # None: no published meaning on this family (refused with a message naming the way out)
     SDXL: {"all": "all", "paper": None, "masactrl": "up_blocks.0.attentions.1-"},
+    # SD3's joint blocks: neither paper nor MasaCtrl published a setting for them
+    SD3: {"all": "all", "paper": None, "masactrl": None},
+    FLUX: {"all": "all", "paper": None, "masactrl": None},
 }
 """Preset name → layer spec, per family. ``"<block>-"`` means that block and every later layer."""
 
@@ -49,12 +52,18 @@ class _Layer(Protocol):
 
 def unet_family(config: Any) -> str:
     """The family of a UNet from its config: ``"sdxl"`` when it takes SDXL's added conditioning
-    (``addition_embed_type == "text_time"``: pooled text embedding and time ids), else ``"sd"``.
+    (``addition_embed_type == "text_time"``: pooled text embedding and time ids), ``"sd3"``
+    for a joint-attention transformer (its config has ``joint_attention_dim``), ``"flux"`` when it
+    also has single-stream blocks (``num_single_layers``), else ``"sd"``.
 
     Example:
         >>> unet_family(load_pipeline("tiny-xl").unet.config), unet_family(tiny_pipe.unet.config)
         ('sdxl', 'sd')
     """
+    if config.get("num_single_layers") is not None:
+        return FLUX
+    if config.get("joint_attention_dim") is not None:
+        return SD3
     return SDXL if config.get("addition_embed_type") == "text_time" else SD
 
 
@@ -82,6 +91,13 @@ def preset_rule(layers: Sequence[_Layer], preset: str) -> str:
     """
     family = table_family(layers)
     rule = FAMILY_PRESETS.get(family, FAMILY_PRESETS[SD]).get(preset)
+    if rule is None and family in (SD3, FLUX):
+        raise ValueError(
+            f"layer preset {preset!r} was published for UNets and has no meaning on this "
+            f"{family.upper()} transformer of {len(layers)} joint blocks: use 'all', a range "
+            "such as '0-11', 'fpe' (attnprobe's DiT reading: every block) or a selection from "
+            "`attnprobe select`"
+        )
     if rule is None:
         raise ValueError(
             f"layer preset {preset!r} is the FPE paper's 'layers 4-14' of SD 1.5's 16 layers and "

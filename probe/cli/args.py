@@ -19,8 +19,9 @@ def add_model_arg(parser: argparse.ArgumentParser, device: bool = False) -> None
     parser.add_argument(
         "--model",
         default=None,
-        help="'toy' (default; the embedded model), 'tiny' / 'tiny-xl' (random weights, SD / SDXL "
-        "topology) or a diffusers SD 1.x/2.x or SDXL folder",
+        help="'toy' (default; the embedded model), 'tiny' / 'tiny-xl' / 'tiny-sd3' / 'tiny-flux' "
+        "(random weights, SD / SDXL / SD3 / Flux topology) or a diffusers SD 1.x/2.x, SDXL, SD3 "
+        "or Flux folder",
     )
     if device:
         parser.add_argument(

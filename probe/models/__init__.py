@@ -1,9 +1,10 @@
-"""Models: the embedded ``toy``, the random ``tiny`` and ``tiny-xl``, or a diffusers SD 1.x/2.x
-or SDXL folder on disk; what differs per family is in :mod:`probe.models.family`.
+"""Models: the embedded ``toy``, the random ``tiny``, ``tiny-xl``, ``tiny-sd3`` and ``tiny-flux``,
+or a diffusers SD 1.x/2.x, SDXL, SD3 or Flux folder on disk; what differs per family is in
+:mod:`probe.models.family`.
 
 pipe = load_pipeline("toy")              # or "tiny", "tiny-xl", "/models/stable-diffusion-v1-5"
 layers = layer_table("toy")              # the layer table from the config alone
-family_of(pipe).name                     # "sd" or "sdxl"
+family_of(pipe).name                     # "sd", "sdxl", "sd3" or "flux"
 """
 
 from probe.models.family import FAMILIES, Conditioning, MicroConditioning, family_of

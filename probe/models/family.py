@@ -26,9 +26,26 @@ layer presets                 ``paper`` 4-14, ``masactrl`` 10-15 ``masactrl`` 44
                                                                  presets`)
 ============================  =================================  ==================================
 
-The family of a UNet is read from its config (:func:`probe.attention.presets.unet_family`), so a
-pipeline, a bare UNet and a layer table built on the meta device agree. SD3 and Flux (DiT
-transformers) are the next families; a folder of theirs is refused by :func:`family_of_folder`.
+``sd3`` (``StableDiffusion3Pipeline``): the denoiser is ``pipe.transformer``
+(``SD3Transformer2DModel``), a layer is one joint block (:mod:`probe.attention.dit_layers`), its
+one softmax over [image; text] tokens splits into four kinds (:mod:`probe.attention.joint`); the
+text side is CLIP-L and CLIP-G penultimate states concatenated (768+1280, zero-padded to T5's
+4096) over 77 tokens, followed by T5's ``max_sequence_length`` (256) tokens, zeros when the
+folder has no T5; words are looked up with the CLIP tokenizer (``pipe.tokenizer``), so they name
+columns 0-76 of the text part; every row also needs ``pooled_projections`` (the two CLIP pooled
+embeddings, 768+1280); unconditional rows are the empty prompt's; a step is one iteration of the
+flow-match Euler loop. Presets: ``fpe`` = every block, ``paper`` and ``masactrl`` refused.
+
+``flux`` (``FluxPipeline``): ``pipe.transformer`` (``FluxTransformer2DModel``), 19 double- and
+38 single-stream blocks on FLUX.1 (:mod:`probe.attention.flux_joint`); the joint text is T5's 512
+tokens, so words are looked up with T5's tokenizer (``pipe.tokenizer_2``); every row needs
+``pooled_projections`` (CLIP's pooled output); guidance-distilled: no unconditional rows, the
+guidance scale is a transformer input.
+
+The family of a UNet or transformer is read from its config
+(:func:`probe.attention.presets.unet_family`), so a pipeline, a bare denoiser and a layer table
+built on the meta device agree. Other transformer families (PixArt, Sana, Flux's Kontext / Fill /
+Control pipelines, ...) are refused by :func:`family_of_folder`.
 """
 
 from __future__ import annotations
@@ -40,7 +57,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from probe.attention.presets import SD, SDXL, unet_family
+from probe.attention.dit_layers import denoiser_of
+from probe.attention.presets import FLUX, SD, SD3, SDXL, unet_family
 
 
 @dataclass(frozen=True)
@@ -98,6 +116,11 @@ class Conditioning:
             kwargs["added_cond_kwargs"] = dict(self.added)
         return kwargs
 
+    def transformer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of an SD3 ``transformer(hidden_states=..., timestep=..., **kwargs)``:
+        the joint text tokens and ``pooled_projections``."""
+        return {"encoder_hidden_states": self.embeddings, **self.added}
+
     @staticmethod
     def cat(parts: Sequence[Conditioning]) -> Conditioning:
         """Rows of several conditionings, in order."""
@@ -116,13 +139,16 @@ class ModelFamily:
     """One model family: what only it knows (see the module's table).
 
     Attributes:
-        name: ``"sd"`` or ``"sdxl"`` (also ``LayerInfo.family``).
+        name: ``"sd"``, ``"sdxl"`` or ``"sd3"`` (also ``LayerInfo.family``).
         title: for messages.
         pipeline_class: the diffusers pipeline class that loads its folders.
         text_encoders: the pipeline's text encoder attributes, in the order their hidden states
             are concatenated.
         added_conditioning: the keys of ``added_cond_kwargs`` every UNet row needs.
         encode: prompts → :class:`Conditioning` (see :func:`encode_conditioning`).
+        words: the pipeline attributes of the tokenizer and text encoder whose tokens the
+            attention's text keys are, for word look-up: CLIP's (``tokenizer``,
+            ``text_encoder``) everywhere but Flux, whose joint text is T5's.
     """
 
     name: str
@@ -131,6 +157,7 @@ class ModelFamily:
     text_encoders: tuple[str, ...]
     added_conditioning: tuple[str, ...]
     encode: Encoder
+    words: tuple[str, str] = ("tokenizer", "text_encoder")
 
 
 def _encode_sd(
@@ -156,6 +183,35 @@ def _encode_sdxl(
     return Conditioning(embeddings, {"text_embeds": text_embeds, "time_ids": ids.repeat(rows, 1)})
 
 
+def _encode_sd3(
+    pipe: Any, prompts: Sequence[str], guidance: bool, size: tuple[int, int],
+    micro: MicroConditioning,
+) -> Conditioning:  # fmt: skip
+    cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
+        prompt=list(prompts), prompt_2=None, prompt_3=None, device=pipe.device,
+        num_images_per_prompt=1, do_classifier_free_guidance=guidance,
+    )  # fmt: skip
+    embeddings = torch.cat([uncond, cond]) if guidance else cond
+    pooled_rows = torch.cat([uncond_pooled, pooled]) if guidance else pooled
+    return Conditioning(embeddings, {"pooled_projections": pooled_rows})
+
+
+def _encode_flux(
+    pipe: Any, prompts: Sequence[str], guidance: bool, size: tuple[int, int],
+    micro: MicroConditioning,
+) -> Conditioning:  # fmt: skip
+    if guidance:
+        raise ValueError(
+            "FLUX.1 is guidance-distilled: its guidance_scale is an input of the transformer, not "
+            "a second, unconditional batch half; encode with guidance=False"
+        )
+    embeds, pooled, _ = pipe.encode_prompt(
+        prompt=list(prompts), prompt_2=None, device=pipe.device, num_images_per_prompt=1,
+        max_sequence_length=FLUX_T5_TOKENS,
+    )  # fmt: skip
+    return Conditioning(embeds, {"pooled_projections": pooled})
+
+
 FAMILIES: dict[str, ModelFamily] = {
     SD: ModelFamily(
         SD, "SD 1.x/2.x", "StableDiffusionPipeline", ("text_encoder",), (), _encode_sd
@@ -164,10 +220,27 @@ FAMILIES: dict[str, ModelFamily] = {
         SDXL, "SDXL", "StableDiffusionXLPipeline", ("text_encoder", "text_encoder_2"),
         ("text_embeds", "time_ids"), _encode_sdxl,
     ),
+    SD3: ModelFamily(
+        SD3, "SD3", "StableDiffusion3Pipeline",
+        ("text_encoder", "text_encoder_2", "text_encoder_3"), ("pooled_projections",),
+        _encode_sd3,
+    ),
+    FLUX: ModelFamily(
+        FLUX, "Flux", "FluxPipeline", ("text_encoder", "text_encoder_2"),
+        ("pooled_projections",), _encode_flux, words=("tokenizer_2", "text_encoder_2"),
+    ),
 }  # fmt: skip
 
-NEXT_FAMILIES = ("StableDiffusion3", "Flux")
-"""Pipeline class prefixes of families attnprobe does not load yet (DiT transformers)."""
+SD3_T5_TOKENS = 256
+"""T5 tokens of SD3's joint text sequence: diffusers' ``max_sequence_length`` default (zeros
+when the folder has no T5); they follow the 77 CLIP tokens."""
+
+FLUX_T5_TOKENS = 512
+"""T5 tokens of Flux's joint text sequence: ``FluxPipeline``'s ``max_sequence_length`` default."""
+
+NEXT_FAMILIES = ("Flux", "PixArt", "Sana", "HunyuanDiT", "AuraFlow", "Lumina", "CogView")
+"""Pipeline class prefixes of transformer families attnprobe does not load (yet); of Flux's,
+only ``FluxPipeline`` folders load (Kontext, Fill, Control variants take other inputs)."""
 
 
 def family_of(pipe: Any) -> ModelFamily:
@@ -177,25 +250,31 @@ def family_of(pipe: Any) -> ModelFamily:
         >>> family_of(load_pipeline("tiny-xl")).name
         'sdxl'
     """
-    unet = getattr(pipe, "unet", pipe)
-    return FAMILIES[unet_family(unet.config)]
+    return FAMILIES[unet_family(denoiser_of(pipe).config)]
 
 
 def family_of_folder(pipeline_class: str, folder: Any = None) -> ModelFamily:
     """The family of a diffusers folder from its model_index.json ``_class_name``.
 
-    ``StableDiffusionXL*`` is SDXL (loaded as ``StableDiffusionXLPipeline``); any other class is
-    loaded as SD 1.x/2.x, as before families existed.
+    ``StableDiffusionXL*`` is SDXL (loaded as ``StableDiffusionXLPipeline``), ``StableDiffusion3*``
+    SD3 (``StableDiffusion3Pipeline``), ``FluxPipeline`` Flux; any other class is loaded as SD
+    1.x/2.x, as before families existed.
 
     Raises:
-        NotImplementedError: an SD3 or Flux folder (the message says what to use instead).
+        NotImplementedError: a transformer family attnprobe does not load (:data:`NEXT_FAMILIES`;
+            the message says what to use instead).
     """
     if pipeline_class.startswith("StableDiffusionXL"):
         return FAMILIES[SDXL]
+    if pipeline_class.startswith("StableDiffusion3"):
+        return FAMILIES[SD3]
+    if pipeline_class == "FluxPipeline":
+        return FAMILIES[FLUX]
     if pipeline_class.startswith(NEXT_FAMILIES):
         raise NotImplementedError(
             f"{folder or 'this folder'} is a {pipeline_class} folder (model_index.json): "
-            "attnprobe loads SD 1.x/2.x and SDXL folders so far; use one of those, or --model toy"
+            "attnprobe loads SD 1.x/2.x, SDXL, SD3 and Flux (FluxPipeline) folders so far; use "
+            "one of those, or --model toy"
         )
     return FAMILIES[SD]
 
@@ -210,7 +289,7 @@ def encode_conditioning(
     """Encode prompts into what the UNet's rows need, unconditional rows first under guidance.
 
     Args:
-        pipe: an SD 1.x/2.x or SDXL pipeline.
+        pipe: an SD 1.x/2.x, SDXL or SD3 pipeline.
         prompts: one prompt per sample.
         guidance: add the unconditional rows (the empty prompt; SDXL folders with
             ``force_zeros_for_empty_prompt``: zeros, as diffusers' pipeline does).

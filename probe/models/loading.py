@@ -1,6 +1,7 @@
-"""Load a Stable Diffusion pipeline: the embedded ``toy`` model, the random ``tiny`` and
-``tiny-xl`` ones, or a diffusers SD 1.x/2.x or SDXL folder on disk. Nothing here touches the
-network. What differs per model family is in :mod:`probe.models.family`.
+"""Load a Stable Diffusion pipeline: the embedded ``toy`` model, the random ``tiny``,
+``tiny-xl``, ``tiny-sd3`` and ``tiny-flux`` ones, or a diffusers SD 1.x/2.x, SDXL, SD3 or Flux
+folder on disk.
+Nothing here touches the network. What differs per model family is in :mod:`probe.models.family`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import (
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 
+from probe.attention.dit_layers import denoiser_of, dit_layers, is_dit, native_latent
 from probe.attention.layers import LayerInfo, unet_layers
 from probe.models.family import family_of, family_of_folder
 from probe.models.tiny import BASE_WORDS as BASE_WORDS
@@ -24,15 +34,22 @@ from probe.models.tiny import tiny_unet as tiny_unet
 from probe.models.tiny import tiny_vae as tiny_vae
 from probe.models.tiny import tiny_words as tiny_words
 from probe.models.tiny import tiny_xl_unet as tiny_xl_unet
+from probe.models.tiny_dit import (
+    build_tiny_flux_pipeline,
+    build_tiny_sd3_pipeline,
+    tiny_flux_transformer,
+    tiny_sd3_transformer,
+)
 
 TOY_DIR = Path(__file__).resolve().parents[1] / "toy" / "weights"
 
 HOW_TO_GET_WEIGHTS = (
     "attnprobe never downloads weights. On a machine with internet, save a diffusers Stable "
-    "Diffusion 1.x/2.x or SDXL folder, e.g. `huggingface-cli download stable-diffusion-v1-5/"
-    "stable-diffusion-v1-5 --local-dir ./sd15` (or `StableDiffusionPipeline.from_pretrained(...)"
-    ".save_pretrained('./sd15')`), copy it here and pass its path; or use the built-in 'toy', "
-    "'tiny' or 'tiny-xl' models."
+    "Diffusion 1.x/2.x, SDXL, SD3 or Flux folder, e.g. `huggingface-cli download "
+    "stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir ./sd15` (or "
+    "`StableDiffusionPipeline.from_pretrained(...).save_pretrained('./sd15')`), copy it here "
+    "and pass its path; or use the built-in 'toy', 'tiny', 'tiny-xl', 'tiny-sd3' or "
+    "'tiny-flux' models."
 )
 
 
@@ -43,6 +60,12 @@ GENERATION_DEFAULTS: dict[str, dict[str, Any]] = {
     # a diffusers SDXL folder: the same (MasaCtrl's SDXL script: DDIM, 50 steps, guidance 7.5;
     # diffusers' own SDXL call defaults to 5.0), at the UNet's native size (1024 px)
     "sdxl": {"num_inference_steps": 50, "guidance_scale": 7.5},
+    # a diffusers SD3 folder: diffusers' StableDiffusion3Pipeline defaults (28 flow-match Euler
+    # steps, guidance 7.0, as on the SD3 medium model card), at 1024 px
+    "sd3": {"num_inference_steps": 28, "guidance_scale": 7.0},
+    # a diffusers Flux folder: FluxPipeline's defaults for FLUX.1-dev (28 steps, distilled
+    # guidance 3.5, no unconditional batch half), at 1024 px
+    "flux": {"num_inference_steps": 28, "guidance_scale": 3.5},
     # a pipeline assembled in memory (the random "tiny", "tiny-xl"): few steps, for tests
     "tiny": {"num_inference_steps": 20, "guidance_scale": 7.5},
 }
@@ -67,7 +90,7 @@ def generation_defaults(pipe: StableDiffusionPipeline) -> dict[str, Any]:
         >>> generation_defaults(load_pipeline("~/models/sd15"))
         {'num_inference_steps': 50, 'guidance_scale': 7.5, 'height': 512, 'width': 512}
     """
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    size = native_latent(denoiser_of(pipe))[0] * pipe.vae_scale_factor
     folder = getattr(pipe, "name_or_path", None)
     family = GENERATION_DEFAULTS[family_of(pipe).name if folder else "tiny"]
     defaults: dict[str, Any] = {**family, "height": size, "width": size}
@@ -113,7 +136,12 @@ def _saved_defaults(folder: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
-BUILT_IN = {"tiny": build_tiny_pipeline, "tiny-xl": build_tiny_xl_pipeline}
+BUILT_IN = {
+    "tiny": build_tiny_pipeline,
+    "tiny-xl": build_tiny_xl_pipeline,
+    "tiny-sd3": build_tiny_sd3_pipeline,
+    "tiny-flux": build_tiny_flux_pipeline,
+}
 """The random models built in memory, by name (:mod:`probe.models.tiny`)."""
 
 
@@ -126,22 +154,24 @@ def load_pipeline(
 
     Args:
         spec: ``"toy"`` (the embedded trained toy model), ``"tiny"`` (random weights, SD 1.x
-            topology, for tests), ``"tiny-xl"`` (random weights, SDXL topology, for tests) or
-            the path of a diffusers SD 1.x/2.x or SDXL folder (told apart by the
-            ``_class_name`` of its model_index.json).
+            topology, for tests), ``"tiny-xl"``, ``"tiny-sd3"``, ``"tiny-flux"`` (random weights,
+            SDXL / SD3 / Flux topology, for tests) or the path of a diffusers SD 1.x/2.x, SDXL,
+            SD3 or Flux folder (told apart by the ``_class_name`` of its model_index.json).
         device: where to put it (default: CPU).
         dtype: weights' dtype (default: float32).
 
     Returns:
         A ``StableDiffusionPipeline`` (safety checker off) or, for an SDXL folder and
-        ``tiny-xl``, a ``StableDiffusionXLPipeline`` (its invisible watermark off). A model
+        ``tiny-xl``, a ``StableDiffusionXLPipeline`` (its invisible watermark off); a
+        ``StableDiffusion3Pipeline`` or ``FluxPipeline`` for those folders and models. A model
         with a closed vocabulary (the toy) refuses prompts with a word it never learned
         (:mod:`probe.models.vocabulary`); real checkpoints and ``tiny`` take any word.
 
     Raises:
         FileNotFoundError: the spec is neither a built-in model nor a folder on disk, or the
             folder is not a diffusers pipeline.
-        NotImplementedError: a folder of a family attnprobe does not load yet (SD3, Flux).
+        NotImplementedError: a folder of a family attnprobe does not load yet (PixArt, Flux
+            Kontext, ...).
 
     Example:
         >>> pipe = load_pipeline("tiny")
@@ -181,7 +211,9 @@ def run_layer_table(
     defaults = generation_defaults(pipe)
     scale = pipe.vae_scale_factor
     h, w = height or defaults["height"], width or defaults["width"]
-    return unet_layers(pipe.unet, h // scale, w // scale)
+    denoiser = denoiser_of(pipe)
+    table = dit_layers if is_dit(denoiser) else unet_layers
+    return table(denoiser, h // scale, w // scale)
 
 
 def layer_table(
@@ -205,20 +237,36 @@ def layer_table(
         [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
     """
     if str(spec) in BUILT_IN:
-        unet = tiny_unet() if str(spec) == "tiny" else tiny_xl_unet()
+        built: dict[str, Any] = {
+            "tiny": tiny_unet, "tiny-xl": tiny_xl_unet, "tiny-sd3": tiny_sd3_transformer,
+            "tiny-flux": tiny_flux_transformer,
+        }  # fmt: skip
+        unet = built[str(spec)]()
         scale, saved = _vae_scale(tiny_vae().config), {}
     else:
         folder = _resolve_folder(spec)
-        config = UNet2DConditionModel.load_config(str(folder / "unet"))
-        with torch.device("meta"):
-            unet = UNet2DConditionModel.from_config(config)
+        unet = _empty_denoiser(folder)
         vae = folder / "vae" / "config.json"
         scale = _vae_scale(json.loads(vae.read_text()) if vae.is_file() else None)
         saved = _saved_defaults(folder)
-    size = unet.config.sample_size * scale
+    size = native_latent(unet)[0] * scale
     h = height or saved.get("height", size)
     w = width or saved.get("width", size)
-    return unet_layers(unet, h // scale, w // scale)
+    table = dit_layers if is_dit(unet) else unet_layers
+    return table(unet, h // scale, w // scale)
+
+
+def _empty_denoiser(folder: Path) -> Any:
+    """The folder's UNet (or SD3 transformer) built from its config on the meta device."""
+    if (folder / "transformer" / "config.json").is_file():
+        config = SD3Transformer2DModel.load_config(str(folder / "transformer"))
+        flux = "num_single_layers" in config
+        cls: Any = FluxTransformer2DModel if flux else SD3Transformer2DModel
+    else:
+        cls = UNet2DConditionModel
+        config = cls.load_config(str(folder / "unet"))
+    with torch.device("meta"):
+        return cls.from_config(config)
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -273,7 +321,8 @@ def _resolve_folder(spec: str | Path) -> Path:
     folder = Path(spec).expanduser()
     if not folder.exists():
         raise FileNotFoundError(
-            f"model {str(spec)!r} is not 'toy', 'tiny', 'tiny-xl' or a folder on disk. "
+            f"model {str(spec)!r} is not 'toy', 'tiny', 'tiny-xl', 'tiny-sd3', 'tiny-flux' or a "
+            "folder on disk. "
             f"{HOW_TO_GET_WEIGHTS}"
         )
     if not (folder / "model_index.json").is_file():
@@ -286,8 +335,15 @@ def _resolve_folder(spec: str | Path) -> Path:
 
 def _load_folder(folder: Path) -> Any:
     pipeline_class = str(json.loads((folder / "model_index.json").read_text()).get("_class_name"))
-    if family_of_folder(pipeline_class, folder).name == "sdxl":
+    family = family_of_folder(pipeline_class, folder).name
+    if family == "sdxl":
         return _load_sdxl_folder(folder)
+    if family == "sd3":
+        return _load_sd3_folder(folder)
+    if family == "flux":
+        flux = FluxPipeline.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+        flux.set_progress_bar_config(disable=True)
+        return flux
     # The safety checker is never loaded: safety_checker=None drops it (SD 1.x folders list it,
     # SD 2.x list [null, null]), and requires_safety_checker=False keeps diffusers from warning
     # that it is missing; images come back unfiltered. The feature extractor still loads.
@@ -311,6 +367,23 @@ def _load_sdxl_folder(folder: Path) -> StableDiffusionXLPipeline:
     dtype as for SD folders (SDXL's configs record float16)."""
     pipe = StableDiffusionXLPipeline.from_pretrained(
         str(folder), local_files_only=True, add_watermarker=False, dtype=torch.float32
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load_sd3_folder(folder: Path) -> StableDiffusion3Pipeline:
+    """An SD3 folder, in float32 (its configs record float16); a folder without T5
+    (``text_encoder_3`` null in model_index.json) loads without it, and its T5 tokens are zeros,
+    as diffusers does."""
+    index = json.loads((folder / "model_index.json").read_text())
+    absent = {  # diffusers refuses a null T5 in model_index.json unless it is passed as None
+        name: None
+        for name in ("text_encoder_3", "tokenizer_3")
+        if (index.get(name) or [None])[0] is None or not (folder / name).is_dir()
+    }
+    pipe = StableDiffusion3Pipeline.from_pretrained(
+        str(folder), local_files_only=True, dtype=torch.float32, **absent
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -24,6 +24,8 @@ KEY_CONFIG = (
     "set_alpha_to_one",
     "clip_sample",
     "skip_prk_steps",
+    "shift",  # flow-match Euler (SD3: 3.0)
+    "use_dynamic_shifting",
 )
 
 
@@ -59,7 +61,9 @@ def loop_length(scheduler: Any, num_inference_steps: int) -> int:
         51
     """
     fresh = type(scheduler).from_config(scheduler.config)
-    fresh.set_timesteps(num_inference_steps)
+    # Flux's flow-match Euler shifts by the image size (mu), which never changes the count
+    shift = {"mu": 1.0} if fresh.config.get("use_dynamic_shifting") else {}
+    fresh.set_timesteps(num_inference_steps, **shift)
     return len(fresh.timesteps)
 
 

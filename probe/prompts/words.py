@@ -2,6 +2,8 @@
 
 CLIP tokenizers mark the last token of each word with ``</w>``; a word may be several tokens,
 appear twice, or fall past the 77-token context (diffusers truncates it, with a warning).
+SentencePiece tokenizers (T5, Flux's joint text) mark the *first* token of each word with ``▁``
+and have no start token: ``["▁a", "▁red", "▁car", "</s>"]``; both conventions are read.
 """
 
 from __future__ import annotations
@@ -10,27 +12,33 @@ import warnings
 from typing import Any
 
 END = "</w>"
+START = "\u2581"  # SentencePiece's word-start mark, "▁"
 
 
 def prompt_tokens(tokenizer: Any, prompt: str) -> list[str]:
     """The token strings the text encoder reads: ``[BOS, ..., EOS]``, truncated like diffusers.
 
     Padding is not included; position ``i`` here is position ``i`` of the encoder's sequence.
+    A tokenizer without a start token (T5) gives ``[..., EOS]``.
     """
     limit = tokenizer.model_max_length
+    head = [] if tokenizer.bos_token is None else [tokenizer.bos_token]
+    special = len(head) + 1
     body = tokenizer.tokenize(prompt)
-    if len(body) > limit - 2:
+    if len(body) > limit - special:
         warnings.warn(
-            f"the prompt has {len(body) + 2} tokens; the text encoder reads {limit}, so "
-            f"{len(body) + 2 - limit} are cut off (as diffusers does): {prompt[:60]!r}...",
+            f"the prompt has {len(body) + special} tokens; the text encoder reads {limit}, so "
+            f"{len(body) + special - limit} are cut off (as diffusers does): {prompt[:60]!r}...",
             stacklevel=2,
         )
-        body = body[: limit - 2]
-    return [tokenizer.bos_token, *body, tokenizer.eos_token]
+        body = body[: limit - special]
+    return [*head, *body, tokenizer.eos_token]
 
 
 def split_words(tokens: list[str]) -> list[tuple[str, list[int]]]:
     """Group token positions into words: ``[(word, [positions]), ...]`` (BOS/EOS left out)."""
+    if _sentencepiece(tokens):
+        return _split_sentencepiece(tokens)
     words: list[tuple[str, list[int]]] = []
     current: list[int] = []
     for pos, tok in enumerate(tokens[1:-1], start=1):
@@ -41,6 +49,25 @@ def split_words(tokens: list[str]) -> list[tuple[str, list[int]]]:
     if current:
         words.append(("".join(tokens[i] for i in current).replace(END, ""), current))
     return words
+
+
+def _sentencepiece(tokens: list[str]) -> bool:
+    return any(t.startswith(START) for t in tokens) and not any(t.endswith(END) for t in tokens)
+
+
+def _split_sentencepiece(tokens: list[str]) -> list[tuple[str, list[int]]]:
+    """Words of SentencePiece tokens: a word starts at a ``▁`` token; special tokens
+    (``</s>``, ``<pad>``) are no word."""
+    groups: list[list[int]] = []
+    for pos, tok in enumerate(tokens):
+        if len(tok) > 2 and tok.startswith("<") and tok.endswith(">"):
+            groups.append([])  # a special token ends the word before it
+        elif tok.startswith(START) or not groups or not groups[-1]:
+            groups.append([pos])
+        else:
+            groups[-1].append(pos)
+    words = [("".join(tokens[i] for i in g).replace(START, ""), g) for g in groups if g]
+    return [(w, g) for w, g in words if w]
 
 
 def find_word(

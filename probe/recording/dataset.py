@@ -108,6 +108,15 @@ def dataset_settings(
     }
 
 
+def text_keys(pipe: Any) -> int:
+    """Text keys of every attention call: 77 CLIP tokens; SD3 adds T5's 256 (diffusers'
+    ``max_sequence_length``, zeros without T5) to its joint tokens; Flux's are T5's 512."""
+    from probe.models.family import FLUX_T5_TOKENS, SD3_T5_TOKENS, family_of
+
+    keys = {"sd3": 77 + SD3_T5_TOKENS, "flux": FLUX_T5_TOKENS}
+    return keys.get(family_of(pipe).name, 77)
+
+
 def check_budget(
     pipe: Any,
     settings: dict[str, Any],
@@ -128,7 +137,10 @@ def check_budget(
     """
     table = run_layer_table(pipe, settings["height"], settings["width"])
     layers = [table[i] for i in settings["layers"]]
-    n_tokens = max((len(prompt_tokens(pipe.tokenizer, s.prompt)) for s in specs), default=77)
+    from probe.models.family import family_of
+
+    tokenizer = getattr(pipe, family_of(pipe).words[0])  # whose tokens the text keys are
+    n_tokens = max((len(prompt_tokens(tokenizer, s.prompt)) for s in specs), default=77)
     tokens = n_tokens if settings["cross_tokens"] == "prompt" else 77
     spec = settings["self_reduce"]
     choices = [SelfReduce.parse(spec)] if spec != "auto" else [SelfReduce("full"), AUTO_SVD]
@@ -140,7 +152,7 @@ def check_budget(
                 settings["heads"], reduce, torch.float16, tokens=n_tokens,
             ).total_bytes  # fmt: skip
 
-        mem, disk = plan(batch_size, 77), plan(1, tokens)
+        mem, disk = plan(batch_size, text_keys(pipe)), plan(1, tokens)
         if mem <= budget_bytes:
             break
     else:

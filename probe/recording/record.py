@@ -23,9 +23,11 @@ import torch
 from torch import Tensor
 
 from probe.attention.controller import AttentionCall, Controller, HookState, Kind
+from probe.attention.dit_layers import JOINT_KINDS
 from probe.attention.hooks import AttentionHooks
 from probe.attention.layers import LayerInfo, LayerSpec, resolve_layers
 from probe.attention.steps import StepSpec, resolve_steps
+from probe.models.family import family_of
 from probe.models.vocabulary import check_known_words
 from probe.prompts.words import prompt_tokens
 from probe.recording.maps import AttentionMaps, tensor_name
@@ -61,10 +63,11 @@ class RecordingPlan:
     dtype: torch.dtype
     cross_bytes: int
     self_bytes: int
+    text_bytes: int = 0  # a DiT's text-query kinds, text_image and text_text
 
     @property
     def total_bytes(self) -> int:
-        return self.cross_bytes + self.self_bytes
+        return self.cross_bytes + self.self_bytes + self.text_bytes
 
 
 def plan_recording(
@@ -78,9 +81,13 @@ def plan_recording(
     dtype: torch.dtype,
     tokens: int = 77,
 ) -> RecordingPlan:
-    """Count the bytes a recording will take (``self_reduce`` must not be ``auto``)."""
+    """Count the bytes a recording will take (``self_reduce`` must not be ``auto``).
+
+    ``tokens`` is the number of text keys (SD: 77; SD3: 77 CLIP + 256 T5 joint tokens); the
+    DiT kinds ``text_image`` (``[tokens, queries]``) and ``text_text`` (``[tokens, tokens]``)
+    are kept whole."""
     size = torch.tensor([], dtype=dtype).element_size()
-    cross = selfb = 0
+    cross = selfb = text = 0
     for layer in layers:
         hw = layer.resolution_at(*latent_hw)
         per_map = rows * head_count(heads, layer.heads) * size * len(steps)
@@ -88,9 +95,11 @@ def plan_recording(
             cross += per_map * hw[0] * hw[1] * tokens
         if "self" in kinds:
             selfb += per_map * self_reduce.floats_per_map(hw)
+        text += per_map * tokens * (hw[0] * hw[1] * ("text_image" in kinds))
+        text += per_map * tokens * (tokens * ("text_text" in kinds))
     return RecordingPlan(
         tuple(layer.index for layer in layers), tuple(kinds), tuple(steps), rows, heads,
-        self_reduce, dtype, cross, selfb,
+        self_reduce, dtype, cross, selfb, text,
     )  # fmt: skip
 
 
@@ -162,6 +171,12 @@ class AttentionRecorder(Controller):
             self.maps.data.clear()
             self.maps.timesteps.clear()
         self.maps.layers, self.maps.latent_hw = hooks.layers, hooks.latent_hw
+        text_kinds = sorted(self.kinds - {"self", "cross"})
+        if text_kinds and any(layer.place not in ("joint", "single") for layer in hooks.layers):
+            raise ValueError(
+                f"kinds {text_kinds} are parts of a DiT's joint map; this UNet has separate self- "
+                "and cross-attention: record kinds=('cross', 'self')"
+            )
         self.layers = frozenset(resolve_layers(hooks.layers, self.layer_spec))
         total = hooks.total_steps
         self.open_ended = total is None and self.step_spec in (None, "all")
@@ -184,13 +199,15 @@ class AttentionRecorder(Controller):
             log.info("the number of steps is unknown before the run; checking the budget per step")
         kinds = sorted(self.kinds)
         args = (layers, hooks.latent_hw, steps, n_rows, kinds, self.heads)
+        context = hooks.encoder_hidden_states  # its token count: SD 77, SD3 77 + 256
+        tokens = int(context.shape[1]) if context is not None and context.ndim == 3 else 77
         choices = (
             [self.self_reduce]
             if self.self_reduce.mode != "auto"
             else [SelfReduce("full"), AUTO_SVD]
         )
         for reduce in choices:
-            plan = plan_recording(*args, reduce, self.dtype)
+            plan = plan_recording(*args, reduce, self.dtype, tokens)
             if plan.total_bytes <= self.budget_bytes:
                 return plan
         raise BudgetError(
@@ -206,7 +223,7 @@ class AttentionRecorder(Controller):
         return layout.indices(guidance="cond") if self.rows == "cond" else list(range(len(layout)))
 
     def _tokens(self, hooks: HookState, layout: Any) -> list[list[str]]:
-        tokenizer = getattr(hooks.pipe, "tokenizer", None)
+        tokenizer = getattr(hooks.pipe, word_side(hooks.pipe)[0], None)
         rows = self._row_ids(layout)
         if self.prompts is not None and tokenizer is not None:
             n = layout.num_samples
@@ -235,10 +252,13 @@ class AttentionRecorder(Controller):
         """The tokens of the prompt whose embedding row this is. SD's row is the text encoder's
         output; SDXL's row starts with the first encoder's penultimate hidden state (the second
         encoder's columns follow, from a tokenizer with the same tokens), so a row matches an
-        output on its leading columns."""
+        output on its leading columns; SD3's joint text tokens start with the 77 CLIP tokens
+        (T5's follow), so its row matches on its leading columns of its leading tokens."""
         for ids, outs in self.captured:
             for i, row in ((i, out[i]) for out in outs for i in range(out.shape[0])):
-                lead = embedding[..., : row.shape[-1]]
+                if row.ndim != 2 or embedding.ndim != 2:
+                    continue  # a pooled output
+                lead = embedding[: row.shape[0], : row.shape[-1]]
                 if row.shape == lead.shape and torch.equal(row.to(lead), lead):
                     toks = tokenizer.convert_ids_to_tokens(ids[i].tolist())
                     return (
@@ -258,7 +278,7 @@ class AttentionRecorder(Controller):
         self.maps.timesteps[call.step] = call.timestep
         plan = self.plan
         reduce = plan.self_reduce if plan is not None else AUTO_SVD
-        if call.kind == "cross" or reduce.mode == "full":
+        if call.kind != "self" or reduce.mode == "full":
             self._put(name, p)
         elif reduce.mode == "pool":
             self._put(name, pool_self(p, call.query_hw, reduce.k))
@@ -298,7 +318,9 @@ def record_attention(
         layers: any layer spec (see :func:`probe.attention.layers.resolve_layers`); default every
             layer. It is resolved against the run's layer table at the first UNet call, so
             ``res<=16`` means 16 query positions per side at the size the pipeline generates.
-        kinds: ``"cross"``, ``"self"`` or both.
+        kinds: ``"cross"``, ``"self"`` or both; on a DiT (SD3) also ``"text_image"`` and
+            ``"text_text"``: the four parts of its joint map (:mod:`probe.attention.joint`),
+            ``self`` = image→image, ``cross`` = image→text.
         steps: ``"all"``, an int, ``"0-9"``, a list, or ``"first:0.5"`` / ``"last:0.25"``.
         heads: ``"mean"`` (default), ``"all"`` or a list of head indices.
         self_reduce: ``"auto"`` (whole maps if they fit the budget, else ``svd:8``), ``"full"``,
@@ -327,8 +349,11 @@ def record_attention(
         torch.Size([8, 8])
     """
     for kind in kinds:
-        if kind not in ("cross", "self"):
-            raise ValueError(f"kind {kind!r} is neither 'cross' nor 'self'")
+        if kind not in JOINT_KINDS:
+            raise ValueError(
+                f"kind {kind!r} is neither 'cross' nor 'self' (nor, on SD3 and Flux, one of the "
+                "text-query parts of their joint map, 'text_image' or 'text_text')"
+            )
     if prompts is not None:  # without prompts, load_pipeline's text encoder refuses them
         check_known_words(model, prompts)
     unet = model.unet if hasattr(model, "unet") else model
@@ -339,7 +364,7 @@ def record_attention(
         maps, layers, tuple(kinds), steps, heads,
         SelfReduce.parse(self_reduce), dtype, rows, budget_bytes, prompts,
     )  # fmt: skip
-    text_encoder = getattr(model, "text_encoder", None)
+    text_encoder = getattr(model, word_side(model)[1], None)  # Flux: T5's
     handle = None
     if text_encoder is not None:
         handle = text_encoder.register_forward_hook(_capture_into(recorder), with_kwargs=True)
@@ -353,6 +378,14 @@ def record_attention(
         if recorder in hooks.controllers:
             hooks.remove(recorder)
     del unet
+
+
+def word_side(model: Any) -> tuple[str, str]:
+    """The pipeline attributes of the tokenizer and text encoder whose tokens are the attention's
+    text keys (:attr:`probe.models.family.ModelFamily.words`); CLIP's for a bare denoiser."""
+    if model is None:
+        return ("tokenizer", "text_encoder")
+    return family_of(model).words
 
 
 def _capture_into(recorder: AttentionRecorder) -> Any:

@@ -1,0 +1,160 @@
+"""Flux through the same hooks (issue 15): double- and single-stream blocks recorded in the four
+joint kinds, T5 words, a dataset, DiT FPE, on ``tiny-flux`` (units) and FLUX.1-dev's transformer
+config built on the meta device.
+
+FLUX.1-dev's ``transformer/config.json`` values are pinned below as read from several public
+copies of it (the Hugging Face repository itself is gated): 19 double- and 38 single-stream
+blocks of 24 heads × 128, joint (T5) width 4096, pooled (CLIP) 768, guidance embedding.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline, FluxTransformer2DModel
+
+from editing import edit
+from editing.methods.joint_fpe import (
+    JointSelfAttentionReplace,
+    MaterialisedJointSelfAttentionReplace,
+)
+from probe.attention.dit_layers import dit_layers
+from probe.attention.layers import resolve_layers
+from probe.cli.main import main
+from probe.models import generation_defaults, layer_table, load_pipeline
+from probe.models.family import family_of
+from probe.recording.record import record_attention
+from tests.conftest import assert_same_edit, generate
+
+FLUX_DEV = {
+    "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
+    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": [16, 56, 56],
+}  # fmt: skip
+KINDS = ("self", "cross", "text_image", "text_text")
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return load_pipeline("tiny-flux")
+
+
+def test_tiny_flux_has_flux_topology(flux):
+    assert type(flux) is FluxPipeline and family_of(flux).name == "flux"
+    transformer = flux.transformer
+    assert (len(transformer.transformer_blocks), len(transformer.single_transformer_blocks)) == (
+        2,
+        2,
+    )
+    assert transformer.config.guidance_embeds and transformer.config.in_channels == 64
+    assert flux.scheduler.config.use_dynamic_shifting
+    assert flux.tokenizer_2.tokenize("a dog standing in the park") == [
+        "\u2581a", "\u2581dog", "\u2581standing", "\u2581in", "\u2581the", "\u2581park",
+    ]  # fmt: skip
+    assert generation_defaults(flux)["height"] == 128
+    again = load_pipeline("tiny-flux").transformer.state_dict()
+    assert all(torch.equal(again[k], v) for k, v in transformer.state_dict().items())
+
+
+def test_flux_dev_layer_table_is_pinned(tmp_path):
+    with torch.device("meta"):
+        layers = dit_layers(FluxTransformer2DModel(**FLUX_DEV))
+    assert len(layers) == 57
+    assert layers[18].name == "transformer_blocks.18" and layers[18].place == "joint"
+    assert layers[19].name == "single_transformer_blocks.0" and layers[56].place == "single"
+    assert {(lay.heads, lay.channels, lay.resolution, lay.family) for lay in layers} == {
+        (24, 3072, (64, 64), "flux")
+    }  # 1024 px: 128x128 latents packed 2x2
+    assert {lay.cross_dim for lay in layers[:19]} == {3072} and layers[19].cross_dim == 0
+    assert resolve_layers(layers, "single") == list(range(19, 57))
+    assert resolve_layers(layers, "fpe") == list(range(57))
+    with pytest.raises(ValueError, match="no meaning on this FLUX transformer of 57"):
+        resolve_layers(layers, "masactrl")
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    (tmp_path / "transformer").mkdir()
+    config = {"_class_name": "FluxTransformer2DModel", **FLUX_DEV}
+    (tmp_path / "transformer" / "config.json").write_text(json.dumps(config))
+    assert [lay.resolution for lay in layer_table(tmp_path, 512, 512)][:1] == [(32, 32)]
+
+
+def test_recording_both_block_kinds_leaves_the_image_unchanged(flux):
+    prompts = ["a red car", "a dog standing in the park"]
+    plain = generate(flux, prompts, steps=STEPS)
+    with record_attention(flux, kinds=KINDS, heads="all", dtype=torch.float32) as maps:
+        recorded = generate(flux, prompts, steps=STEPS)
+    assert np.abs(plain - recorded).max() <= 1e-5
+    n, t = 64, 512  # 8x8 packed image tokens; T5's 512 text tokens
+    assert maps.recorded_layers() == [0, 1, 2, 3] and maps.steps == list(range(STEPS))
+    for layer in range(4):  # double-stream 0-1, single-stream 2-3
+        for step in range(STEPS):
+            parts = {kind: maps[layer, step, kind] for kind in KINDS}
+            assert parts["self"].shape == (2, 4, n, n) and parts["cross"].shape == (2, 4, n, t)
+            assert parts["text_image"].shape == (2, 4, t, n)
+            assert parts["text_text"].shape == (2, 4, t, t)
+            image_rows = parts["self"].sum(-1) + parts["cross"].sum(-1)
+            text_rows = parts["text_image"].sum(-1) + parts["text_text"].sum(-1)
+            assert (image_rows - 1).abs().max() <= 1e-5
+            assert (text_rows - 1).abs().max() <= 1e-5
+
+
+def test_words_are_t5_columns(flux):
+    with record_attention(flux, kinds=("cross",)) as maps:
+        generate(flux, ["a red car", "a dog standing in the park"], steps=2)
+    assert maps.tokens[0] == ["\u2581a", "\u2581red", "\u2581car", "</s>"]  # no start token
+    assert maps.word_positions("car") == [2] and maps.word_positions("park", sample=1) == [5]
+    by_hand = torch.stack(
+        [maps.cross(layer, step)[..., 2].mean(0) for layer in range(4) for step in range(2)]
+    ).mean(0)
+    assert torch.allclose(maps.word_map("car"), by_hand, atol=1e-6)
+
+
+def test_a_saved_flux_folder_loads_as_flux(flux, tmp_path):
+    flux.save_pretrained(tmp_path / "flux")
+    pipe = load_pipeline(tmp_path / "flux")
+    assert type(pipe) is FluxPipeline and family_of(pipe).name == "flux"
+    assert generation_defaults(pipe)["guidance_scale"] == 3.5
+    assert pipe.tokenizer_2.tokenize("a red car") == flux.tokenizer_2.tokenize("a red car")
+
+
+def test_flux_dataset_records_and_probes(two_colours, tmp_path, capsys):
+    data = tmp_path / "ds"
+    args = ["record", "--model", "tiny-flux", "--template", str(two_colours.path), "--seeds",
+            "0-3", "--num-steps", "2", "--layers", "1,3", "--out", str(data)]  # fmt: skip
+    assert main(args) == 0
+    assert "8 samples recorded" in capsys.readouterr().out
+    assert main(["probe", "--data", str(data), "--folds", "2"]) == 0
+    assert "8 cells probed" in capsys.readouterr().out
+
+
+def test_identity_edit_returns_the_source(flux):
+    result = edit(flux, "a red car", ["a red car"], method="fpe", num_steps=STEPS, seed=1)
+    assert result.settings["controllers"][0].startswith("JointSelfAttentionReplace")
+    assert (result.latents[0] - result.latents[1]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("text_mass", ["source", "target"])
+def test_dit_fpe_fused_equals_materialised_on_both_block_kinds(flux, text_mass):
+    def run(cls):
+        c = cls("all", 1.0, text_mass=text_mass)
+        return edit(flux, "a red car", ["a blue car"], controllers=[c], num_steps=STEPS, seed=1)
+
+    fused, reference = run(JointSelfAttentionReplace), run(MaterialisedJointSelfAttentionReplace)
+    assert_same_edit(flux, fused.latents, reference.latents)
+    plain = edit(flux, "a red car", ["a blue car"], method="none", num_steps=STEPS, seed=1)
+    assert torch.equal(fused.latents[0], plain.latents[0])
+    assert (fused.latents[1] - plain.latents[1]).abs().max() > 1e-4  # the edit acts
+
+
+def test_the_edit_loop_is_the_pipelines(flux):
+    plain = edit(flux, "a red car", ["a blue car"], method="none", num_steps=STEPS, seed=1,
+                 guidance_scale=3.5)  # fmt: skip
+    noise = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(1))
+    packed = flux._pack_latents(noise, 1, 16, 16, 16)
+    ref = flux("a red car", num_inference_steps=STEPS, guidance_scale=3.5, latents=packed,
+               output_type="latent").images  # fmt: skip
+    ref = flux._unpack_latents(ref, 128, 128, flux.vae_scale_factor)
+    assert (plain.latents[0] - ref[0]).abs().max() <= 1e-4
