@@ -136,3 +136,110 @@ def test_shipped_toy_draws_the_colour_it_is_asked_for():
         judge_colour(img) == expected_labels(p)[0] for p, img in zip(prompts, images, strict=True)
     ]
     assert np.mean(right) >= 0.8, list(zip(prompts, right, strict=True))
+
+
+# --- toy v2: built as Stable Diffusion was ------------------------------------------------------
+
+
+def test_smoke_training_trains_every_stage_of_v2_and_freezes_the_text_encoder(smoke_run):
+    from transformers import CLIPTextModel
+
+    from probe.models import load_pipeline
+    from probe.toy.world import world_of
+
+    lines = [json.loads(x) for x in (smoke_run / "work" / "loss.jsonl").read_text().splitlines()]
+    assert {"judge", "text", "vae", "export"} <= {x["stage"] for x in lines}
+    text = [x for x in lines if x["stage"] == "text"][-1]
+    assert text["step"] == 3 and {"loss", "logit_scale", "retrieval", "zero_shot_colour"} <= set(text)
+    folder = smoke_run / "model"
+    pipe = load_pipeline(str(folder))
+    assert isinstance(pipe.text_encoder, CLIPTextModel)
+    assert json.loads((folder / "attnprobe.json").read_text())["world"] == "v2"
+    assert "white" in pipe.tokenizer.get_vocab() or "white</w>" in pipe.tokenizer.get_vocab()
+    world = world_of(pipe)
+    assert world.name == "v2" and world.judge_dir == folder / "judge"
+    assert json.loads((folder / "judge" / "category.json").read_text())["world"] == "v2"
+    # the UNet stage trained on the frozen encoder: the exported one is the contrastive stage's
+    contrastive = torch.load(smoke_run / "work" / "text.pt", weights_only=False)["model"]
+    exported = pipe.text_encoder.state_dict()
+    for name, value in exported.items():
+        assert torch.equal(value, contrastive[f"text.{name}"]), name
+    unet_state = torch.load(smoke_run / "work" / "unet.pt", weights_only=False)
+    assert not any("text" in k for k in unet_state["models"])  # not in the optimised models
+    image = pipe("a white car", num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 64, 64, 3)
+
+
+def test_model_card_draws_a_curve_for_every_stage(smoke_run):
+    from probe.toy.model_card import _training_record, loss_curves
+
+    _, lines = _training_record(smoke_run / "model")
+    fig = loss_curves(lines)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["Text encoder (contrastive, then frozen)", "VAE", "UNet"]
+    v1_like = [x for x in lines if x["stage"] != "text"]
+    assert [ax.get_title() for ax in loss_curves(v1_like).axes] == ["VAE", "UNet + text encoder"]
+
+
+def test_contrastive_loss_is_clips_when_every_caption_is_its_own():
+    import torch.nn.functional as F
+
+    from probe.toy.train_text import contrastive_loss
+
+    logits = torch.randn(6, 6, generator=torch.Generator().manual_seed(0)) * 3
+    clip = (F.cross_entropy(logits, torch.arange(6)) + F.cross_entropy(logits.T, torch.arange(6))) / 2
+    assert torch.allclose(contrastive_loss(logits, torch.eye(6, dtype=torch.bool)), clip)
+    # two images sharing one caption: each of them may pick either copy of the caption
+    fits = torch.eye(6, dtype=torch.bool)
+    fits[0, 1] = fits[1, 0] = True
+    same = torch.zeros(6, 6)
+    same[0, 1] = same[1, 0] = 5.0  # each image picks the other copy of its caption
+    assert contrastive_loss(same, fits) < contrastive_loss(same, torch.eye(6, dtype=torch.bool))
+
+
+def test_interrupted_text_stage_resumes_where_it_stopped(tmp_path, monkeypatch):
+    from probe.toy import train_text
+
+    cfg = train_text.TrainConfig.smoke(tmp_path, max_text_steps=4)
+    tok_dir = tmp_path / "tok"
+    from probe.models.clip_tokenizer import load_clip_tokenizer, write_clip_tokenizer
+    from probe.toy.train import toy_words
+
+    tokenizer = load_clip_tokenizer(write_clip_tokenizer(toy_words("v2"), tok_dir, closed=True))
+    calls = {"n": 0}
+    real_step = train_text._TextTrainer.train_step
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(train_text._TextTrainer, "train_step", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train_text.train_text(cfg, tmp_path, tokenizer)
+    state = torch.load(tmp_path / "text.pt", weights_only=False)
+    assert state["step"] == 2 and not state["done"]
+    encoder = train_text.train_text(cfg, tmp_path, tokenizer)
+    state = torch.load(tmp_path / "text.pt", weights_only=False)
+    assert state["step"] == 4 and state["done"]
+    assert not any(p.requires_grad for p in encoder.parameters())
+
+
+def test_positions_per_layer_at_16_and_32_latents():
+    from probe.toy.sizes import positions_per_layer
+
+    small = positions_per_layer(16)
+    assert small == [256, 256, 64, 64, 16, 16, 4, 16, 16, 16, 64, 64, 64, 256, 256, 256]
+    assert positions_per_layer(32) == [4 * n for n in small]
+
+
+def test_train_config_refuses_sizes_the_unet_cannot_halve():
+    from probe.toy.train import TrainConfig
+
+    assert TrainConfig(image_size=128).latent_size == 32
+    assert TrainConfig(image_size=256, vae_factor=8).latent_size == 32
+    with pytest.raises(ValueError, match="image_size 72: use a multiple of 32"):
+        TrainConfig(image_size=72)
+    with pytest.raises(ValueError, match="vae_factor 2"):
+        TrainConfig(vae_factor=2)

@@ -245,3 +245,112 @@ def test_toy_render_command_errors(tmp_path, capsys):
         main(["toy", "render", "--template", "colour_car", "--n", "0", "--out", str(tmp_path)]) == 2
     )
     assert "--n 0" in capsys.readouterr().err
+
+
+# --- world v2 -------------------------------------------------------------------------------
+
+
+def test_world_v2_has_sixteen_colours_far_apart_and_far_from_its_backgrounds():
+    from probe.toy.world import BACKGROUNDS_V2, get_world
+
+    v1, v2 = get_world("v1"), get_world("v2")
+    assert dict(v1.palette) == PALETTE and dict(v1.backgrounds) == BACKGROUNDS  # v1 unchanged
+    assert len(v2.palette) >= 16 and {"white", "grey"} <= set(v2.palette)
+    assert v2.categories == CATEGORIES and len(CATEGORIES) == 11  # the car and ten animals
+    rgb = np.asarray(list(v2.palette.values()), float)
+    pairwise = np.linalg.norm(rgb[:, None] - rgb[None], axis=-1) + 1e9 * np.eye(len(rgb))
+    assert pairwise.min() > 85
+    for top, bottom, _ in BACKGROUNDS_V2.values():
+        for colour in (top, bottom):
+            assert np.linalg.norm(rgb - np.asarray(colour, float), axis=-1).min() > 85, colour
+    # v1's backgrounds would hide v2's grey (the reason v2 moved them)
+    assert np.linalg.norm(np.subtract(BACKGROUNDS["street"][1], v2.palette["grey"])) < 40
+
+
+def test_scenes_know_their_world():
+    from probe.toy.world import get_world, scene_for_prompt
+
+    with pytest.raises(ValueError, match="unknown colour 'white' in world v1.*world='v2'"):
+        Scene("car", "white")
+    white = render_scene(Scene("car", "white", "street", world="v2"))
+    assert (np.abs(white.image[white.mask].astype(int) - 250).sum(-1) == 0).mean() > 0.7
+    scene = scene_for_prompt("a grey dog standing in the park", seed=3, world="v2")
+    assert (scene.colour, scene.category, scene.background, scene.world) == (
+        "grey", "dog", "park", "v2")  # fmt: skip
+    assert Scene(**scene.to_dict()) == scene
+    with pytest.raises(ValueError, match="unknown toy world 'v9'; the worlds are v1, v2"):
+        get_world("v9")
+    _, drawn = random_scene(np.random.default_rng(0), "v2")
+    assert drawn.world == "v2" and drawn.colour in get_world("v2").palette
+
+
+def test_v2_templates_and_edit_sets_take_the_v2_lists():
+    from probe.prompts.templates import load_edit_pairs, shared_lists
+
+    check_vocabulary("v2")
+    colours = shared_lists("v2")["colours"]
+    assert len(colours) == 16 and colours[:10] == list(PALETTE)
+    assert [i.prompt for i in load_template("colour_car", "v2")][-1] == "a magenta car"
+    pairs = load_edit_pairs("colour_edits", "v2")
+    assert len(pairs) == 16 * 15  # every ordered pair
+    assert ("a white car", "a grey car") in {(p.source, p.target) for p in pairs}
+    assert len(load_edit_pairs("colour_edits")) == 10 * 9  # the default lists are still v1's
+    assert len(load_template("colour_animal", "v2")) == 16 * 10
+    assert "lists.v2" not in list_templates()
+    with pytest.raises(FileNotFoundError, match="no word lists for world 'v3'.*'v2'"):
+        load_template("colour_car", "v3")
+
+
+def test_captions_fit_the_scenes_they_are_true_of():
+    from probe.toy.world import caption, caption_fits
+
+    dog = Scene("dog", "red", "park", world="v2")
+    assert caption_fits("a dog standing in the park", dog)
+    assert caption_fits("a red dog", dog) and caption_fits("", dog)
+    assert not caption_fits("a blue dog", dog) and not caption_fits("a red cat", dog)
+    assert not caption_fits("a red dog in the street", dog)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        _, scene = random_scene(rng, "v2")
+        assert caption_fits(caption(scene, rng), scene)
+
+
+@pytest.mark.parametrize("background", ["park", "street"])
+def test_v2_colour_judge_reads_every_colour_on_noisy_renders(background):
+    """White and grey included: 3 layouts per colour, blur 1 px, shift ±15, noise 8."""
+    from probe.toy.world import get_world
+
+    rng = np.random.default_rng(HELD_OUT_SEED)
+    ok, ious = 0, []
+    colours = list(get_world("v2").palette)
+    for colour in colours:
+        for _ in range(3):
+            _, s = random_scene(rng, "v2")
+            scene = Scene(s.category, colour, background, s.x, s.y, s.scale, s.flip, world="v2")
+            render = render_scene(scene)
+            image = degrade(render.image, rng, noise=8.0, blur=1.0, shift=15.0)
+            mask = find_object(image, world="v2")
+            ious.append(mask_iou(mask, render.mask))
+            ok += mask.any() and judge_colour(image, mask, world="v2") == colour
+    assert ok >= 0.95 * 3 * len(colours)
+    assert np.mean(ious) >= 0.88 and np.min(ious) > 0.5
+
+
+def test_a_model_folder_judges_with_its_own_judge_of_its_own_world(tmp_path):
+    import shutil
+
+    from probe.toy.category import WEIGHTS_DIR
+    from probe.toy.world import world_of
+
+    (tmp_path / "attnprobe.json").write_text(json.dumps({"world": "v1"}))
+    assert world_of(tmp_path).judge_dir == WEIGHTS_DIR  # no judge of its own: the shipped one
+    shutil.copytree(WEIGHTS_DIR, tmp_path / "judge")
+    world = world_of(tmp_path)
+    assert (world.name, world.judge_dir) == ("v1", tmp_path / "judge")
+    image = render_scene(Scene("giraffe", "red")).image
+    assert judge_category(image, world=world) == "giraffe"
+    config = json.loads((tmp_path / "judge" / "category.json").read_text())
+    (tmp_path / "judge" / "category.json").write_text(json.dumps(config | {"world": "v2"}))
+    with pytest.raises(ValueError, match="trained on world v2, not v1"):
+        judge_category(image, world=world_of(tmp_path))
+    assert world_of(load_template.__module__).name == "v1"  # not a folder: the default world

@@ -1,4 +1,4 @@
-"""``attnprobe toy``: the toy world's commands: ``render``, ``train`` and ``evaluate``.
+"""``attnprobe toy``: the toy world's commands: ``render``, ``train``, ``evaluate``, ``sizes``.
 
 ``attnprobe toy render --template colour_car --n 16 --seed 0 --out DIR`` draws scenes for the
 prompts of a template and writes ``DIR/0000.png ...`` and ``DIR/labels.jsonl``.
@@ -15,7 +15,7 @@ from typing import Any
 def _cmd_render(args: argparse.Namespace) -> int:
     from probe.toy.renders import write_renders
 
-    labels = write_renders(args.template, args.n, Path(args.out), args.seed, args.size)
+    labels = write_renders(args.template, args.n, Path(args.out), args.seed, args.size, args.world)
     print(f"wrote {args.n} images to {labels.parent}\nlabels: {labels}")
     return 0
 
@@ -26,6 +26,7 @@ def _add_render(toy_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--world", default=None, help="toy world: v1, v2 (default: the shipped toy's)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cmd_render)
 
@@ -34,15 +35,19 @@ def _add_train(toy_sub: argparse._SubParsersAction) -> None:
     p = toy_sub.add_parser(
         "train",
         help="train the toy Stable Diffusion from scratch (resumable)",
-        description="Train tokenizer, VAE, text encoder and UNet on the toy world. Rerun the "
-        "same command after an interruption: every stage resumes from OUT/work. Options left "
-        "out take the defaults of probe.toy.train.TrainConfig.",
+        description="Train the toy as Stable Diffusion was built: tokenizer, the world's "
+        "category judge, a contrastive image-text model whose text encoder is then frozen, the "
+        "VAE, and the UNet on the frozen text encoder. Rerun the same command after an "
+        "interruption: every stage resumes from OUT/work. Options left out take the defaults "
+        "of probe.toy.train_config.TrainConfig (world v2, about 2.5 hours on 2 cores).",
     )
     p.add_argument("--out", required=True, type=Path, help="run folder (model lands in OUT/model)")
+    p.add_argument("--world", choices=["v1", "v2"], help="toy world (default v2: 16 colours)")
+    p.add_argument("--text-minutes", type=float, help="wall-clock budget of the contrastive stage")
     p.add_argument("--vae-minutes", type=float, help="wall-clock budget of the VAE stage")
-    p.add_argument(
-        "--unet-minutes", type=float, help="wall-clock budget of the UNet + text encoder stage"
-    )
+    p.add_argument("--unet-minutes", type=float, help="wall-clock budget of the UNet stage")
+    p.add_argument("--image-size", type=int, help="pixels per side (default 64; 128: 32² latents)")
+    p.add_argument("--vae-factor", type=int, choices=[4, 8], help="VAE downsampling (default 4)")
     p.add_argument("--batch", type=int, help="UNet batch size")
     p.add_argument("--pool", type=int, help="scenes in the latent pool")
     p.add_argument("--seed", type=int, help="seed of every stage")
@@ -67,17 +72,39 @@ def _add_evaluate(toy_sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_cmd_evaluate)
 
 
+def _add_sizes(toy_sub: argparse._SubParsersAction) -> None:
+    p = toy_sub.add_parser(
+        "sizes",
+        help="measure a training step of the toy at 16×16 and 32×32 latents",
+        description="Time UNet and VAE training steps of the toy built at 64 px (16×16 "
+        "latents), 128 px with the factor-4 VAE and 256 px with a factor-8 VAE (both 32×32), "
+        "and print the query positions of every attention layer (probe.toy.sizes).",
+    )
+    p.add_argument("--steps", type=int, default=20, help="UNet steps timed per latent size")
+    p.add_argument("--vae-steps", type=int, default=5, help="VAE steps timed per build")
+    p.add_argument("--batch", type=int, default=48, help="UNet batch (default 48, the toy's)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--json", type=Path, help="also write the numbers to this file")
+    p.set_defaults(func=_cmd_sizes)
+
+
+def _cmd_sizes(args: argparse.Namespace) -> int:
+    from probe.toy.sizes import main
+
+    argv = ["--steps", str(args.steps), "--vae-steps", str(args.vae_steps)]
+    argv += ["--batch", str(args.batch), "--threads", str(args.threads)]
+    return main(argv + (["--json", str(args.json)] if args.json else []))
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from probe.toy.train import TrainConfig, train
 
-    given: dict[str, Any] = {
-        name: getattr(args, name)
-        for name in ("vae_minutes", "unet_minutes", "batch", "pool", "seed", "threads")
-        if getattr(args, name) is not None
-    }
+    names = ["text_minutes", "vae_minutes", "unet_minutes", "batch", "pool", "seed", "threads"]
+    names += ["world", "image_size", "vae_factor"]
+    given: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     cfg = TrainConfig.smoke(args.out) if args.smoke else TrainConfig(out=args.out)
-    if args.smoke:  # a smoke run keeps its own sizes; only the thread count is the user's
-        given = {k: v for k, v in given.items() if k == "threads"}
+    if args.smoke:  # a smoke run keeps its own step counts and batch sizes
+        given = {k: v for k, v in given.items() if k in ("threads", "world", "image_size")}
     cfg = dataclasses.replace(cfg, **given)
     folder = train(cfg)
     print(f"model: {folder}  (load it with load_pipeline({str(folder)!r}))")
@@ -105,10 +132,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``toy`` command group (render, train, evaluate) to the command line."""
+    """Add the ``toy`` command group (render, train, evaluate, sizes) to the command line."""
     toy = sub.add_parser("toy", help="the toy world: render scenes, train and evaluate the toy")
     toy_sub = toy.add_subparsers(dest="toy_command", metavar="TOY_COMMAND")
     toy.set_defaults(func=lambda _args: toy.print_help() or 0)
     _add_render(toy_sub)
     _add_train(toy_sub)
     _add_evaluate(toy_sub)
+    _add_sizes(toy_sub)

@@ -122,7 +122,7 @@ def list_templates(kind: str | None = None) -> list[str]:
     """Names of the built-in templates; ``kind`` is ``"probe"`` or ``"edit"`` to filter."""
     names = []
     for path in sorted(template_dir().glob("*.yaml")):
-        if path.name == LISTS_FILE:
+        if path.name == LISTS_FILE or path.name.startswith("lists."):
             continue
         if kind is not None:
             is_edit = _read(path).get("edit") is not None
@@ -151,9 +151,30 @@ def _template_path(name_or_path: str | Path) -> Path:
     return path
 
 
-def shared_lists() -> dict[str, list[str]]:
-    """The word lists the templates share (``lists.yaml``: ``colours``, ``animals``)."""
-    path = template_dir() / LISTS_FILE
+def lists_file(world: str | None = None) -> Path:
+    """The lists file of a word-list variant: ``lists.yaml`` (``world=None``: the lists of the
+    shipped toy's world and of real checkpoints) or ``lists.<world>.yaml`` (another toy world,
+    e.g. ``"v2"``: sixteen colours).
+
+    Raises:
+        FileNotFoundError: no lists file for ``world``; the message lists the variants.
+    """
+    if world is None:
+        return template_dir() / LISTS_FILE
+    path = template_dir() / f"lists.{world}.yaml"
+    if not path.is_file():
+        known = sorted(p.name[6:-5] for p in template_dir().glob("lists.*.yaml"))
+        raise FileNotFoundError(
+            f"no word lists for world {world!r} ({path} is missing); variants: "
+            f"None (lists.yaml){''.join(', ' + repr(k) for k in known)}"
+        )
+    return path
+
+
+def shared_lists(world: str | None = None) -> dict[str, list[str]]:
+    """The word lists the templates share (``colours``, ``animals``): ``lists.yaml``, or with
+    ``world`` the lists of that toy world (:func:`lists_file`)."""
+    path = lists_file(world)
     if not path.is_file():
         return {}
     data = yaml.safe_load(path.read_text()) or {}
@@ -184,12 +205,14 @@ def _parse(path: Path) -> tuple[dict[str, Any], dict[str, yaml.Node]]:
     return yaml.safe_load(path.read_text()), nodes
 
 
-def _slots(path: Path, data: dict[str, Any], nodes: dict[str, yaml.Node]) -> dict[str, list[str]]:
+def _slots(
+    path: Path, data: dict[str, Any], nodes: dict[str, yaml.Node], world: str | None = None
+) -> dict[str, list[str]]:
     node = nodes.get("slots")
     if node is None or not isinstance(data.get("slots"), dict) or not data["slots"]:
         where = _where(path, node) if node is not None else f"{path}:1"
         raise TemplateError(f"{where}: 'slots' must map each {{placeholder}} to a list of words")
-    shared = shared_lists()
+    shared = shared_lists(world)
     slots: dict[str, list[str]] = {}
     for key, value_node in node.value:  # type: ignore[union-attr]
         name, values = key.value, data["slots"][key.value]
@@ -214,13 +237,15 @@ def _slots(path: Path, data: dict[str, Any], nodes: dict[str, yaml.Node]) -> dic
     return slots
 
 
-def _validate(path: Path) -> tuple[str, str, str, dict[str, list[str]], str | None]:
+def _validate(
+    path: Path, world: str | None = None
+) -> tuple[str, str, str, dict[str, list[str]], str | None]:
     data, nodes = _parse(path)
     prompt = data.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         where = _where(path, nodes["prompt"]) if "prompt" in nodes else f"{path}:1"
         raise TemplateError(f"{where}: 'prompt' must be a sentence with {{slot}} placeholders")
-    slots = _slots(path, data, nodes)
+    slots = _slots(path, data, nodes, world)
     used = _PLACEHOLDER.findall(prompt)
     for name in slots:
         if name not in used:
@@ -251,15 +276,20 @@ def _validate(path: Path) -> tuple[str, str, str, dict[str, list[str]], str | No
     return name, str(data.get("description", "")), prompt, slots, edit
 
 
-def load_template(name_or_path: str | Path) -> PromptSet:
+def load_template(name_or_path: str | Path, world: str | None = None) -> PromptSet:
     """Load a template by built-in name (``"colour_car"``) or path, validated.
+
+    Args:
+        name_or_path: a built-in name or a ``.yaml`` path.
+        world: which word lists a ``$list`` slot takes (:func:`lists_file`): ``None``, the
+            default lists; ``"v2"``, those of toy world v2 (sixteen colours).
 
     Raises:
         TemplateError: the file is malformed; the message names the file and line.
         FileNotFoundError: no such template.
     """
     path = _template_path(name_or_path)
-    name, description, prompt, slots, _ = _validate(path)
+    name, description, prompt, slots, _ = _validate(path, world)
     order = list(slots)
     items = []
     for combo in itertools.product(*(slots[s] for s in order)):
@@ -270,13 +300,14 @@ def load_template(name_or_path: str | Path) -> PromptSet:
     return PromptSet(name, items, slots, description, path)
 
 
-def load_edit_pairs(name_or_path: str | Path) -> EditSet:
+def load_edit_pairs(name_or_path: str | Path, world: str | None = None) -> EditSet:
     """Load an editing template: every ordered pair of distinct values of its ``edit`` slot.
 
-    Other slots take every value, shared by source and target.
+    Other slots take every value, shared by source and target; ``world`` as
+    :func:`load_template`.
     """
     path = _template_path(name_or_path)
-    name, _, prompt, slots, edit = _validate(path)
+    name, _, prompt, slots, edit = _validate(path, world)
     if edit is None:
         raise TemplateError(
             f"{path}:1: {name} is a probe template, not an editing set; add 'edit: <slot>' "
@@ -292,10 +323,11 @@ def load_edit_pairs(name_or_path: str | Path) -> EditSet:
     return EditSet(name, pairs, edit, path)
 
 
-def template_words() -> list[str]:
-    """Every word of every built-in template (what the toy tokenizer must hold as one token)."""
+def template_words(world: str | None = None) -> list[str]:
+    """Every word of every built-in template (what the toy tokenizer must hold as one token),
+    with the word lists of ``world`` (as :func:`load_template`)."""
     words: set[str] = set()
     for name in list_templates():
-        for item in load_template(name):
+        for item in load_template(name, world):
             words.update(re.findall(r"[a-z]+", item.prompt.lower()))
     return sorted(words)

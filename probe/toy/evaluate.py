@@ -7,6 +7,8 @@
 
 The colour is scored on prompts that name one, the category on every prompt (the car of
 ``colour_car`` included), and "found" counts images in which the judge finds an object at all.
+Everything is read in the model's toy world (:func:`probe.toy.world.world_of`): the templates
+take that world's word lists, and the judges its palette, backgrounds and category judge.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 
 from probe.models import generation_defaults
 from probe.prompts.templates import load_template
-from probe.toy.world import CATEGORIES, PALETTE
+from probe.toy.world import World, get_world, lists_name, world_of
 from probe.viz.grid import image_grid
 
 
@@ -96,11 +98,12 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
-def expected_labels(prompt: str) -> tuple[str, str]:
-    """The colour and category a prompt asks for ("" where it names none)."""
+def expected_labels(prompt: str, world: World | str | None = None) -> tuple[str, str]:
+    """The colour and category a prompt asks for in ``world`` ("" where it names none)."""
+    w = get_world(world)
     words = re.findall(r"[a-z]+", prompt.lower())
-    colour = next((w for w in words if w in PALETTE), "")
-    category = next((w for w in words if w in CATEGORIES), "")
+    colour = next((x for x in words if x in w.palette), "")
+    category = next((x for x in words if x in w.categories), "")
     return colour, category
 
 
@@ -138,8 +141,8 @@ def evaluate(
     """Generate every prompt of ``templates`` for every seed and judge the images.
 
     Args:
-        pipe: a toy-world pipeline.
-        templates: template names or paths.
+        pipe: a toy-world pipeline (its world: :func:`~probe.toy.world.world_of`).
+        templates: template names or paths, read with the world's word lists.
         seeds: held-out seeds (training never sees a seed: it draws from an endless stream).
         out: if given, write ``evaluation.csv``, ``evaluation.md`` and ``grid.png`` there.
         guidance_scale, num_steps: default to the model's own (``attnprobe.json``).
@@ -153,7 +156,9 @@ def evaluate(
     defaults = generation_defaults(pipe)
     guidance = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
     steps = defaults["num_inference_steps"] if num_steps is None else num_steps
-    jobs = [(t, item.prompt, s) for t in templates for item in load_template(t) for s in seeds]
+    world = world_of(pipe)
+    lists = lists_name(world)
+    jobs = [(t, i.prompt, s) for t in templates for i in load_template(t, lists) for s in seeds]
     rows: list[EvalRow] = []
     images: dict[tuple[str, int], np.ndarray] = {}
     for i in tqdm(range(0, len(jobs), batch_size), desc="evaluate", unit="batch"):
@@ -162,8 +167,8 @@ def evaluate(
             pipe, [j[1] for j in chunk], [j[2] for j in chunk], guidance, steps, defaults["height"]
         )
         for (template, prompt, seed), img in zip(chunk, imgs, strict=True):
-            verdict = judge(img)
-            colour, category = expected_labels(prompt)
+            verdict = judge(img, world)
+            colour, category = expected_labels(prompt, world)
             rows.append(
                 EvalRow(
                     template,
@@ -178,6 +183,7 @@ def evaluate(
             )
             images.setdefault((prompt, seed), img)
     settings = {
+        "world": world.name,
         "templates": list(templates),
         "seeds": [int(s) for s in seeds],
         "guidance_scale": guidance,
@@ -209,10 +215,11 @@ def sample_grid(report: EvalReport, images: dict[tuple[str, int], np.ndarray]) -
     """One image per prompt at the first seed: rows by category, columns by colour if the
     prompts have both, else the first 40 prompts in order."""
     seed = report.settings["seeds"][0]
+    world = get_world(report.settings.get("world"))
     prompts = list(dict.fromkeys(r.prompt for r in report.rows))
-    by_label = {expected_labels(p): p for p in prompts}
-    colours = [c for c in PALETTE if any(k[0] == c for k in by_label)]
-    cats = [c for c in CATEGORIES if any(k[0] and k[1] == c for k in by_label)]
+    by_label = {expected_labels(p, world): p for p in prompts}
+    colours = [c for c in world.palette if any(k[0] == c for k in by_label)]
+    cats = [c for c in world.categories if any(k[0] and k[1] == c for k in by_label)]
     if colours and cats:
         cells = [[by_label.get((c, k)) for c in colours] for k in cats]
         row_names, col_names = cats, colours

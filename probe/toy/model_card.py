@@ -7,6 +7,9 @@ reads ``RUN/train_config.json``, ``RUN/work/loss.jsonl`` and ``EVAL/evaluation.m
 ``OUT/images/toy_loss.png`` and the sample grid in ``OUT/images/toy_samples.png``. ``RUN`` may
 also be an exported model folder: training keeps its record in ``model/training/``.
 
+The card draws the loss curve of every stage in the log (the contrastive text stage with its
+zero-shot accuracies, the VAE, the UNet) and has one training-table row per stage.
+
 Without a loss log, ``--facts FILE`` (JSON: settings plus the final values ``vae_minutes``,
 ``vae_steps``, ``psnr``, ``unet_minutes``, ``unet_steps``, ``loss``, ``scaling``) fills the
 training table, and the card says that the curve is missing instead of drawing one.
@@ -22,19 +25,50 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+STAGE_TITLES = {
+    "text": "Text encoder (contrastive, then frozen)",
+    "vae": "VAE",
+    "unet": "UNet",
+}
+
 
 def loss_curves(lines: list[dict[str, Any]]) -> Figure:
-    """VAE reconstruction PSNR and UNet ε-loss against wall-clock minutes."""
-    fig = Figure(figsize=(9, 3.2))
-    ax_vae, ax_unet = fig.subplots(1, 2)
-    vae = [x for x in lines if x["stage"] == "vae"]
-    unet = [x for x in lines if x["stage"] == "unet"]
-    ax_vae.plot([x["elapsed_s"] / 60 for x in vae], [x["psnr"] for x in vae], lw=1)
-    ax_vae.set(title="VAE", xlabel="minutes", ylabel="reconstruction PSNR (dB)")
-    ax_unet.plot([x["step"] for x in unet], [x["loss"] for x in unet], lw=1)
-    ax_unet.set(title="UNet + text encoder", xlabel="step", ylabel="ε-MSE (mean of 50 steps)")
+    """One panel per trained stage in the log, against its step: the contrastive stage's
+    InfoNCE loss (and, on a second axis, its zero-shot colour and category accuracy), the VAE's
+    reconstruction PSNR, the UNet's ε-MSE. A v1 log (no ``text`` stage) draws two panels."""
+    stages = [s for s in STAGE_TITLES if any(x["stage"] == s for x in lines)]
+    fig = Figure(figsize=(4.5 * max(1, len(stages)), 3.2))
+    axes = fig.subplots(1, max(1, len(stages)), squeeze=False)[0]
+    joint = "text" not in stages  # v1: the text encoder trained with the UNet
+    for ax, stage in zip(axes, stages, strict=False):
+        rows = [x for x in lines if x["stage"] == stage]
+        steps = [x["step"] for x in rows]
+        if stage == "text":
+            _text_panel(ax, rows)
+        elif stage == "vae":
+            ax.plot(steps, [x["psnr"] for x in rows], lw=1)
+            ax.set(ylabel="reconstruction PSNR (dB)")
+        else:
+            ax.plot(steps, [x["loss"] for x in rows], lw=1)
+            ax.set(ylabel="ε-MSE (mean of 50 steps)")
+        title = "UNet + text encoder" if stage == "unet" and joint else STAGE_TITLES[stage]
+        ax.set(title=title, xlabel="step")
     fig.tight_layout()
     return fig
+
+
+def _text_panel(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """The contrastive stage: loss on ``ax``, zero-shot accuracies on a twin axis."""
+    ax.plot([x["step"] for x in rows], [x["loss"] for x in rows], lw=1, color="C0", label="loss")
+    ax.set(ylabel="symmetric InfoNCE")
+    evals = [x for x in rows if "zero_shot_colour" in x]
+    if evals:
+        acc = ax.twinx()
+        for key, colour in (("zero_shot_colour", "C1"), ("zero_shot_category", "C2")):
+            acc.plot([x["step"] for x in evals], [x[key] for x in evals], lw=1, color=colour,
+                     label=key.replace("zero_shot_", "zero-shot "))  # fmt: skip
+        acc.set(ylim=(0, 1.02), ylabel="held-out accuracy")
+        acc.legend(loc="center right", fontsize=7)
 
 
 def _minutes(lines: list[dict[str, Any]], stage: str) -> float:
@@ -60,8 +94,18 @@ def _training_record(run: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 def _final_values(lines: list[dict[str, Any]]) -> dict[str, Any]:
     unet = [x for x in lines if x["stage"] == "unet"]
     vae = [x for x in lines if x["stage"] == "vae"]
+    text = [x for x in lines if x["stage"] == "text"]
+    evals = [x for x in text if "zero_shot_colour" in x]
+    judge: dict[str, Any] = next((x for x in lines if x["stage"] == "judge"), {})
     export: dict[str, Any] = next((x for x in lines if x["stage"] == "export"), {})
     return {
+        "text_minutes": _minutes(lines, "text"),
+        "text_steps": text[-1]["step"] if text else 0,
+        "text_loss": text[-1]["loss"] if text else float("nan"),
+        "zero_shot_colour": evals[-1]["zero_shot_colour"] if evals else float("nan"),
+        "zero_shot_category": evals[-1]["zero_shot_category"] if evals else float("nan"),
+        "judge_minutes": judge.get("seconds", 0.0) / 60,
+        "judge_accuracy": judge.get("val_accuracy", float("nan")),
         "vae_minutes": _minutes(lines, "vae"),
         "vae_steps": vae[-1]["step"] if vae else 0,
         "psnr": vae[-1]["psnr"] if vae else float("nan"),
@@ -106,7 +150,8 @@ def write_card(run: Path | None, evaluation: Path, out: Path, facts: Path | None
     shutil.copy(evaluation / "grid.png", images / "toy_samples.png")
     settings = "\n".join(f"| {k} | {v} |" for k, v in cfg.items() if k != "extra")
     text = CARD.format(
-        **values,
+        **_describe(cfg, values),
+        training=_training_rows(cfg, values),
         settings=settings,
         curve=curve,
         table=(evaluation / "evaluation.md").read_text(),
@@ -114,6 +159,68 @@ def write_card(run: Path | None, evaluation: Path, out: Path, facts: Path | None
     path = out / "toy_model_card.md"
     path.write_text(text)
     return path
+
+
+def _describe(cfg: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """The card's facts that follow from the settings: world, sizes, how the text encoder
+    was trained."""
+    from probe.toy.sizes import positions_per_layer
+    from probe.toy.world import get_world
+
+    world = get_world(cfg.get("world", "v1"))
+    size, factor = int(cfg.get("image_size", 64)), int(cfg.get("vae_factor", 4))
+    latent = size // factor
+    sides = [round(n**0.5) for n in positions_per_layer(latent)]
+    contrastive = bool(values.get("text_steps"))
+    return {
+        "world": f"world {world.name}: cars and ten animals in {len(world.palette)} colours "
+        f"({', '.join(world.palette)})",
+        "image_size": size,
+        "vae_factor": factor,
+        "latent": latent,
+        "resolutions": ",".join(map(str, sides)),
+        "text_training": TEXT_CONTRASTIVE if contrastive else TEXT_JOINT,
+        "scaling": values.get("scaling", float("nan")),
+    }
+
+
+TEXT_CONTRASTIVE = (
+    "The text encoder was trained first, as Stable Diffusion's CLIP was: contrastively against a "
+    "small image CNN on rendered scenes and their captions (symmetric InfoNCE, learned "
+    "temperature; `probe.toy.train_text`), then frozen; the VAE and the UNet trained on it."
+)
+TEXT_JOINT = (
+    "The text encoder was trained jointly with the UNet on the ε-loss (toy v1); Stable "
+    "Diffusion's was trained first, contrastively, and frozen."
+)
+
+
+def _training_rows(cfg: dict[str, Any], values: dict[str, Any]) -> str:
+    """Rows of the training table, one per stage that ran."""
+    rows = []
+    if values.get("judge_minutes"):
+        rows.append(
+            f"| category judge of the world (CNN on silhouettes) | {values['judge_minutes']:.1f} "
+            f"min | {cfg.get('judge_epochs', '')} epochs | validation accuracy "
+            f"{values['judge_accuracy']:.3f} |"
+        )
+    if values.get("text_steps"):
+        rows.append(
+            f"| text encoder: contrastive (symmetric InfoNCE), then frozen | "
+            f"{values['text_minutes']:.1f} min | {values['text_steps']} | loss "
+            f"{values['text_loss']:.3f}; zero-shot colour {values['zero_shot_colour']:.1%}, "
+            f"category {values['zero_shot_category']:.1%} |"
+        )
+    rows.append(
+        f"| VAE (L1+L2, object ×5, KL 1e-6) | {values['vae_minutes']:.1f} min | "
+        f"{values['vae_steps']} | PSNR {values['psnr']:.1f} dB |"
+    )
+    unet = "UNet on the frozen text encoder" if values.get("text_steps") else "UNet + text encoder"
+    rows.append(
+        f"| {unet} (EMA 0.999) | {values['unet_minutes']:.1f} min | {values['unet_steps']} | "
+        f"ε-MSE {values['loss']:.4f} |"
+    )
+    return "\n".join(rows)
 
 
 def _has_record(run: Path) -> bool:
@@ -132,7 +239,9 @@ tokenizer and CLIP text encoder, an AutoencoderKL, a UNet2DConditionModel with t
 topology (CrossAttnDownBlock2D ×3 + DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D +
 CrossAttnUpBlock2D ×3: 16 transformer blocks), ε-prediction on the SD DDIM schedule
 (scaled_linear 0.00085–0.012) — but small, and trained from scratch on this CPU on the toy world
-(`docs/toy_world.md`): cars and ten animals in ten colours, in a park or on a street.
+(`docs/toy_world.md`), {world}, in a park or on a street.
+
+{text_training}
 
 ## Vocabulary
 
@@ -147,11 +256,10 @@ what the toy makes of one.
 
 ## Sizes and why
 
-- 64×64 px images through a **factor-4** VAE → 16×16×4 latents. Query resolutions per layer:
-  16,16,8,8,4,4,2,4,4,4,8,8,8,16,16,16, so every layer's self-attention has more than one
-  position (8×8 latents would make the mid block 1×1). A UNet training step at 16×16 latents
-  cost 3.2× one at 8×8 (0.97 s vs 0.30 s, batch 64, measured on this machine), which is the
-  price paid for that.
+- {image_size}×{image_size} px images through a **factor-{vae_factor}** VAE:
+  {latent}×{latent}×4 latents. Query resolutions per layer (side, layers 0-15):
+  {resolutions}. `attnprobe toy sizes` measures what a training step costs at 16×16 and at
+  32×32 latents on this machine.
 - UNet channels 32/64/64/64 (3.2 M parameters), 4 heads per attention layer; text encoder: 2
   layers, width 64; VAE channels 16/32/32.
 - The latent scaling factor was measured on the trained VAE: **{scaling:.3f}** (1/std of the
@@ -161,8 +269,7 @@ what the toy makes of one.
 
 | stage | wall time | steps | final |
 |---|---:|---:|---|
-| VAE (L1+L2, object ×5, KL 1e-6) | {vae_minutes:.1f} min | {vae_steps} | PSNR {psnr:.1f} dB |
-| UNet + text encoder (EMA 0.999) | {unet_minutes:.1f} min | {unet_steps} | ε-MSE {loss:.4f} |
+{training}
 
 Wall time on a 2-core CPU while other jobs shared the machine. Settings:
 
@@ -190,8 +297,9 @@ the shipped silhouette classifier).
     python -m probe.toy.model_card --run runs/toy_train --eval runs/toy_eval --out docs
     cp -r runs/toy_train/model/* probe/toy/weights/   # ship it
 
-The budgets are wall-clock minutes (`--vae-minutes`, `--unet-minutes`); the learning rate
-follows a cosine over the budget, so a longer budget is a different schedule, not just more steps.
+The budgets are wall-clock minutes (`--text-minutes`, `--vae-minutes`, `--unet-minutes`); the
+learning rate follows a cosine over the budget, so a longer budget is a different schedule, not
+just more steps.
 """
 
 

@@ -13,10 +13,17 @@ from PIL import Image
 from tqdm import tqdm
 
 from probe.prompts.templates import load_template
-from probe.toy.world import render_scene, scene_for_prompt
+from probe.toy.world import get_world, lists_name, render_scene, scene_for_prompt
 
 
-def write_renders(template: str | Path, n: int, out: Path, seed: int = 0, size: int = 64) -> Path:
+def write_renders(
+    template: str | Path,
+    n: int,
+    out: Path,
+    seed: int = 0,
+    size: int = 64,
+    world: str | None = None,
+) -> Path:
     """Render ``n`` scenes for a template's prompts and write PNGs and ``labels.jsonl``.
 
     Image ``i`` draws the template's prompt ``i mod len(template)`` (so every prompt is used
@@ -31,6 +38,7 @@ def write_renders(template: str | Path, n: int, out: Path, seed: int = 0, size: 
         out: output folder (created).
         seed: seeds the whole set; the same seed gives the same files.
         size: image side in pixels.
+        world: the toy world (default: the shipped toy's); the template takes its word lists.
 
     Returns:
         The path of ``labels.jsonl``.
@@ -47,13 +55,14 @@ def write_renders(template: str | Path, n: int, out: Path, seed: int = 0, size: 
         raise ValueError(f"--n {n}: need at least one image")
     if size < 8:
         raise ValueError(f"--size {size}: images need at least 8 pixels a side")
-    prompts = load_template(template)
+    w = get_world(world)
+    prompts = load_template(template, lists_name(w))
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     lines = []
     for i in tqdm(range(n), desc=f"render {prompts.name}", disable=n < 100):
         item = prompts[i % len(prompts)]
-        scene = scene_for_prompt(item.prompt, seed=int(rng.integers(2**31)))
+        scene = scene_for_prompt(item.prompt, seed=int(rng.integers(2**31)), world=w)
         render = render_scene(scene, size=size)
         name = f"{i:04d}.png"
         Image.fromarray(render.image).save(out / name)

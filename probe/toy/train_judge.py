@@ -5,19 +5,25 @@ degrades images (:func:`degrade`: blur, colour shift, gaussian noise); its mask 
 :func:`probe.toy.judge.find_object` (the same path the judge takes at test time), randomly eroded
 or dilated by one pixel, cropped to a 32×32 silhouette and labelled with the scene's category.
 Scenes are drawn from ``numpy.random.default_rng(seed)`` (seed 0 by default); held-out tests use
-other seeds. Runs in about two minutes on one CPU thread.
+other seeds. Runs in about two minutes on one CPU thread. Each toy world has its judge
+(``--world``; ``category.json`` records it); with ``--work DIR`` the run is resumable (the
+examples and a checkpoint after every epoch are kept there).
 
 Usage::
 
-    python -m probe.toy.train_judge --out probe/toy/judge_weights
+    python -m probe.toy.train_judge --out probe/toy/judge_weights                  # world v1
+    python -m probe.toy.train_judge --world v2 --out probe/toy/judge_weights_v2 --work runs/j2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +31,7 @@ from scipy import ndimage
 from torch import nn
 
 from probe.toy.judge import CROP_SIZE, CategoryNet, find_object, silhouette_crop
-from probe.toy.world import CATEGORIES, random_scene, render_scene
+from probe.toy.world import World, get_world, random_scene, render_scene
 
 WIDTH = 16
 
@@ -68,71 +74,145 @@ def _jitter_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return mask
 
 
-def make_examples(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def make_examples(
+    n: int,
+    seed: int,
+    world: World | str | None = None,
+    sizes: Sequence[int] = (48, 64, 64, 64),
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` silhouettes ``[n, 32, 32]`` (float32) and their category indices ``[n]``.
 
     One in five examples uses the true mask of a clean render instead of a found one, so the
-    judge also works when given exact masks.
+    judge also works when given exact masks. Scenes are of ``world`` (default: the shipped
+    toy's), rendered at a size drawn from ``sizes``.
     """
+    w = get_world(world)
     rng = np.random.default_rng(seed)
     xs = np.empty((n, CROP_SIZE, CROP_SIZE), np.float32)
     ys = np.empty(n, np.int64)
     i = 0
     while i < n:
-        _, scene = random_scene(rng)
-        render = render_scene(scene, size=int(rng.choice([48, 64, 64, 64])))
+        _, scene = random_scene(rng, w)
+        render = render_scene(scene, size=int(rng.choice(list(sizes))))
         if rng.random() < 0.2:
             mask = render.mask
         else:
             image = degrade(
                 render.image, rng, rng.uniform(0, 14), rng.uniform(0, 1.6), rng.uniform(0, 25)
             )
-            mask = find_object(image)
+            mask = find_object(image, w)
         if not mask.any():
             continue
         xs[i] = silhouette_crop(_jitter_mask(mask, rng))
-        ys[i] = CATEGORIES.index(scene.category)
+        ys[i] = w.categories.index(scene.category)
         i += 1
     return xs, ys
 
 
+def _examples(
+    n: int, seed: int, world: World, sizes: Sequence[int], work: Path | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`make_examples`, kept in ``work`` (``examples_<seed>_<n>.npz``) when given."""
+    path = None if work is None else work / f"examples_{seed}_{n}.npz"
+    if path is not None and path.is_file():
+        data = np.load(path)
+        return data["x"], data["y"]
+    x, y = make_examples(n, seed, world, sizes)
+    if path is not None:
+        work.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        np.savez(path.with_suffix(".tmp.npz"), x=x, y=y)
+        os.replace(path.with_suffix(".tmp.npz"), path)
+    return x, y
+
+
 def train(
-    n_train: int = 24000, n_val: int = 2000, epochs: int = 12, seed: int = 0
+    n_train: int = 24000,
+    n_val: int = 2000,
+    epochs: int = 12,
+    seed: int = 0,
+    world: World | str | None = None,
+    work: Path | None = None,
+    sizes: Sequence[int] = (48, 64, 64, 64),
 ) -> tuple[CategoryNet, dict[str, float]]:
     """Train the category classifier from scratch; deterministic for ``seed``.
+
+    Args:
+        n_train, n_val: training and validation examples.
+        epochs: passes over the training examples (batches of 128, one-cycle learning rate).
+        seed: seeds the examples (``seed``, ``seed + 1`` for validation) and the network.
+        world: the toy world of the scenes (default: the shipped toy's).
+        work: if given, the examples and a checkpoint after each epoch are kept there, and a
+            rerun resumes from them.
+        sizes: image sizes the scenes are rendered at.
 
     Returns:
         The trained network (in eval mode) and metrics (``val_accuracy``, ``seconds``).
     """
     start = time.time()
+    w = get_world(world)
     torch.manual_seed(seed)
-    x_train, y_train = make_examples(n_train, seed)
-    x_val, y_val = make_examples(n_val, seed + 1)
-    print(f"made {n_train} + {n_val} examples in {time.time() - start:.0f}s")
-    net = CategoryNet(len(CATEGORIES), WIDTH)
+    x_train, y_train = _examples(n_train, seed, w, sizes, work)
+    x_val, y_val = _examples(n_val, seed + 1, w, sizes, work)
+    print(f"{n_train} + {n_val} examples of world {w.name} ready after {time.time() - start:.0f}s")
+    net = CategoryNet(len(w.categories), WIDTH)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     steps = epochs * (n_train // 128)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    xt, yt = torch.from_numpy(x_train)[:, None], torch.from_numpy(y_train)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
     gen = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        net.train()
-        order = torch.randperm(n_train, generator=gen)
-        for b in range(n_train // 128):
-            idx = order[b * 128 : (b + 1) * 128]
-            xb = xt[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-            loss = loss_fn(net(xb), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+    state = _resume(work, net, opt, sched, gen)
+    data = (torch.from_numpy(x_train)[:, None], torch.from_numpy(y_train))
+    for epoch in range(int(state.get("epoch", 0)), epochs):
+        loss = _epoch(net, opt, sched, gen, data)
         acc = accuracy(net, x_val, y_val)
-        print(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, val accuracy {acc:.4f}")
+        print(f"epoch {epoch + 1}/{epochs}: loss {loss:.3f}, val accuracy {acc:.4f}")
+        if work is not None:
+            checkpoint = {"net": net.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1}
+            checkpoint |= {"sched": sched.state_dict(), "gen": gen.get_state()}
+            torch.save(checkpoint, work / "judge.pt.tmp")
+            os.replace(work / "judge.pt.tmp", work / "judge.pt")
     metrics = {"val_accuracy": accuracy(net, x_val, y_val), "seconds": time.time() - start}
     return net.eval(), metrics
+
+
+def _resume(
+    work: Path | None, net: CategoryNet, opt: Any, sched: Any, gen: torch.Generator
+) -> dict[str, Any]:
+    """Load ``work/judge.pt`` into the training objects if it exists; returns its state."""
+    path = None if work is None else work / "judge.pt"
+    if path is None or not path.is_file():
+        return {}
+    state: dict[str, Any] = torch.load(path, weights_only=False)
+    net.load_state_dict(state["net"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    gen.set_state(state["gen"])
+    return state
+
+
+def _epoch(
+    net: CategoryNet,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    gen: torch.Generator,
+    data: tuple[torch.Tensor, torch.Tensor],
+) -> float:
+    """One pass over the examples ``([n, 1, 32, 32], [n])``, mirrored at random; last loss."""
+    xt, yt = data
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.05)
+    net.train()
+    order = torch.randperm(len(xt), generator=gen)
+    loss = torch.zeros(())
+    for b in range(len(xt) // 128):
+        idx = order[b * 128 : (b + 1) * 128]
+        xb = xt[idx]
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+        loss = loss_fn(net(xb), yt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return float(loss.item())
 
 
 def accuracy(net: CategoryNet, x: np.ndarray, y: np.ndarray) -> float:
@@ -143,8 +223,16 @@ def accuracy(net: CategoryNet, x: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean())
 
 
-def save(net: CategoryNet, out: Path, metrics: dict[str, float], seed: int) -> None:
-    """Write ``category.safetensors`` and ``category.json`` (classes, width, seed, metrics)."""
+def save(
+    net: CategoryNet,
+    out: Path,
+    metrics: dict[str, float],
+    seed: int,
+    world: World | str | None = None,
+) -> None:
+    """Write ``category.safetensors`` and ``category.json`` (world, classes, width, seed,
+    metrics)."""
+    w = get_world(world)
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -152,7 +240,8 @@ def save(net: CategoryNet, out: Path, metrics: dict[str, float], seed: int) -> N
         {k: v.contiguous() for k, v in net.state_dict().items()}, out / "category.safetensors"
     )
     config = {
-        "classes": list(CATEGORIES),
+        "world": w.name,
+        "classes": list(w.categories),
         "width": WIDTH,
         "crop_size": CROP_SIZE,
         "seed": seed,
@@ -169,10 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=24000)
     parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--world", default=None, help="toy world (v1, v2; default: the shipped)")
+    parser.add_argument("--work", type=Path, help="folder to resume from (examples, checkpoint)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    net, metrics = train(args.n_train, epochs=args.epochs, seed=args.seed)
-    save(net, Path(args.out), metrics, args.seed)
+    net, metrics = train(
+        args.n_train, epochs=args.epochs, seed=args.seed, world=args.world, work=args.work
+    )
+    save(net, Path(args.out), metrics, args.seed, args.world)
     print(f"val accuracy {metrics['val_accuracy']:.4f}; weights in {args.out}")
     return 0
 

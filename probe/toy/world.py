@@ -1,41 +1,45 @@
 """The toy world: coloured cars and animal silhouettes in a park or on a street.
 
 Every scene is drawn from a few numbers (category, colour, background, position, scale, flip,
-seed), so its labels and object mask are known exactly. Shapes are unions of ellipses, limbs and
-polygons in a local frame (x to the right, y down, the ground at y = 1), with holes for windows,
-stripes and spots; they are rasterised at 4× and box-filtered down, so edges are anti-aliased.
+seed), so its labels and object mask are known exactly. Shapes (:mod:`probe.toy.shapes`) are
+rasterised at 4× and box-filtered down, so edges are anti-aliased.
+
+The world comes in versions (:data:`WORLDS`), each a :class:`World`: its palette, its two
+backgrounds, its categories and where its category judge's weights live. ``v1`` (ten colours)
+is the world of the shipped toy model; ``v2`` has sixteen colours (white and grey among them)
+on backgrounds moved away from every one of them. A model folder names its world in
+``attnprobe.json`` (key ``world``; absent means ``v1``)::
+
+    from probe.toy.world import Scene, get_world, render_scene
+    render_scene(Scene("car", "white", world="v2"))     # v2 draws white; v1 refuses it
+    get_world("v2").colours                             # ('red', ..., 'magenta')
 """
 
 from __future__ import annotations
 
-import itertools
-import math
+import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from functools import cache
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from probe.prompts.templates import shared_lists
+from probe.toy.shapes import ANIMALS as ANIMALS
+from probe.toy.shapes import CATEGORIES as CATEGORIES
+from probe.toy.shapes import SHAPES as SHAPES
+from probe.toy.shapes import shape_polygons as shape_polygons
 
-ANIMALS = (
-    "dog",
-    "giraffe",
-    "horse",
-    "lion",
-    "rabbit",
-    "sheep",
-    "cat",
-    "monkey",
-    "leopard",
-    "tiger",
-)
-CATEGORIES = ("car", *ANIMALS)
+RGB = tuple[int, int, int]
+Background = tuple[RGB, RGB, float]  # (top colour, bottom colour, horizon as a height fraction)
+TOY_DIR = Path(__file__).resolve().parent
 
-# Saturated object colours, far from each other and from the muted background colours.
-PALETTE: dict[str, tuple[int, int, int]] = {
+# v1: saturated object colours, far from each other and from the muted background colours.
+PALETTE: dict[str, RGB] = {
     "red": (220, 30, 30),
     "green": (20, 170, 40),
     "blue": (30, 50, 220),
@@ -47,129 +51,109 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "brown": (125, 70, 25),
     "black": (15, 15, 15),
 }
-
-# Each background: (top colour, bottom colour, horizon as a fraction of the height).
-BACKGROUNDS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], float]] = {
+BACKGROUNDS: dict[str, Background] = {
     "park": ((190, 210, 230), (135, 170, 110), 0.45),
     "street": ((210, 195, 170), (120, 120, 128), 0.55),
 }
 BACKGROUND_WORDS = {"park": "park", "street": "street"}
 
-Prim = tuple[Any, ...]
-_ELL, _LIMB, _POLY = "ell", "limb", "poly"
-
-
-def _limbs(xs: tuple[float, ...], top: float, width: float) -> list[Prim]:
-    return [(_LIMB, [(x, top), (x, 1.0)], width) for x in xs]
-
-
-# Shapes in a local frame facing right; entries with hole=True are cut out of the mask.
-SHAPES: dict[str, list[Prim]] = {
-    "car": [
-        (_POLY, [(-1.0, 0.05), (1.0, 0.05), (1.0, 0.62), (-1.0, 0.62)]),
-        (_POLY, [(-0.6, 0.1), (-0.38, -0.38), (0.38, -0.38), (0.65, 0.1)]),
-        (_ELL, -0.58, 0.7, 0.28, 0.28, 0),
-        (_ELL, 0.58, 0.7, 0.28, 0.28, 0),
-        (_POLY, [(-0.45, 0.02), (-0.3, -0.27), (-0.04, -0.27), (-0.04, 0.02)], True),
-        (_POLY, [(0.06, 0.02), (0.06, -0.27), (0.3, -0.27), (0.48, 0.02)], True),
-        (_ELL, -0.58, 0.7, 0.1, 0.1, 0, True),
-        (_ELL, 0.58, 0.7, 0.1, 0.1, 0, True),
-    ],
-    "dog": [
-        (_ELL, 0.0, 0.15, 0.6, 0.27, 0),
-        *_limbs((-0.48, -0.3, 0.3, 0.48), 0.2, 0.13),
-        (_ELL, 0.72, -0.22, 0.23, 0.21, 0),
-        (_ELL, 0.97, -0.14, 0.17, 0.1, 0),
-        (_ELL, 0.6, -0.08, 0.08, 0.2, 15),
-        (_LIMB, [(-0.55, 0.05), (-0.8, -0.35)], 0.09),
-    ],
-    "giraffe": [
-        (_ELL, -0.2, -0.05, 0.45, 0.22, 0),
-        *_limbs((-0.52, -0.36, 0.0, 0.14), 0.0, 0.12),
-        (_LIMB, [(0.12, -0.1), (0.55, -1.0)], 0.16),
-        (_ELL, 0.7, -0.98, 0.2, 0.08, 20),
-        (_LIMB, [(0.5, -1.05), (0.48, -1.25)], 0.05),
-        (_LIMB, [(-0.62, -0.1), (-0.75, 0.3)], 0.05),
-    ],
-    "horse": [
-        (_ELL, 0.0, -0.05, 0.6, 0.25, 0),
-        *_limbs((-0.45, -0.3, 0.33, 0.48), 0.1, 0.13),
-        (_LIMB, [(0.42, -0.15), (0.7, -0.62)], 0.22),
-        (_ELL, 0.85, -0.52, 0.27, 0.1, 40),
-        (_LIMB, [(-0.6, -0.12), (-0.82, 0.45)], 0.1),
-    ],
-    "lion": [
-        (_ELL, -0.1, 0.25, 0.6, 0.25, 0),
-        *_limbs((-0.5, -0.32, 0.2, 0.36), 0.3, 0.14),
-        (_ELL, 0.55, -0.05, 0.44, 0.44, 0),
-        (_ELL, 0.85, 0.02, 0.16, 0.12, 0),
-        (_LIMB, [(-0.7, 0.2), (-1.0, 0.55)], 0.06),
-        (_ELL, -1.02, 0.6, 0.09, 0.09, 0),
-    ],
-    "rabbit": [
-        (_ELL, 0.0, 0.55, 0.45, 0.42, 0),
-        (_ELL, 0.38, 0.0, 0.26, 0.24, 0),
-        (_ELL, 0.28, -0.58, 0.08, 0.38, -8),
-        (_ELL, 0.47, -0.55, 0.08, 0.36, 12),
-        (_ELL, -0.48, 0.5, 0.13, 0.13, 0),
-        (_ELL, 0.12, 0.94, 0.32, 0.07, 0),
-    ],
-    "sheep": [
-        *[
-            (_ELL, 0.62 * math.cos(a), 0.05 + 0.32 * math.sin(a), 0.2, 0.2, 0)
-            for a in np.linspace(0, 2 * math.pi, 12, endpoint=False)
-        ],
-        (_ELL, 0.0, 0.05, 0.62, 0.34, 0),
-        (_ELL, 0.85, -0.05, 0.2, 0.14, -20),
-        *_limbs((-0.4, -0.22, 0.25, 0.42), 0.35, 0.08),
-    ],
-    "cat": [
-        (_ELL, -0.05, 0.45, 0.35, 0.52, 0),
-        (_ELL, 0.15, -0.3, 0.26, 0.24, 0),
-        (_POLY, [(-0.05, -0.4), (0.0, -0.78), (0.16, -0.5)]),
-        (_POLY, [(0.2, -0.5), (0.36, -0.78), (0.38, -0.38)]),
-        (_LIMB, [(-0.35, 0.85), (-0.75, 0.7), (-0.85, 0.25), (-0.7, -0.05)], 0.09),
-    ],
-    "monkey": [
-        (_ELL, 0.0, 0.2, 0.3, 0.4, 0),
-        (_ELL, 0.0, -0.45, 0.23, 0.22, 0),
-        (_ELL, -0.26, -0.45, 0.09, 0.09, 0),
-        (_ELL, 0.26, -0.45, 0.09, 0.09, 0),
-        (_LIMB, [(0.22, -0.05), (0.55, -0.35), (0.62, -0.8)], 0.09),
-        (_LIMB, [(-0.22, -0.05), (-0.5, 0.3), (-0.45, 0.6)], 0.09),
-        (_LIMB, [(0.15, 0.5), (0.3, 0.75), (0.22, 1.0)], 0.1),
-        (_LIMB, [(-0.15, 0.5), (-0.3, 0.75), (-0.22, 1.0)], 0.1),
-        (_LIMB, [(-0.2, 0.5), (-0.7, 0.7), (-0.9, 0.4), (-0.75, 0.15), (-0.6, 0.3)], 0.06),
-        (_ELL, 0.0, -0.4, 0.12, 0.08, 0, True),
-    ],
-    "leopard": [
-        (_ELL, 0.0, 0.25, 0.75, 0.19, 0),
-        *_limbs((-0.58, -0.42, 0.42, 0.58), 0.3, 0.1),
-        (_ELL, 0.88, 0.08, 0.19, 0.14, 0),
-        (_LIMB, [(-0.72, 0.2), (-1.0, 0.4), (-1.02, 0.75), (-0.85, 0.88)], 0.06),
-        *[
-            (_ELL, x, y, 0.055, 0.055, 0, True)
-            for x, y in [(-0.5, 0.2), (-0.25, 0.3), (0.0, 0.18), (0.25, 0.3), (0.5, 0.2)]
-        ],
-    ],
-    "tiger": [
-        (_ELL, 0.0, 0.05, 0.7, 0.3, 0),
-        *_limbs((-0.5, -0.3, 0.3, 0.5), 0.2, 0.16),
-        (_ELL, 0.8, -0.12, 0.25, 0.24, 0),
-        (_ELL, 0.72, -0.35, 0.08, 0.08, 0),
-        (_ELL, 0.92, -0.33, 0.08, 0.08, 0),
-        (_LIMB, [(-0.68, 0.0), (-0.95, 0.25), (-1.0, 0.55)], 0.08),
-        *[
-            (_POLY, [(x, -0.2), (x + 0.07, -0.2), (x + 0.02, 0.25), (x - 0.05, 0.25)], True)
-            for x in (-0.45, -0.2, 0.05, 0.3)
-        ],
-    ],
+# v2: v1's ten colours unchanged plus six; every pair at least 87 apart in RGB (yellow-orange,
+# as in v1). v1's backgrounds would hide the new ones (grey sits 31 from v1's road, white 75
+# from its sky), so v2's backgrounds are the points of the RGB cube farthest from all sixteen
+# near v1's hues: each background colour is at least 88 from every object colour.
+PALETTE_V2: dict[str, RGB] = {
+    **PALETTE,
+    "white": (250, 250, 250),
+    "grey": (140, 140, 140),
+    "lime": (160, 245, 60),
+    "teal": (0, 120, 120),
+    "navy": (20, 25, 120),
+    "magenta": (230, 0, 230),
 }
+BACKGROUNDS_V2: dict[str, Background] = {
+    "park": ((130, 200, 255), (80, 210, 105), 0.45),
+    "street": ((255, 235, 135), (80, 90, 100), 0.55),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class World:
+    """One version of the toy world.
+
+    Attributes:
+        name: ``"v1"``, ``"v2"``.
+        palette: colour name -> RGB of the objects.
+        backgrounds: name -> (top RGB, bottom RGB, horizon fraction).
+        categories: what can be drawn (the car and the paper's ten animals).
+        judge_dir: the folder of its category judge (``category.safetensors``, ``.json``).
+    """
+
+    name: str
+    palette: Mapping[str, RGB]
+    backgrounds: Mapping[str, Background]
+    judge_dir: Path
+    categories: tuple[str, ...] = CATEGORIES
+
+    @property
+    def colours(self) -> tuple[str, ...]:
+        return tuple(self.palette)
+
+    def __repr__(self) -> str:
+        return f"World({self.name!r}, {len(self.palette)} colours, judge {self.judge_dir})"
+
+
+WORLDS: dict[str, World] = {
+    "v1": World("v1", MappingProxyType(PALETTE), MappingProxyType(BACKGROUNDS),
+                TOY_DIR / "judge_weights"),
+    "v2": World("v2", MappingProxyType(PALETTE_V2), MappingProxyType(BACKGROUNDS_V2),
+                TOY_DIR / "judge_weights_v2"),
+}  # fmt: skip
+DEFAULT_WORLD = "v1"
+"""The world of the shipped toy (``probe/toy/weights``) and of ``data_templates/lists.yaml``."""
+
+
+def get_world(world: World | str | None = None) -> World:
+    """A world by name (``None``: :data:`DEFAULT_WORLD`); a :class:`World` is returned as is.
+
+    Raises:
+        ValueError: no world of that name.
+
+    Example:
+        >>> len(get_world("v2").palette)
+        16
+    """
+    if isinstance(world, World):
+        return world
+    name = DEFAULT_WORLD if world is None else str(world)
+    if name not in WORLDS:
+        raise ValueError(f"unknown toy world {name!r}; the worlds are {', '.join(WORLDS)}")
+    return WORLDS[name]
+
+
+def world_of(pipe_or_folder: Any) -> World:
+    """The world a toy model was trained on: ``world`` in its folder's ``attnprobe.json``
+    (absent: ``v1``, the shipped toy's folder has none; a pipeline built in memory:
+    :data:`DEFAULT_WORLD`). A model folder that holds its own judge (``judge/category.json``,
+    written by training) judges with it.
+
+    Example:
+        >>> world_of(load_pipeline("toy")).name
+        'v1'
+    """
+    folder = getattr(pipe_or_folder, "name_or_path", pipe_or_folder)
+    if not folder or not Path(str(folder)).is_dir():
+        return get_world()
+    path = Path(str(folder)) / "attnprobe.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    world = get_world(saved.get("world", "v1"))
+    own = Path(str(folder)) / "judge"
+    return replace(world, judge_dir=own) if (own / "category.json").is_file() else world
 
 
 @dataclass(frozen=True)
 class Scene:
-    """One toy scene. Position is the object's centre in image fractions; scale its longer side."""
+    """One toy scene. Position is the object's centre in image fractions; scale its longer side;
+    ``world`` names the :class:`World` it is drawn in."""
 
     category: str = "car"
     colour: str = "red"
@@ -179,15 +163,23 @@ class Scene:
     scale: float = 0.6
     flip: bool = False
     seed: int = 0
+    world: str = DEFAULT_WORLD
 
     def __post_init__(self) -> None:
-        if self.category not in CATEGORIES:
-            raise ValueError(f"unknown category {self.category!r}; one of {', '.join(CATEGORIES)}")
-        if self.colour not in PALETTE:
-            raise ValueError(f"unknown colour {self.colour!r}; one of {', '.join(PALETTE)}")
-        if self.background not in BACKGROUNDS:
+        world = get_world(self.world)
+        if self.category not in world.categories:
             raise ValueError(
-                f"unknown background {self.background!r}; one of {', '.join(BACKGROUNDS)}"
+                f"unknown category {self.category!r}; one of {', '.join(world.categories)}"
+            )
+        if self.colour not in world.palette:
+            raise ValueError(
+                f"unknown colour {self.colour!r} in world {world.name}; one of "
+                f"{', '.join(world.palette)}"
+                + ("" if self.colour not in PALETTE_V2 else " (world v2 has it: world='v2')")
+            )
+        if self.background not in world.backgrounds:
+            raise ValueError(
+                f"unknown background {self.background!r}; one of {', '.join(world.backgrounds)}"
             )
 
     @property
@@ -211,52 +203,8 @@ class Render:
         return self.scene.labels
 
 
-def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float) -> list[tuple[float, float]]:
-    t = np.linspace(0, 2 * math.pi, 40, endpoint=False)
-    a = math.radians(angle)
-    x, y = rx * np.cos(t), ry * np.sin(t)
-    return list(
-        zip(
-            cx + x * math.cos(a) - y * math.sin(a),
-            cy + x * math.sin(a) + y * math.cos(a),
-            strict=True,
-        )
-    )
-
-
-def _limb(points: list[tuple[float, float]], width: float) -> list[list[tuple[float, float]]]:
-    polys = [_ellipse(x, y, width / 2, width / 2, 0) for x, y in points]
-    for (x0, y0), (x1, y1) in itertools.pairwise(points):
-        dx, dy = x1 - x0, y1 - y0
-        n = math.hypot(dx, dy) or 1.0
-        ox, oy = -dy / n * width / 2, dx / n * width / 2
-        polys.append(
-            [(x0 + ox, y0 + oy), (x1 + ox, y1 + oy), (x1 - ox, y1 - oy), (x0 - ox, y0 - oy)]
-        )
-    return polys
-
-
-@cache
-def shape_polygons(
-    category: str,
-) -> tuple[list[list[tuple[float, float]]], list[list[tuple[float, float]]]]:
-    """The category's filled polygons and hole polygons in the local frame."""
-    fills: list[list[tuple[float, float]]] = []
-    holes: list[list[tuple[float, float]]] = []
-    for prim in SHAPES[category]:
-        kind = prim[0]
-        if kind == _ELL:
-            polys, hole = [_ellipse(*prim[1:6])], len(prim) > 6 and prim[6]
-        elif kind == _LIMB:
-            polys, hole = _limb(prim[1], prim[2]), False
-        else:
-            polys, hole = [list(prim[1])], len(prim) > 2 and prim[2]
-        (holes if hole else fills).extend(polys)
-    return fills, holes
-
-
-def _background(name: str, size: int) -> np.ndarray:
-    top, bottom, horizon = BACKGROUNDS[name]
+def _background(name: str, size: int, world: World | str | None = None) -> np.ndarray:
+    top, bottom, horizon = get_world(world).backgrounds[name]
     img = np.empty((size, size, 3), np.float32)
     rows = np.arange(size) < round(horizon * size)
     img[rows], img[~rows] = top, bottom
@@ -264,7 +212,7 @@ def _background(name: str, size: int) -> np.ndarray:
 
 
 def render_scene(scene: Scene, size: int = 64) -> Render:
-    """Draw a scene: the image, the object mask and the labels. Deterministic for a scene."""
+    """Draw a scene in its world: the image, the object mask and the labels. Deterministic."""
     fills, holes = shape_polygons(scene.category)
     pts = np.concatenate([np.asarray(p) for p in fills])
     (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
@@ -285,8 +233,9 @@ def render_scene(scene: Scene, size: int = 64) -> Render:
     alpha = (
         np.asarray(canvas.resize((size, size), Image.Resampling.BOX), np.float32)[..., None] / 255
     )
-    colour = np.asarray(PALETTE[scene.colour], np.float32)
-    image = alpha * colour + (1 - alpha) * _background(scene.background, size)
+    world = get_world(scene.world)
+    colour = np.asarray(world.palette[scene.colour], np.float32)
+    image = alpha * colour + (1 - alpha) * _background(scene.background, size, world)
     return Render(np.clip(image.round(), 0, 255).astype(np.uint8), alpha[..., 0] > 0.5, scene)
 
 
@@ -303,18 +252,20 @@ def _words(prompt: str) -> list[str]:
     return re.findall(r"[a-z]+", prompt.lower())
 
 
-def scene_for_prompt(prompt: str, seed: int = 0) -> Scene:
-    """The scene a prompt describes; what it leaves open (colour, background, layout) is drawn
-    from ``seed``. Raises ValueError if the prompt names no category."""
+def scene_for_prompt(prompt: str, seed: int = 0, world: World | str | None = None) -> Scene:
+    """The scene a prompt describes in ``world`` (default :data:`DEFAULT_WORLD`); what it leaves
+    open (colour, background, layout) is drawn from ``seed``. Raises ValueError if the prompt
+    names no category."""
+    w = get_world(world)
     words = _words(prompt)
     rng = np.random.default_rng(seed)
-    category = next((w for w in words if w in CATEGORIES), None)
+    category = next((x for x in words if x in w.categories), None)
     if category is None:
-        raise ValueError(f"prompt {prompt!r} names no toy category ({', '.join(CATEGORIES)})")
-    colour = next((w for w in words if w in PALETTE), None) or str(rng.choice(list(PALETTE)))
-    background = next((b for b, w in BACKGROUND_WORDS.items() if w in words), None)
-    background = background or str(rng.choice(list(BACKGROUNDS)))
-    scene = Scene(category, colour, background, seed=seed)
+        raise ValueError(f"prompt {prompt!r} names no toy category ({', '.join(w.categories)})")
+    colour = next((x for x in words if x in w.palette), None) or str(rng.choice(list(w.palette)))
+    background = next((b for b, x in BACKGROUND_WORDS.items() if x in words), None)
+    background = background or str(rng.choice(list(w.backgrounds)))
+    scene = Scene(category, colour, background, seed=seed, world=w.name)
     return random_layout(rng, scene)
 
 
@@ -333,21 +284,54 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
     return f"a {noun}"
 
 
-def random_scene(rng: np.random.Generator) -> tuple[str, Scene]:
-    """A random scene of the world and a caption that describes it."""
-    category = str(rng.choice(CATEGORIES))
-    colour = str(rng.choice(list(PALETTE)))
-    background = str(rng.choice(list(BACKGROUNDS)))
-    scene = random_layout(rng, Scene(category, colour, background, seed=int(rng.integers(2**31))))
+def caption_fits(text: str, scene: Scene) -> bool:
+    """Whether a caption is true of a scene: every colour, category and background it names is
+    the scene's (``"a dog standing in the park"`` fits a red dog in the park; ``""`` fits all).
+
+    Example:
+        >>> caption_fits("a dog", Scene("dog", "red"))
+        True
+    """
+    world = get_world(scene.world)
+    words = set(_words(text))
+    named = [
+        (words & set(world.palette), scene.colour),
+        (words & set(world.categories), scene.category),
+        ({b for b, x in BACKGROUND_WORDS.items() if x in words}, scene.background),
+    ]
+    return all(not said or said == {truth} for said, truth in named)
+
+
+def random_scene(rng: np.random.Generator, world: World | str | None = None) -> tuple[str, Scene]:
+    """A random scene of ``world`` (default :data:`DEFAULT_WORLD`) and a caption for it."""
+    w = get_world(world)
+    category = str(rng.choice(w.categories))
+    colour = str(rng.choice(list(w.palette)))
+    background = str(rng.choice(list(w.backgrounds)))
+    scene = Scene(category, colour, background, seed=int(rng.integers(2**31)), world=w.name)
+    scene = random_layout(rng, scene)
     return caption(scene, rng), scene
 
 
-def check_vocabulary() -> None:
-    """The template lists and the world must agree: every colour drawable, every animal drawn."""
-    lists = shared_lists()
-    missing = [c for c in lists.get("colours", []) if c not in PALETTE]
-    missing += [a for a in lists.get("animals", []) if a not in CATEGORIES]
+def lists_name(world: World | str | None = None) -> str | None:
+    """The ``world`` argument of :func:`probe.prompts.templates.shared_lists` for a toy world:
+    ``None`` (``lists.yaml``) for :data:`DEFAULT_WORLD`, else its name (``lists.v2.yaml``)."""
+    w = get_world(world)
+    return None if w.name == DEFAULT_WORLD else w.name
+
+
+def check_vocabulary(world: World | str | None = None) -> None:
+    """The template lists of a world and the world must agree: every colour drawable, every
+    animal drawn.
+
+    Raises:
+        ValueError: a listed word the world cannot draw.
+    """
+    w = get_world(world)
+    lists = shared_lists(lists_name(w))
+    missing = [c for c in lists.get("colours", []) if c not in w.palette]
+    missing += [a for a in lists.get("animals", []) if a not in w.categories]
     if missing:
         raise ValueError(
-            f"data_templates/lists.yaml names words the toy world cannot draw: {missing}"
+            f"the template lists of world {w.name} name words it cannot draw: {missing}"
         )
