@@ -13,7 +13,7 @@ import torch
 from benchmarks.baselines import InPlaceMaterialisedReplace, MaterialiseEverywhere
 from benchmarks.measure import release_memory, run_interleaved, summarize
 from benchmarks.profiles import Bench
-from benchmarks.rigs import random_embeddings, random_latents
+from benchmarks.rigs import UNetRig, random_conditioning, random_latents
 from editing import edit
 from editing.inversion import ddim_invert
 from editing.methods.replace import SelfAttentionReplace
@@ -27,19 +27,20 @@ TARGETS = [f"a {c} car in the park" for c in
            ("blue", "green", "yellow", "black", "pink", "purple", "orange", "brown")]  # fmt: skip
 
 
-def fpe_sd15(bench: Bench) -> dict[str, Any]:
-    """FPE edit on the SD 1.5 UNet: fused ``SDPA(q_src, k_src, v_tgt)`` vs materialised."""
-    prof, rig = bench.profile, bench.sd15_rig()
+def fpe_group(
+    bench: Bench, rig: UNetRig, latent: int, steps: int, repeats: int, layers: str
+) -> dict[str, Any]:
+    """One fused-vs-materialised FPE comparison: 1 source + 1 target with guidance (batch 4),
+    ``steps`` DDIM steps, every step edited, random conditioning; ``layers`` names what the
+    ``fpe`` preset resolves to (for the table)."""
     layout = BatchLayout.for_edit(1, True)
-    latents = random_latents(rig, 2, prof.fpe_latent)
-    embeddings = random_embeddings(rig, len(layout))
+    latents = random_latents(rig, 2, latent)
+    rows = random_conditioning(rig, len(layout), latent)
     finals: dict[str, torch.Tensor] = {}
 
     def run(name: str, make: Any) -> Any:
         def go() -> None:
-            finals[name] = denoise(
-                rig, embeddings, latents.clone(), layout, make(), prof.sd15_steps, 7.5
-            )
+            finals[name] = denoise(rig, rows, latents.clone(), layout, make(), steps, 7.5)
 
         return go
 
@@ -50,41 +51,54 @@ def fpe_sd15(bench: Bench) -> dict[str, Any]:
         ),
         "fused": run("fused", lambda: [SelfAttentionReplace("fpe", "all")]),
     }
-    bench.log(f"  {rig.name}, latent {prof.fpe_latent}")
-    table = summarize(
-        run_interleaved(variants, prof.sd15_repeats, False, bench.log), "materialised"
-    )
+    bench.log(f"  {rig.name}, latent {latent}")
+    table = summarize(run_interleaved(variants, repeats, False, bench.log), "materialised")
     diff = float((finals["fused"] - finals["materialised"]).abs().max())
-    fused = table["fused"]
-    group = {
-        "label": f"{rig.name}, {prof.fpe_latent}x{prof.fpe_latent} latents",
+    return {
+        "label": f"{rig.name}, {latent}x{latent} latents",
         "model": rig.name,
-        "settings": {"latent": prof.fpe_latent, "steps": prof.sd15_steps, "guidance": 7.5,
-                     "batch": len(layout), "layers": "fpe (res<max: 2-12 at 64x64)",
-                     "edited steps": "all", "weights_mib": rig.params_mib},
+        "settings": {"latent": latent, "steps": steps, "guidance": 7.5, "batch": len(layout),
+                     "layers": layers, "edited steps": "all", "weights_mib": rig.params_mib},
         "baseline": "materialised",
         "variants": table,
         "extra": {},
         "checks": {"max_abs_diff_final_latents": diff},
     }  # fmt: skip
+
+
+def fpe_targets(fused: dict[str, Any]) -> list[dict[str, Any]]:
+    """The fused path's targets against the materialised one (time, peak, peak above start)."""
+    return [
+        _limit("fused time <= 1.0x materialised", fused["time_ratio"], 1.0),
+        _limit("fused peak RSS <= 0.5x materialised", fused["peak_ratio"], 0.5),
+        _limit("fused peak above weights <= 0.5x materialised", fused["delta_ratio"], 0.5),
+    ]
+
+
+FPE_NOTES = (
+    "materialised = the official FPE code's approach re-implemented on attnprobe's hooks: every "
+    "attention call computes softmax(QK^T) and probs @ V; in the FPE layers the source row's "
+    "probabilities are copied over the target's (conditional half).",
+    "fused = attnprobe's SelfAttentionReplace: the target's queries and keys are the source's, "
+    "attention stays on F.scaled_dot_product_attention everywhere.",
+)
+
+
+def fpe_sd15(bench: Bench) -> dict[str, Any]:
+    """FPE edit on the SD 1.5 UNet: fused ``SDPA(q_src, k_src, v_tgt)`` vs materialised."""
+    prof = bench.profile
+    group = fpe_group(bench, bench.sd15_rig(), prof.fpe_latent, prof.sd15_steps,
+                      prof.sd15_repeats, "fpe (res<max: 2-12 at 64x64)")  # fmt: skip
     return {
         "case": "fpe_sd15",
         "title": "FPE edit: fused SDPA(q_src, k_src, v_tgt) vs materialised probabilities",
         "groups": [group],
-        "targets": [
-            _limit("fused time <= 1.0x materialised", fused["time_ratio"], 1.0),
-            _limit("fused peak RSS <= 0.5x materialised", fused["peak_ratio"], 0.5),
-            _limit("fused peak above weights <= 0.5x materialised", fused["delta_ratio"], 0.5),
-        ],
+        "targets": fpe_targets(group["variants"]["fused"]),
         "notes": [
-            "materialised = the official FPE code's approach re-implemented on attnprobe's "
-            "hooks: every attention call computes softmax(QK^T) and probs @ V; in the FPE layers "
-            "the source row's probabilities are copied over the target's (conditional half).",
-            "fused = attnprobe's SelfAttentionReplace: the target's queries and keys are the "
-            "source's, attention stays on F.scaled_dot_product_attention everywhere.",
-            f"1 source + 1 target with guidance (batch {len(layout)}), {prof.sd15_steps} DDIM "
-            f"step(s), every step edited, random text embeddings; {prof.sd15_repeats} timed "
-            "run(s) per variant, interleaved, no warm-up.",
+            *FPE_NOTES,
+            f"1 source + 1 target with guidance (batch {group['settings']['batch']}), "
+            f"{prof.sd15_steps} DDIM step(s), every step edited, random text embeddings; "
+            f"{prof.sd15_repeats} timed run(s) per variant, interleaved, no warm-up.",
         ],
     }
 

@@ -14,7 +14,7 @@ import torch
 from benchmarks.baselines import MaterialiseEverywhere
 from benchmarks.measure import run_interleaved, summarize
 from benchmarks.profiles import Bench
-from benchmarks.rigs import UNetRig, random_embeddings, random_latents, toy_like_unet, unet_loop
+from benchmarks.rigs import UNetRig, random_conditioning, random_latents, toy_like_unet, unet_loop
 from probe.attention.hooks import AttentionHooks
 from probe.models import generation_defaults
 from probe.recording.record import record_attention
@@ -119,7 +119,7 @@ def rig_group(
 ) -> dict[str, Any]:  # fmt: skip
     """One UNet-only recording comparison at one latent size."""
     latents = random_latents(rig, 1, latent)
-    embeddings = random_embeddings(rig, 2)
+    embeddings = random_conditioning(rig, 2, latent)  # SDXL: pooled embeddings and time ids too
 
     def loop() -> Any:
         return unet_loop(rig, latents.clone(), embeddings, steps)

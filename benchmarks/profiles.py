@@ -31,6 +31,11 @@ class Profile:
         scaling_repeats: timed runs per variant of the scaling case.
         probe_repeats: timed runs per variant of the probing case (its grid is the demo's
             colour grid, full or quick).
+        sdxl: build the real SDXL base UNet (else ``tiny-xl``'s UNet stands in for it).
+        sdxl_latent: latent size of the SDXL cases (128: 1024 px; ``run_all.py --sdxl-latent``
+            changes it for a smoke run of the full-size UNet).
+        sdxl_steps: DDIM steps of the SDXL cases.
+        sdxl_repeats: timed runs per variant of the SDXL cases.
     """
 
     name: str
@@ -51,6 +56,10 @@ class Profile:
     scaling_steps: int
     scaling_repeats: int
     probe_repeats: int = 1
+    sdxl: bool = True
+    sdxl_latent: int = 128
+    sdxl_steps: int = 1
+    sdxl_repeats: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +105,8 @@ QUICK = Profile(
     scaling_steps=1,
     scaling_repeats=1,
     probe_repeats=1,
+    sdxl=False,
+    sdxl_latent=8,
 )
 
 PROFILES = {"full": FULL, "quick": QUICK}
@@ -117,6 +128,7 @@ class Bench:
     log: Callable[[str], None] = print
     _pipe: Any = None
     _sd15: Any = None
+    _sdxl: Any = None
 
     def pipe(self) -> Any:
         """The toy (or tiny) pipeline, loaded once."""
@@ -143,3 +155,19 @@ class Bench:
     def drop_sd15(self) -> None:
         """Free the SD 1.5 UNet (3.3 GiB) before the toy cases."""
         self._sd15 = None
+
+    def sdxl_rig(self) -> Any:
+        """The SDXL base UNet rig (random weights), built once; ``tiny-xl``'s UNet in quick
+        mode."""
+        if self._sdxl is None:
+            from benchmarks.rigs import UNetRig, sdxl_unet, tiny_xl_like_unet
+
+            if self.profile.sdxl:
+                self._sdxl = UNetRig(sdxl_unet(), name="SDXL base UNet (random weights)")
+            else:
+                self._sdxl = UNetRig(tiny_xl_like_unet(), name="tiny-xl UNet (quick mode)")
+        return self._sdxl
+
+    def drop_sdxl(self) -> None:
+        """Free the SDXL UNet (9.6 GiB) before the other cases."""
+        self._sdxl = None

@@ -1,8 +1,12 @@
-"""What the benchmarks run on: the SD 1.5 UNet from its config, and a UNet-only sampling rig.
+"""What the benchmarks run on: the SD 1.5 and SDXL UNets from their configs, and a UNet-only
+sampling rig.
 
 Weights do not change the cost of a forward pass, so the SD 1.5 UNet is built from its
 ``unet/config.json`` (``tests/replicas/sd15/unet/config.json``) with random weights, and fed
-random text embeddings ``[rows, 77, 768]``. :class:`UNetRig` looks enough like a pipeline
+random text embeddings ``[rows, 77, 768]``; the SDXL base UNet likewise
+(``tests/replicas/sdxl-base/unet/config.json``), fed random ``[rows, 77, 2048]`` embeddings and
+random pooled embeddings with the time ids of the size generated
+(:func:`random_conditioning`). :class:`UNetRig` looks enough like a pipeline
 (``unet``, ``scheduler``, ``do_classifier_free_guidance``, ``device``) for
 :class:`probe.attention.hooks.AttentionHooks`, :func:`probe.recording.record.record_attention`
 and :func:`editing.sampling.denoise` to drive it.
@@ -20,9 +24,20 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from torch import Tensor
 
 from probe.models import sd_ddim_scheduler
+from probe.models.family import Conditioning
 
-SD15_CONFIG = Path(__file__).resolve().parents[1] / "tests/replicas/sd15/unet/config.json"
+REPLICAS = Path(__file__).resolve().parents[1] / "tests/replicas"
+SD15_CONFIG = REPLICAS / "sd15/unet/config.json"
+SDXL_CONFIG = REPLICAS / "sdxl-base/unet/config.json"
 TEXT_TOKENS = 77
+
+
+def _unet_from_config(path: Path, seed: int) -> UNet2DConditionModel:
+    config = {k: v for k, v in json.loads(path.read_text()).items() if k[0] != "_"}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**config)
+    return unet.eval().requires_grad_(False)
 
 
 def sd15_unet(seed: int = 0) -> UNet2DConditionModel:
@@ -33,11 +48,18 @@ def sd15_unet(seed: int = 0) -> UNet2DConditionModel:
         >>> unet.config.cross_attention_dim
         768
     """
-    config = {k: v for k, v in json.loads(SD15_CONFIG.read_text()).items() if k[0] != "_"}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**config)
-    return unet.eval().requires_grad_(False)
+    return _unet_from_config(SD15_CONFIG, seed)
+
+
+def sdxl_unet(seed: int = 0) -> UNet2DConditionModel:
+    """The SDXL base 1.0 UNet (2.6 G parameters, ~9.6 GiB in fp32) with random weights.
+
+    Example:
+        >>> unet = sdxl_unet()
+        >>> unet.config.cross_attention_dim, unet.config.addition_embed_type
+        (2048, 'text_time')
+    """
+    return _unet_from_config(SDXL_CONFIG, seed)
 
 
 @dataclass
@@ -82,16 +104,37 @@ def random_embeddings(rig: UNetRig, rows: int, seed: int = 1) -> Tensor:
     return torch.randn(rows, TEXT_TOKENS, dim, generator=g)
 
 
+def random_conditioning(rig: UNetRig, rows: int, latent: int, seed: int = 1) -> Conditioning:
+    """What every row needs: random text embeddings and, for an SDXL UNet, a random pooled
+    embedding ``[rows, pooled]`` and the time ids ``[rows, 6]`` of a square image of
+    ``latent * 8`` pixels (no crop), as diffusers' SDXL pipeline makes them."""
+    embeddings = random_embeddings(rig, rows, seed)
+    config = rig.unet.config
+    if config.get("addition_embed_type") != "text_time":
+        return Conditioning(embeddings)
+    pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    g = torch.Generator().manual_seed(seed + 1)
+    px = float(latent * 8)
+    time_ids = torch.tensor([[px, px, 0.0, 0.0, px, px]]).repeat(rows, 1)
+    text_embeds = torch.randn(rows, pooled, generator=g)
+    return Conditioning(embeddings, {"text_embeds": text_embeds, "time_ids": time_ids})
+
+
 @torch.no_grad()
 def unet_loop(
-    rig: UNetRig, latents: Tensor, embeddings: Tensor, steps: int, guidance_scale: float = 7.5
+    rig: UNetRig,
+    latents: Tensor,
+    embeddings: Tensor | Conditioning,
+    steps: int,
+    guidance_scale: float = 7.5,
 ) -> Tensor:
     """A plain guided DDIM loop, as diffusers' pipeline runs it, without VAE or text encoder.
 
     Args:
         latents: ``[samples, 4, h, w]``.
         embeddings: ``[2 * samples, 77, dim]`` (unconditional rows first) when the rig
-            guides, else ``[samples, 77, dim]``.
+            guides, else ``[samples, 77, dim]``; or a :class:`Conditioning` of those rows (an
+            SDXL UNet needs one: :func:`random_conditioning`).
         steps: DDIM steps.
 
     Returns:
@@ -100,10 +143,11 @@ def unet_loop(
     scheduler = rig.scheduler
     scheduler.set_timesteps(steps)
     guided = rig.do_classifier_free_guidance
+    rows = embeddings if isinstance(embeddings, Conditioning) else Conditioning(embeddings)
     for t in scheduler.timesteps:
         model_in = torch.cat([latents] * 2) if guided else latents
         model_in = scheduler.scale_model_input(model_in, t)
-        noise = rig.unet(model_in, t, encoder_hidden_states=embeddings).sample
+        noise = rig.unet(model_in, t, **rows.unet_kwargs()).sample
         if guided:
             uncond, cond = noise.chunk(2)
             noise = uncond + guidance_scale * (cond - uncond)
@@ -118,6 +162,17 @@ def toy_like_unet(cross_attention_dim: int = 64, seed: int = 0) -> UNet2DConditi
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = tiny_unet(cross_attention_dim=cross_attention_dim, sample_size=16)
+    return unet.eval().requires_grad_(False)
+
+
+def tiny_xl_like_unet(seed: int = 0) -> UNet2DConditionModel:
+    """``tiny-xl``'s UNet (SDXL topology, 28 layers) with random weights: the quick mode's
+    stand-in for the SDXL base UNet."""
+    from probe.models.loading import tiny_xl_unet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = tiny_xl_unet()
     return unet.eval().requires_grad_(False)
 
 

@@ -39,16 +39,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _scorer(clip: str | None, dino: str | None, device: Any) -> Any:
     """CLIP (and DINO) scorer for a real checkpoint, or None for the toy judges."""
-    if clip is None:
-        if dino is not None:
-            raise ValueError("--dino needs --clip too: CLIP decides the edit's success")
-        return None
-    from editing.scoring.clip_dino import ClipMetrics, DinoStructure
-    from editing.scoring.clip_scorer import ClipEditScorer
+    from editing.scoring.clip_scorer import clip_scorer
 
-    return ClipEditScorer(
-        ClipMetrics(clip, device), DinoStructure(dino, device) if dino is not None else None
-    )
+    return clip_scorer(clip, dino, device)
 
 
 def _cmd_select_from_sweep(args: argparse.Namespace) -> int:

@@ -137,7 +137,24 @@ def _pick(summary: Sequence[Mapping[str, Any]], kind: str, name: str) -> Mapping
 def _edit_numbers(s: Mapping[str, Any] | None) -> str:
     if s is None:
         return "not run"
-    return f"success {_fmt(s['success'])}, structure IoU {_fmt(s['iou'])} (n={int(s['n'])})"
+    structure = f"structure IoU {_fmt(s['iou'])}"
+    if math.isnan(float(s["iou"])) and not math.isnan(_structure(s)):  # the CLIP scorer
+        structure = f"DINO structure distance {_fmt(s['shape_distance'])}"
+    return f"success {_fmt(s['success'])}, {structure} (n={int(s['n'])})"
+
+
+def _structure(s: Mapping[str, Any]) -> float:
+    """Higher = more of the source's structure kept: the toy judges' IoU, else minus the DINO
+    distance (the CLIP scorer has no masks); NaN when neither was measured (CLIP, no DINO)."""
+    iou = float(s["iou"])
+    return iou if not math.isnan(iou) else -float(s.get("shape_distance", math.nan))
+
+
+def _no_structure(key: str, title: str, *rows: Mapping[str, Any]) -> Claim | None:
+    if any(math.isnan(_structure(r)) for r in rows):
+        return Claim(key, title, INCONCLUSIVE, "No structure was measured (CLIP without DINO: "
+                     "pass --dino DIR).")  # fmt: skip
+    return None
 
 
 def _found_enough(summary: Sequence[Mapping[str, Any]]) -> tuple[bool, float]:
@@ -166,7 +183,9 @@ def claim_self_structure(summary: Sequence[Mapping[str, Any]]) -> Claim:
                 "self_structure", title, INCONCLUSIVE, "The sweep lacks the 'none' or 'all' range."
             )
         )
-    keeps = every["iou"] > none["iou"]
+    if (missing := _no_structure("self_structure", title, none, every)) is not None:
+        return missing
+    keeps = _structure(every) > _structure(none)
     fails = every["success"] < none["success"]
     verdict = HELD if keeps and fails else NOT_HELD if not (keeps or fails) else INCONCLUSIVE
     text = (f"No replacement: {_edit_numbers(none)}. Self-attention replaced in all layers: "
@@ -186,8 +205,10 @@ def claim_middle_range(summary: Sequence[Mapping[str, Any]], selection: str | No
         return _inconclusive_edits("middle_range", title, share)
     if none is None or every is None or not middles:
         return Claim("middle_range", title, INCONCLUSIVE, "The sweep lacks the ranges to compare.")
+    if (missing := _no_structure("middle_range", title, none, *middles.values())) is not None:
+        return missing
     wins = [n for n, m in middles.items()
-            if m["success"] > every["success"] and m["iou"] > none["iou"]]  # fmt: skip
+            if m["success"] > every["success"] and _structure(m) > _structure(none)]  # fmt: skip
     shown = "; ".join(f"{n}: {_edit_numbers(m)}" for n, m in middles.items())
     text = (f"Extremes: none {_edit_numbers(none)}; all {_edit_numbers(every)}. Middle ranges: "
             f"{shown}. Beating 'all' on success and 'none' on structure: "

@@ -46,12 +46,16 @@ class FigureWriter:
 
 
 def attention_figures(pipe: Any, figs: FigureWriter, num_steps: int) -> None:
-    """Record ``a red car`` (seed 0, whole maps) and draw its heat maps and SVD components."""
+    """Record ``a red car`` (seed 0) and draw its heat maps and SVD components.
+
+    Self-attention is recorded whole where every step fits the default budget (toy, tiny), else
+    as its top 8 SVD components (``auto``: SDXL at 1024 px and 50 steps needs ~21 GiB whole).
+    """
     from probe.recording.record import record_attention
     from probe.viz import heatmaps_by_layer, heatmaps_by_step, word_heatmaps
     from probe.viz.svd import self_attention_components
 
-    with record_attention(pipe, self_reduce="full") as maps:
+    with record_attention(pipe, self_reduce="auto") as maps:
         image = pipe(
             SAMPLE_PROMPT, num_inference_steps=num_steps,
             generator=torch.Generator().manual_seed(0),
@@ -70,13 +74,15 @@ def attention_figures(pipe: Any, figs: FigureWriter, num_steps: int) -> None:
              "'car' by denoising step", "The word's cross-attention at evenly spread steps "
              "(mean over layers): the object's place is settled early.")  # fmt: skip
     mid = maps.steps[len(maps.steps) // 2]
+    whole = maps.settings.get("self_reduce") == "full"
+    rows = "rows centred" if whole else "the recorded svd:8, not centred"
     for layer in svd_layers(maps.layers, maps.latent_hw):
         h, w = maps.resolution(layer)
         fig = self_attention_components(maps, layer, mid, image=image)
         figs.add(fig, f"svd_L{layer:02d}.png", section,
                  f"Self-attention components, layer {layer} ({h}x{w}), step {mid}",
                  "The paper's Figure 3: the top singular vectors of the layer's self-attention "
-                 "(rows centred), reshaped to its latent grid. Red and blue are the two signs; "
+                 f"({rows}), reshaped to its latent grid. Red and blue are the two signs; "
                  "the object's silhouette and the ground separate.")  # fmt: skip
 
 

@@ -202,6 +202,23 @@ def sweep_section(
     return body, summary
 
 
+def sweep_notes(out: Path, settings: Mapping[str, Any]) -> str:
+    """What scored the edits, and the range presets the sweeps left out (``paper`` on SDXL)."""
+    notes = []
+    if settings.get("clip"):
+        dino = settings.get("dino")
+        structure = f"DINO distance ({dino})" if dino else "not measured"
+        notes.append(f"Edits scored by CLIP from <code>{esc(settings['clip'])}</code> (success: "
+                     f"closer to the target prompt than the source's; structure: "
+                     f"{esc(structure)}; no object masks, so IoU is empty).")  # fmt: skip
+    path = out / "skipped_ranges.json"
+    skipped = json.loads(path.read_text()) if path.is_file() else {}
+    for name, why in skipped.items():
+        notes.append(f"Range <code>{esc(name)}</code> left out of {esc(', '.join(why['sweeps']))}"
+                     f": {esc(why['reason'])}.")  # fmt: skip
+    return "".join(f"<p><b>Note:</b> {note}</p>" for note in notes)
+
+
 def manifest_figures(out: Path, section: str) -> str:
     path = out / "figures" / "figures.json"
     entries = json.loads(path.read_text()) if path.is_file() else []
@@ -219,6 +236,7 @@ def write_report_html(out: Path, config: Any, timings: Mapping[str, float]) -> P
         sweep_body += animal_body
     claims = check_claims(probes, summary, sel_name, animal_summary)
     settings = config.to_json() if hasattr(config, "to_json") else dict(config)
+    sweep_body = sweep_notes(out, settings) + sweep_body
     total = sum(timings.values())
     stages = [{"stage": k, "seconds": float(v)} for k, v in timings.items()]
     flag = " --quick" if settings.get("quick") else ""

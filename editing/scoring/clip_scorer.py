@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,3 +80,26 @@ class ClipEditScorer:
             background_diff=mean_abs_diff(source, edited),
             source_shift=shift,
         )
+
+
+def clip_scorer(
+    clip: str | Path | None, dino: str | Path | None = None, device: str | torch.device = "cpu"
+) -> ClipEditScorer | None:
+    """The scorer of ``--clip DIR [--dino DIR]``: a :class:`ClipEditScorer` of those local
+    folders, or None (the toy judges) without ``clip``.
+
+    Raises:
+        ValueError: ``dino`` without ``clip`` (CLIP decides the edit's success).
+        FileNotFoundError: a folder that is not there (nothing is downloaded).
+
+    Example:
+        >>> clip_scorer("~/weights/clip", "~/weights/dino")
+        ClipEditScorer(dino=yes)
+    """
+    if clip is None:
+        if dino is not None:
+            raise ValueError("--dino needs --clip too: CLIP decides the edit's success")
+        return None
+    return ClipEditScorer(
+        ClipMetrics(clip, device), DinoStructure(dino, device) if dino is not None else None
+    )

@@ -2,6 +2,7 @@
 
 default_ranges(16)          # none, fpe, paper, all; windows 0-3 ... 12-15; prefixes; suffixes
 parse_ranges(["presets", "4-14", "selection.json"])
+drop_refused(["none", "paper"], layer_table("tiny-xl"))  # (["none"], {"paper": "... SDXL ..."})
 select_pairs(pairs, 30)     # 30 pairs spread evenly over sources and targets
 """
 
@@ -15,8 +16,10 @@ from typing import Any
 import numpy as np
 
 from probe.attention.layers import LayerSpec
+from probe.attention.presets import PRESET_NAMES, preset_rule
 
 PRESETS = ("none", "fpe", "paper", "all")
+GROUPS_WITH_PRESETS = ("default", "presets")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,38 @@ def parse_ranges(items: Iterable[str], num_layers: int = 16) -> list[LayerRange]
             out.append(LayerRange(item, item, "custom"))
     unique = {r.name: r for r in reversed(out)}
     return [r for r in out if unique.pop(r.name, None) is not None]
+
+
+def refused_presets(table: Sequence[Any]) -> dict[str, str]:
+    """Preset name → why this table's family gives it no meaning (SDXL: ``paper``, SD 1.5's
+    "layers 4-14"; :func:`probe.attention.presets.preset_rule`); empty on SD 1.x/2.x."""
+    refused = {}
+    for name in PRESET_NAMES:
+        try:
+            preset_rule(table, name)
+        except ValueError as err:
+            refused[name] = str(err)
+    return refused
+
+
+def drop_refused(items: Iterable[str], table: Sequence[Any]) -> tuple[list[str], dict[str, str]]:
+    """Range items without the presets this model's family refuses (``paper`` on SDXL).
+
+    Args:
+        items: range items as :func:`parse_ranges` reads them.
+        table: the run's layer table.
+
+    Returns:
+        The items kept, in order, and preset → reason for each refused preset the items named,
+        by name or through ``default`` / ``presets`` (whose expansion the sweep leaves them out
+        of).
+    """
+    refused = refused_presets(table)
+    items = [item.strip() for item in items]
+    named = set(items)
+    grouped = bool(named & set(GROUPS_WITH_PRESETS))
+    left_out = {name: why for name, why in refused.items() if grouped or name in named}
+    return [item for item in items if item not in refused], left_out
 
 
 def select_pairs(pairs: Sequence[Any], max_pairs: int | None) -> list[Any]:

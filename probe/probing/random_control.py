@@ -18,8 +18,6 @@ from typing import Any
 
 import torch
 
-DEFAULT_PARTS = ("unet", "text_encoder")
-
 
 def _fresh(module: Any) -> Any:
     """A new module of the same class and config, with newly drawn weights."""
@@ -29,14 +27,15 @@ def _fresh(module: Any) -> Any:
     return cls(module.config)  # transformers models
 
 
-def random_init_like(pipe: Any, seed: int = 0, parts: Sequence[str] = DEFAULT_PARTS) -> Any:
+def random_init_like(pipe: Any, seed: int = 0, parts: Sequence[str] | None = None) -> Any:
     """A copy of ``pipe`` whose ``parts`` have the same architecture and random weights.
 
     Args:
         pipe: a diffusers SD pipeline (left unchanged).
         seed: seed of the new weights (the global RNG state is restored afterwards).
-        parts: components to re-initialise; default the UNet and the text encoder (the tokenizer,
-            VAE and scheduler are kept, so prompts, image size and the step schedule match).
+        parts: components to re-initialise; default the UNet and the text encoder(s) of the
+            model's family (SDXL: both; the tokenizer, VAE and scheduler are kept, so prompts,
+            image size and the step schedule match).
 
     Returns:
         A new pipeline on the same device and dtype.
@@ -47,6 +46,10 @@ def random_init_like(pipe: Any, seed: int = 0, parts: Sequence[str] = DEFAULT_PA
     Example:
         >>> rand = random_init_like(load_pipeline("tiny"), seed=1)
     """
+    if parts is None:
+        from probe.models.family import family_of
+
+        parts = ("unet", *family_of(pipe).text_encoders)
     components = dict(pipe.components)
     for part in parts:
         if components.get(part) is None:
@@ -63,7 +66,12 @@ def random_init_like(pipe: Any, seed: int = 0, parts: Sequence[str] = DEFAULT_PA
             if param.device.type != "cpu" or param.dtype != torch.float32:
                 fresh = fresh.to(device=param.device, dtype=param.dtype)
             components[part] = fresh.eval()
-    options = {"requires_safety_checker": False} if "safety_checker" in components else {}
+    options: dict[str, Any] = (
+        {"requires_safety_checker": False} if "safety_checker" in components else {}
+    )
+    if "force_zeros_for_empty_prompt" in pipe.config:  # SDXL: as the model says, no watermark
+        zeros = pipe.config.force_zeros_for_empty_prompt
+        options |= {"force_zeros_for_empty_prompt": zeros, "add_watermarker": False}
     new = type(pipe)(**components, **options)
     new.set_progress_bar_config(disable=True)
     if getattr(pipe, "name_or_path", None):  # keeps the model's generation defaults
