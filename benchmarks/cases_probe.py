@@ -85,17 +85,23 @@ def probe_grid(bench: Bench) -> dict[str, Any]:
         control = build_features(AttentionDataset(folder / "random"), "colour", progress=False)
     results: dict[str, ProbeResults] = {}
 
-    def variant(probe: str) -> Any:
+    def variant(probe: str, jobs: int = 1) -> Any:
         config = ProbeConfig(probe, folds=demo.folds, max_iter=demo.probe_max_iter)
 
         def go() -> None:
-            results[probe] = run_probes(feats, config, control, progress=False)
+            results[probe if jobs == 1 else f"{probe}_{jobs}"] = run_probes(
+                feats, config, control, jobs=jobs, progress=False
+            )
 
         return go
 
-    variants = {"per_cell": variant("linear-full"), "span": variant("linear")}
+    variants = {"per_cell": variant("linear-full"), "span": variant("linear"),
+                "span_2_processes": variant("linear", jobs=2)}  # fmt: skip
     table = summarize(run_interleaved(variants, prof.probe_repeats, False, bench.log), "per_cell")
     checks = max_differences(results["linear"], results["linear-full"])
+    checks["span_2_processes_cells_differing_from_span"] = max_differences(
+        results["linear"], results["linear_2"]
+    )["cells_differing_over_0.005"]
     full64 = run_probes(
         _as_float64(feats), ProbeConfig("linear-full", folds=demo.folds,
                                         max_iter=demo.probe_max_iter), control, progress=False,
@@ -133,9 +139,10 @@ def probe_grid(bench: Bench) -> dict[str, Any]:
             "LogisticRegression) per fold, d-dimensional (today's probe before the span probe). "
             "span = the default ProbeConfig(probe='linear'): the same standardisation, loss, "
             "L-BFGS-B algorithm and stopping rule on the n-dimensional coordinates of the "
-            "training rows (probe.probing.fast_linear), every fold of 32 cells and their "
-            "controls advanced side by side in one batch (probe.probing.lbfgs_batch); splits "
-            "computed once per run.",
+            "training rows (probe.probing.fast_linear), every fold of 64 cells and their "
+            "controls advanced side by side in one batch (probe.probing.lbfgs_batch) on one "
+            "BLAS thread; splits computed once per run. span_2_processes: the same with "
+            "run_probes(jobs=2), blocks of cells on two processes (as make demo runs it).",
             "Timed: run_probes over every cell with the shuffled-label and random-model "
             "controls (3 label sets x folds fits per cell), one process; features built "
             "beforehand and not timed.",

@@ -3,6 +3,10 @@
     python benchmarks/run_all.py --out benchmarks/results            # full run (make bench)
     python benchmarks/run_all.py --out /tmp/bench --quick            # smoke mode, < 1 min
     python benchmarks/run_all.py --out benchmarks/results --cases fpe_sd15,k_targets
+    python benchmarks/run_all.py --out /tmp/bench --cases fpe_sdxl --sdxl-latent 32  # smoke
+
+The SDXL cases (``record_sdxl``, ``fpe_sdxl``) hold the 9.6 GiB SDXL UNet: run them one per
+process (``--cases record_sdxl``, then ``--cases fpe_sdxl``; see ``benchmarks/cases_sdxl.py``).
 
 Every case writes ``<out>/<case>.json`` as soon as it finishes; ``results.json`` and
 ``README.md`` are then rebuilt from every case file in ``<out>``, so a run of some cases keeps
@@ -16,6 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,25 +35,39 @@ from benchmarks.profiles import PROFILES, Bench  # noqa: E402
 
 # the cases with targets first, so a run cut short still has them
 CASE_ORDER = (
-    "fpe_sd15", "record_toy", "k_targets", "record_sd15", "real_image", "inversion_quality",
-    "null_text", "record_scaling", "probe_grid",
+    "fpe_sd15", "record_toy", "fpe_overhead", "k_targets", "record_sd15", "real_image",
+    "inversion_quality", "null_text", "record_scaling", "probe_grid", "probe_stream",
+    "record_sdxl", "fpe_sdxl",
 )  # fmt: skip
+SDXL_CASES = ("record_sdxl", "fpe_sdxl")
 
 
 def cases() -> dict[str, Callable[[Bench], dict[str, Any]]]:
     """Case name → function."""
-    from benchmarks import cases_edit, cases_inversion, cases_probe, cases_record
+    from benchmarks import (
+        cases_edit,
+        cases_inversion,
+        cases_overhead,
+        cases_probe,
+        cases_record,
+        cases_sdxl,
+        cases_stream,
+    )
 
     return {
         "fpe_sd15": cases_edit.fpe_sd15,
         "record_sd15": cases_record.record_sd15,
         "record_toy": cases_record.record_toy,
         "k_targets": cases_edit.k_targets,
+        "fpe_overhead": cases_overhead.fpe_overhead,
         "real_image": cases_edit.real_image,
         "inversion_quality": cases_inversion.inversion_quality,
         "null_text": cases_edit.null_text,
         "record_scaling": cases_record.record_scaling,
         "probe_grid": cases_probe.probe_grid,
+        "probe_stream": cases_stream.probe_stream,
+        "record_sdxl": cases_sdxl.record_sdxl,
+        "fpe_sdxl": cases_sdxl.fpe_sdxl,
     }
 
 
@@ -59,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cases", default="all", help=f"comma list of: {', '.join(CASE_ORDER)}")
     p.add_argument("--model", default=None, help="toy or tiny (default: toy if trained)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+    p.add_argument(
+        "--sdxl-latent", type=int, default=None,
+        help="latent size of the SDXL cases (default 128 = 1024 px; e.g. 32 for a smoke run)",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -105,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     profile = PROFILES["quick" if args.quick else "full"]
+    if args.sdxl_latent:
+        profile = replace(profile, sdxl_latent=args.sdxl_latent)
     model = args.model or ("tiny" if args.quick else None)
     bench = Bench(profile, model, log=lambda s: print(s, flush=True))
     out = Path(args.out)
@@ -113,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in todo:
         if name not in ("fpe_sd15", "record_sd15"):
             bench.drop_sd15()
+        if name not in SDXL_CASES:
+            bench.drop_sdxl()
         print(f"[{name}]", flush=True)
         started = measured_on()
         t0 = time.perf_counter()

@@ -18,8 +18,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = (
-    "fpe_sd15", "record_toy", "k_targets", "record_sd15", "real_image", "inversion_quality",
-    "null_text", "record_scaling", "probe_grid",
+    "fpe_sd15", "record_toy", "fpe_overhead", "k_targets", "record_sd15", "real_image",
+    "inversion_quality", "null_text", "record_scaling", "probe_grid", "probe_stream",
+    "record_sdxl", "fpe_sdxl",
 )  # fmt: skip
 VARIANT_KEYS = {"seconds", "time_ratio", "peak_rss_mib", "peak_ratio", "peak_delta_mib", "runs"}
 
@@ -74,6 +75,9 @@ def test_quick_run_checks_targets_and_equivalence(quick_results: Path) -> None:
     assert set(probing["variants"]) == {"per_cell", "span"}
     assert probing["checks"]["max_abs_diff_acc_mean"] <= 0.05  # the span probe is the same probe
     assert len(cases["probe_grid"]["targets"]) == 1
+    xl = cases["fpe_sdxl"]["groups"][0]  # tiny-xl's UNet stands in for SDXL's in quick mode
+    assert xl["checks"]["max_abs_diff_final_latents"] < 1e-3 and xl["settings"]["batch"] == 4
+    assert set(cases["record_sdxl"]["groups"][0]["variants"]) == {"plain", "record[svd:8]"}
 
 
 def test_quick_run_writes_markdown(quick_results: Path) -> None:

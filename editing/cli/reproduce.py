@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from probe.cli.args import add_model_arg, default_model
@@ -13,7 +14,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     model = args.model or default_model()
     config = ReproduceConfig.preset(model, quick=args.quick)
-    report = reproduce(Path(args.out), config, progress=not args.no_progress)
+    if args.clip is not None or args.dino is not None:
+        config = replace(config, clip=args.clip, dino=args.dino)
+    report = reproduce(Path(args.out), config, progress=not args.no_progress, workers=args.workers)
     print(f"report: {report}")
     folders = "data/ probe/ selection.json sweep/ sweep_animal/ figures/"
     print(f"  {folders} in {args.out}/ (a rerun resumes)")
@@ -31,6 +34,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--quick", action="store_true",
         help="a 1-2 minute version: fewer seeds, steps, pairs and ranges",
+    )  # fmt: skip
+    p.add_argument(
+        "--clip", default=None, metavar="DIR",
+        help="score the sweep's edits with CLIP from this local folder instead of the toy "
+        "judges (real checkpoints, e.g. SDXL; as `attnprobe sweep --clip`)",
+    )  # fmt: skip
+    p.add_argument(
+        "--dino", default=None, metavar="DIR",
+        help="with --clip: structure as the DINO self-similarity distance from this folder",
+    )  # fmt: skip
+    p.add_argument(
+        "--workers", type=int, default=None,
+        help="processes that record and edit side by side, one torch thread each (default: "
+        "one per CPU core; 1: everything in this process)",
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_cmd_reproduce)

@@ -26,11 +26,13 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from editing.experiment.settings import ReproduceConfig, RunState
 from probe.recording.folders import check_folder_settings
+
+__all__ = ["ReproduceConfig", "Reproduction", "RunState", "pick_pairs", "reproduce"]
 
 log = logging.getLogger(__name__)
 
@@ -38,88 +40,8 @@ STAGES = ("record", "probe", "select", "sweep", "figures", "report")
 MODEL_STAGES = ("record", "sweep", "figures")  # the stages that run the model
 PROBE_SETS = {"colour_car": "colour", "animal_park": "animal"}
 SETTINGS = "reproduce.json"
-STATE = "stages.json"
 SAMPLING = "sampling.json"  # the schedulers and sampling defaults the run used
-
-
-@dataclass(frozen=True)
-class ReproduceConfig:
-    """How much of the experiment to run (see :meth:`preset`).
-
-    Attributes:
-        model: ``"toy"``, ``"tiny"`` or a diffusers folder.
-        quick: the short version (tests, a first look).
-        num_steps: denoising steps of every generation (``None``: the model's default).
-        colour_seeds, animal_seeds: noise seeds per prompt of each probe set (empty: skip it).
-        step_stride: record every n-th denoising step for the probes.
-        random_control: also record the colour set on a randomly initialised model.
-        folds: cross-validation folds of the probes.
-        probe_max_iter: iterations of each probe's optimiser.
-        sources, targets_per_source: colour edit pairs of the sweep.
-        sweep_seeds: seeds of the sweep's edits.
-        self_ranges: layer ranges for self-attention replacement (plus the probe selection).
-        cross_ranges: layer ranges for cross-attention replacement.
-        animal_pairs: animal edit pairs (0: no animal sweep); colour edits cannot show the
-            paper's trade-off on a model that always draws the asked colour.
-        animal_ranges: self-attention ranges of the animal sweep (plus cross ``all``).
-        within: candidate layers of the selection (any layer spec; ``"all"``: no restriction).
-    """
-
-    model: str = "toy"
-    quick: bool = False
-    num_steps: int | None = None
-    colour_seeds: tuple[int, ...] = tuple(range(8))
-    animal_seeds: tuple[int, ...] = tuple(range(6))
-    step_stride: int = 4
-    random_control: bool = True
-    folds: int = 3
-    probe_max_iter: int = 300
-    sources: int = 4
-    targets_per_source: int = 3
-    sweep_seeds: tuple[int, ...] = (0, 1)
-    self_ranges: tuple[str, ...] = ("presets", "windows")
-    cross_ranges: tuple[str, ...] = ("fpe", "all")
-    animal_pairs: int = 12
-    animal_ranges: tuple[str, ...] = ("none", "fpe", "paper", "all")
-    within: str = "fpe"  # the official code's layers (probe.attention.fpe_rule)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def preset(cls, model: str = "toy", quick: bool = False) -> ReproduceConfig:
-        """The full run (about 18 minutes on toy, 2 CPU cores) or ``quick`` (1-2 minutes)."""
-        full = cls(model=model)
-        if not quick:
-            return full
-        return replace(
-            full, quick=True, num_steps=4, colour_seeds=(0, 1), animal_seeds=(),
-            step_stride=2, random_control=False, folds=2, probe_max_iter=100, sources=2,
-            targets_per_source=1,
-            sweep_seeds=(0,), self_ranges=("none", "fpe", "all"), cross_ranges=("all",),
-            animal_pairs=0,
-        )  # fmt: skip
-
-    def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self)))
-
-
-@dataclass
-class RunState:
-    """Which stages of a folder are finished, and how long each took."""
-
-    path: Path
-    done: dict[str, float] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, out: Path) -> RunState:
-        path = out / STATE
-        done = json.loads(path.read_text()) if path.is_file() else {}
-        return cls(path, {k: float(v) for k, v in done.items()})
-
-    def finish(self, stage: str, seconds: float) -> None:
-        self.done[stage] = round(seconds, 1)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.done, indent=2))
-        tmp.replace(self.path)
+SKIPPED = "skipped_ranges.json"  # range presets the model's family refuses, and why
 
 
 class Reproduction:
@@ -131,11 +53,38 @@ class Reproduction:
         progress: show progress bars.
     """
 
-    def __init__(self, out: str | Path, config: ReproduceConfig, progress: bool = True) -> None:
+    def __init__(
+        self, out: str | Path, config: ReproduceConfig, progress: bool = True,
+        workers: int | None = None,
+    ) -> None:  # fmt: skip
         self.out = Path(out)
         self.config = config
         self.progress = progress
+        self.workers = workers
         self._pipe: Any = None
+        self._pool: Any = None
+
+    def pool(self) -> Any:
+        """Worker processes holding the model (:class:`probe.workers.ModelPool`), started at
+        first use, or ``None``: one worker (``workers=1``, one CPU core) or a model not on the
+        CPU runs in this process."""
+        from probe.workers import ModelPool
+
+        workers = self.worker_count()
+        if self._pool is None and workers > 1 and self.pipe.device.type == "cpu":
+            self._pool = ModelPool(self.config.model, workers)
+        return self._pool
+
+    def worker_count(self) -> int:
+        """``workers``, or by default one per CPU core that the model's copies fit in half the
+        memory with (1 for a ``quick`` run: starting the workers takes longer than its work)."""
+        from probe.workers import affordable_workers, cpu_workers
+
+        if self.workers is not None:
+            return cpu_workers(self.workers)
+        if self.config.quick:
+            return 1
+        return affordable_workers(self.pipe)
 
     @property
     def pipe(self) -> Any:
@@ -174,21 +123,29 @@ class Reproduction:
         from probe.probing.random_control import random_init_like
         from probe.prompts.templates import load_template
         from probe.recording.dataset import record_dataset
+        from probe.recording.pooled import record_on_pool
 
         steps = list(range(0, self.num_steps(), self.config.step_stride))
         jobs: list[tuple[str, Any, tuple[int, ...], int | None]] = [
             (name, self.pipe, seeds, None) for name, (_, seeds) in self.probe_sets().items()
         ]
         if self.config.random_control and self.config.colour_seeds:
-            control = random_init_like(self.pipe, seed=0)
+            control = None if self.pool() is not None else random_init_like(self.pipe, seed=0)
             jobs.append(("colour_car_random", control, self.config.colour_seeds, 0))
+        if self.pool() is not None:
+            record_on_pool(self.pool(), self.out / "data", jobs, self._record_args(steps),
+                           self.progress)  # fmt: skip
+            return
         for name, pipe, seeds, random_init in jobs:
             record_dataset(
                 pipe, load_template(name.removesuffix("_random")), list(seeds),
-                self.out / "data" / name, model=self.config.model, steps=steps,
-                self_reduce="svd:8", num_steps=self.num_steps(), random_init=random_init,
-                progress=self.progress,
+                self.out / "data" / name, random_init=random_init, progress=self.progress,
+                **self._record_args(steps),
             )  # fmt: skip
+
+    def _record_args(self, steps: list[int]) -> dict[str, Any]:
+        return {"model": self.config.model, "steps": steps, "self_reduce": "svd:8",
+                "num_steps": self.num_steps()}  # fmt: skip
 
     def probe(self) -> None:
         """Probe every recorded set; write ``probe/<set>/results.csv`` and its figures."""
@@ -208,7 +165,9 @@ class Reproduction:
                 control = build_features(
                     AttentionDataset(control_dir), label, progress=self.progress
                 )
-            results = run_probes(features, config, control, progress=self.progress)
+            results = run_probes(
+                features, config, control, jobs=self.worker_count(), progress=self.progress
+            )  # probes fit on the CPU, whatever the model's device
             results.to_csv(self.out / "probe" / name / "results.csv")
             save_probe_figures(results, self.out / "probe" / name)
 
@@ -268,28 +227,52 @@ class Reproduction:
     def sweep(self) -> None:
         """Colour edits with self-attention replaced in each range, and cross in a few; then
         animal edits over the presets, self-attention and cross ``all``."""
+        from editing.scoring.clip_scorer import clip_scorer
         from editing.sweep.run import sweep
 
         self.save_sampling()
         pairs, animals = self.edit_pairs()
+        ranges = self.sweep_ranges(bool(animals))
+        scorer = clip_scorer(self.config.clip, self.config.dino, self.pipe.device)
         common: dict[str, Any] = {
             "seeds": list(self.config.sweep_seeds), "out": self.out / "sweep",
             "num_steps": self.num_steps(), "model_name": self.config.model,
-            "progress": self.progress,
+            "progress": self.progress, **({"scorer": scorer} if scorer is not None else {}),
+            "pool": self.pool() if scorer is None else None,  # a CLIP scorer stays here
         }  # fmt: skip
         selection = str(self.out / "selection.json")
-        sweep(self.pipe, pairs, [*self.config.self_ranges, selection], kinds=("self",), **common)
-        sweep(self.pipe, pairs, list(self.config.cross_ranges), kinds=("cross",), **common)
+        sweep(self.pipe, pairs, [*ranges["self_ranges"], selection], kinds=("self",), **common)
+        sweep(self.pipe, pairs, ranges["cross_ranges"], kinds=("cross",), **common)
         if animals:
             common["out"] = self.out / "sweep_animal"
-            sweep(self.pipe, animals, list(self.config.animal_ranges), kinds=("self",), **common)
+            sweep(self.pipe, animals, ranges["animal_ranges"], kinds=("self",), **common)
             sweep(self.pipe, animals, ["all"], kinds=("cross",), **common)
+
+    def sweep_ranges(self, animals: bool) -> dict[str, list[str]]:
+        """The configured ranges without the presets the model's family refuses (``paper`` on
+        SDXL); writes those presets and the reason to ``skipped_ranges.json`` (for the report)."""
+        from editing.sweep.ranges import drop_refused
+        from probe.models import run_layer_table
+
+        table = run_layer_table(self.pipe)
+        names = ("self_ranges", "cross_ranges", *(("animal_ranges",) if animals else ()))
+        kept: dict[str, list[str]] = {"animal_ranges": []}
+        skipped: dict[str, dict[str, Any]] = {}
+        for name in names:
+            kept[name], left_out = drop_refused(getattr(self.config, name), table)
+            for preset, why in left_out.items():
+                skipped.setdefault(preset, {"reason": why, "sweeps": []})["sweeps"].append(name)
+        (self.out / SKIPPED).write_text(json.dumps(skipped, indent=2) + "\n")
+        return kept
 
     def figures(self) -> None:
         """Token heat maps, SVD components and an edit grid into ``figures/``."""
         from editing.experiment.figures import make_figures
 
-        make_figures(self.pipe, self.out, self.num_steps())
+        if self.pool() is not None:  # one torch thread there: no waiting on a busy machine
+            self.pool().submit(make_figures, self.out, self.num_steps()).result()
+        else:
+            make_figures(self.pipe, self.out, self.num_steps())
 
     def report(self) -> None:
         """Write ``report.html``."""
@@ -312,10 +295,21 @@ class Reproduction:
                 continue
             say(f"[{i}/{len(STAGES)}] {stage} ...")
             start = time.perf_counter()
-            getattr(self, stage)()
+            try:
+                getattr(self, stage)()
+            except BaseException:
+                self.close()
+                raise
             state.finish(stage, time.perf_counter() - start)
             say(f"[{i}/{len(STAGES)}] {stage}: {state.done[stage]:.0f} s")
+        self.close()
         return self.out / "report.html"
+
+    def close(self) -> None:
+        """Stop the worker processes (if any were started)."""
+        if self._pool is not None:
+            self._pool.close(cancel=True)
+            self._pool = None
 
 
 def pick_pairs(pairs: list[Any], sources: int, targets_per_source: int) -> list[Any]:
@@ -343,13 +337,18 @@ def pick_pairs(pairs: list[Any], sources: int, targets_per_source: int) -> list[
     return out
 
 
-def reproduce(out: str | Path, config: ReproduceConfig, progress: bool = True) -> Path:
+def reproduce(
+    out: str | Path, config: ReproduceConfig, progress: bool = True, workers: int | None = None
+) -> Path:
     """Run (or resume) the whole experiment into ``out`` and write ``report.html``.
 
     Args:
         out: the run's folder.
         config: :meth:`ReproduceConfig.preset` or your own.
         progress: show progress bars.
+        workers: processes that record, probe and edit side by side, one torch thread each
+            (:mod:`probe.workers`; default: one per CPU core, 1 for a quick run; 1: all in
+            this process).
 
     Returns:
         The path of ``report.html``.
@@ -365,4 +364,4 @@ def reproduce(out: str | Path, config: ReproduceConfig, progress: bool = True) -
         >>> reproduce("runs/demo", ReproduceConfig.preset("tiny", quick=True))
         PosixPath('runs/demo/report.html')
     """
-    return Reproduction(out, config, progress).run()
+    return Reproduction(out, config, progress, workers).run()

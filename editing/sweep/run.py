@@ -25,21 +25,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from editing.methods.registry import sweep_kinds
 from editing.scheduler import sampling_settings
 from editing.scoring.toy_metrics import score_edit
+from editing.sweep.jobs import KIND_METHODS, EditSettings, run_jobs
 from editing.sweep.plots import sweep_tradeoff, sweep_windows
-from editing.sweep.ranges import LayerRange, default_ranges, parse_ranges
+from editing.sweep.ranges import (
+    GROUPS_WITH_PRESETS,
+    LayerRange,
+    default_ranges,
+    parse_ranges,
+    refused_presets,
+)
 from editing.sweep.table import append_rows, load_table, row_key, summarise_rows
 from probe.attention.layer_files import save_layer_table
 from probe.attention.layers import resolve_layers
-from probe.attention.presets import PRESET_NAMES, preset_rule
 from probe.models import defaults_origin, run_layer_table
 from probe.models.vocabulary import check_known_words
 from probe.recording.folders import check_folder_settings
 from probe.recording.store import parse_seeds
+from probe.workers import ModelPool
 
-KIND_METHODS = sweep_kinds()  # sweep kind -> editing method, from the method registry
 LAYER_TABLE = "layer_table.json"  # the sweep's layer table, in its folder
 
 
@@ -100,6 +105,7 @@ def sweep(
     progress: bool = True,
     save_images: bool = False,
     scorer: Callable[..., Any] = score_edit,
+    pool: ModelPool | None = None,
 ) -> list[dict[str, Any]]:
     """Edit every pair with attention replaced in each layer range, and score every edit.
 
@@ -121,6 +127,8 @@ def sweep(
         progress: show a tqdm bar.
         save_images: also save every edit under ``out/images/<kind>_<range>_<fraction>/``
             and each source under ``out/images/source/``.
+        pool: run the edits on these worker processes (:class:`probe.workers.ModelPool` of
+            the same model; the scorer must pickle); default: in this process.
         scorer: ``(source_image, edited_image, pair) -> EditScore`` (default: the toy judges;
             for a real checkpoint :class:`editing.scoring.clip_scorer.ClipEditScorer`). Its ``name``
             attribute is saved in ``sweep.json``: a resume with another scorer is refused.
@@ -151,7 +159,7 @@ def sweep(
         if not 0.0 <= float(f) <= 1.0:
             raise ValueError(f"step fraction {f} is not between 0 and 1")
     table = run_layer_table(pipe)  # the edits run at the model's size: their layer table
-    chosen = _default_ranges(table) if ranges is None else _as_ranges(ranges, len(table))
+    chosen = _default_ranges(table) if ranges is None else _as_ranges(ranges, table)
     resolved = [(r, resolve_layers(table, r.spec)) for r in chosen]
     pair_list = list(pairs)
     prompts = dict.fromkeys(p for pair in pair_list for p in (pair.source, pair.target))
@@ -164,25 +172,23 @@ def sweep(
     )
     if csv_path is not None:  # what select-from-sweep resolves --base against
         save_layer_table(csv_path.parent / LAYER_TABLE, table)
-    todo = sum(1 for job in jobs for pair in job.pairs if _key(job, pair) not in done)
-    plain: dict[tuple[Any, ...], Any] = {}
-    bar = tqdm(total=todo, desc="sweep", unit="edit", disable=not progress)
-    for job in jobs:
-        batch = [pair for pair in job.pairs if _key(job, pair) not in done]
-        if not batch:
-            continue
-        result = _run(pipe, job, batch, num_steps, guidance_scale, plain)
-        new = [
-            _row(job, pair, scorer(result.source, image, pair))
-            for pair, image in zip(batch, result.targets, strict=True)
-        ]
-        if csv_path is not None:
-            append_rows(csv_path, new)
-            if save_images:
-                _save_images(csv_path.parent / "images", job, batch, result)
-        rows += new
-        done.update(_key(job, pair) for pair in batch)
-        bar.update(len(new))
+    work = [(job, [p for p in job.pairs if _key(job, p) not in done]) for job in jobs]
+    work = [(job, batch) for job, batch in work if batch]
+    settings = EditSettings(num_steps, guidance_scale, scorer, save_images and csv_path is not None)
+    bar = tqdm(total=sum(len(b) for _, b in work), desc="sweep", unit="edit", disable=not progress)
+    finished: dict[int, list[dict[str, Any]]] = {}  # rows of jobs done ahead of plan order
+    next_job = 0
+    for i, job, batch, scores, result in run_jobs(pipe, work, settings, pool):
+        finished[i] = [_row(job, pair, score) for pair, score in zip(batch, scores, strict=True)]
+        if csv_path is not None and result is not None:
+            _save_images(csv_path.parent / "images", job, batch, result)
+        bar.update(len(batch))
+        while next_job in finished:  # appended in plan order: a resumed table reads the same
+            new = finished.pop(next_job)
+            if csv_path is not None:
+                append_rows(csv_path, new)
+            rows += new
+            next_job += 1
     bar.close()
     if out is not None:
         write_sweep_summary(rows, Path(out))
@@ -192,21 +198,27 @@ def sweep(
 def _default_ranges(table: list[Any]) -> list[LayerRange]:
     """:func:`default_ranges` without the presets this model's family gives no meaning
     (SDXL: ``paper``, SD 1.5's "layers 4-14"; :mod:`probe.attention.presets`)."""
-    out = []
-    for r in default_ranges(len(table)):
-        if r.group == "preset" and isinstance(r.spec, str) and r.spec in PRESET_NAMES:
-            try:
-                preset_rule(table, r.spec)
-            except ValueError:
-                continue
-        out.append(r)
-    return out
+    return _without_refused(default_ranges(len(table)), table)
 
 
-def _as_ranges(ranges: Sequence[LayerRange | str], num_layers: int) -> list[LayerRange]:
-    out: dict[str, LayerRange] = {}  # by name: the first wins (windows and suffixes overlap)
+def _without_refused(ranges: list[LayerRange], table: list[Any]) -> list[LayerRange]:
+    refused = refused_presets(table)
+    return [r for r in ranges if not (r.group == "preset" and str(r.spec) in refused)]
+
+
+def _as_ranges(ranges: Sequence[LayerRange | str], table: list[Any]) -> list[LayerRange]:
+    """Ranges by name (the first wins: windows and suffixes overlap). A group keyword
+    (``default``, ``presets``) leaves out the presets the family refuses; a refused preset
+    named on its own is an error (from :func:`resolve_layers`)."""
+    out: dict[str, LayerRange] = {}
     for item in ranges:
-        for r in [item] if isinstance(item, LayerRange) else parse_ranges([item], num_layers):
+        if isinstance(item, LayerRange):
+            found = [item]
+        else:
+            found = parse_ranges([item], len(table))
+            if item.strip() in GROUPS_WITH_PRESETS:
+                found = _without_refused(found, table)
+        for r in found:
             out.setdefault(r.name, r)
     return list(out.values())
 
@@ -247,30 +259,6 @@ def _legacy_ok(pipe: Any) -> bool:
 def _key(job: _Job, pair: Any) -> tuple[str, ...]:
     return (job.kind, job.layer_range.name, f"{job.step_fraction:g}", str(job.seed), job.source,
             pair.target)  # fmt: skip
-
-
-def _run(
-    pipe: Any,
-    job: _Job,
-    batch: list[Any],
-    num_steps: int | None,
-    guidance: float | None,
-    plain: dict[tuple[Any, ...], Any],
-) -> Any:
-    from editing.editor import edit
-
-    targets = [pair.target for pair in batch]
-    if not job.layers:  # no replacement: the same images for every kind and fraction
-        key = (job.seed, job.source, tuple(targets))
-        if key not in plain:
-            plain[key] = edit(pipe, job.source, targets, method="none", seed=job.seed,
-                              num_steps=num_steps, guidance_scale=guidance)  # fmt: skip
-        return plain[key]
-    return edit(
-        pipe, job.source, targets, method=KIND_METHODS[job.kind], layers=job.layers,
-        step_fraction=job.step_fraction, seed=job.seed, num_steps=num_steps,
-        guidance_scale=guidance,
-    )  # fmt: skip
 
 
 def _row(job: _Job, pair: Any, score: Any) -> dict[str, Any]:

@@ -24,8 +24,11 @@ def _size(spec: str | None) -> tuple[int, int] | None:
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     from probe.attention.steps import resolve_steps
-    from probe.probing.features import FeatureOptions, build_features
-    from probe.probing.probes import ProbeConfig, run_probes, table_path
+    from probe.probing.features import FeatureOptions
+    from probe.probing.probes import ProbeConfig, table_path
+    from probe.probing.stream import plan_features, probe_dataset
+    from probe.recording.dataset import parse_bytes
+    from probe.recording.record import format_bytes
     from probe.recording.store import AttentionDataset
     from probe.viz.probe_figures import save_probe_figures
 
@@ -38,13 +41,14 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     kinds = [k.strip() for k in args.kinds.split(",")] if args.kinds else None
     layers = _layers(data, args.layers)
     select = {"layers": layers, "steps": steps, "kinds": kinds, "options": options}
-    features = build_features(data, label, **select)  # type: ignore[arg-type]
-    control = None
-    if args.control_data:
-        control = build_features(AttentionDataset(args.control_data), label, **select)  # type: ignore[arg-type]
-    feature_seconds = time.perf_counter() - start
+    control = AttentionDataset(args.control_data) if args.control_data else None
+    memory = parse_bytes(args.memory)
+    plan = plan_features(data, label, **select)  # type: ignore[arg-type]
+    if memory is not None and plan.total > memory:
+        print(f"features take {format_bytes(plan.total)} > --memory {args.memory}: "
+              "probing a group of layers at a time")  # fmt: skip
     config = ProbeConfig(args.probe, folds=args.folds, seed=args.seed)
-    results = run_probes(features, config, control, jobs=args.jobs)
+    results = probe_dataset(data, label, config, control, memory=memory, jobs=args.jobs, **select)  # type: ignore[arg-type]
     out = Path(args.out or Path(args.data) / "probe")
     csv = results.to_csv(out / "results.csv")
     figures = save_probe_figures(results, out)
@@ -52,7 +56,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     meta = {
         "data": str(args.data), "control_data": args.control_data, "label": label,
         "model": data.meta.get("model"), "config": asdict(config), "features": asdict(options),
-        "samples": len(data), "cells": len(results), "feature_seconds": round(feature_seconds, 1),
+        "samples": len(data), "cells": len(results), "feature_mib": round(plan.total / 2**20, 1),
         "seconds": round(seconds, 1),
     }  # fmt: skip
     (out / PROBE_META).write_text(json.dumps(meta, indent=2) + "\n")
@@ -129,6 +133,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", help="resize cross maps to HxW (default: native resolution)")
     p.add_argument("--self-features", default="auto", help="auto | svd:K | pool:R | map")
     p.add_argument("--jobs", type=int, default=1, help="parallel processes (joblib)")
+    p.add_argument(
+        "--memory", default="4GiB",
+        help="memory the features may take (default 4GiB); a larger dataset is read and probed "
+        "a group of layers at a time, with the same results",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("select", help="choose the layers an edit acts on from probe results")

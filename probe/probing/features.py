@@ -230,6 +230,7 @@ def build_features(
     kinds: Iterable[str] | None = None,
     options: FeatureOptions | None = None,
     progress: bool = True,
+    partial: bool = False,
 ) -> FeatureSet:
     """Read a dataset once and build X, y for every (layer, step, kind) cell.
 
@@ -239,6 +240,8 @@ def build_features(
         layers, steps, kinds: restrict the cells (default: everything recorded).
         options: :class:`FeatureOptions` (default: head mean, native size, ``auto`` self).
         progress: show a tqdm bar over sample files.
+        partial: read only the tensors of ``layers`` from each file, checking its size but not
+            its checksum (for :mod:`probe.probing.stream`, which verifies every file first).
 
     Returns:
         A :class:`FeatureSet`.
@@ -262,9 +265,10 @@ def build_features(
     feats.groups = np.array([int(e.get("seed", i)) for i, e in enumerate(dataset.entries)])
     n = len(dataset)
     keys: list[Key] = []
-    for i, (entry, maps) in enumerate(
-        tqdm(dataset, total=n, disable=not progress, desc="features")
-    ):
+    layers = None if layers is None else list(layers)
+    only = layers if partial and layers is not None else None
+    for i in tqdm(range(n), disable=not progress, desc="features"):
+        entry, maps = dataset.entries[i], dataset.load(i, only)
         if i == 0:
             keys = available_keys(maps, layers, steps, kinds)
             feats.timesteps = {s: float(t) for s, t in sorted(maps.timesteps.items())}

@@ -46,7 +46,8 @@ from probe.probing.results import ProbeResults, ProbeRow
 from probe.probing.results import table_path as table_path  # re-exported
 
 PROBES = ("linear", "linear-full", "mlp")
-CELL_BLOCK = 64  # cells whose folds the linear probe fits in one batch
+CELL_BLOCK = 64  # cells whose folds the linear probe fits in one batch, at most
+BLOCK_BYTES = 2**30  # working memory of one batch, at most (float64 rows of every fold)
 Split = tuple[np.ndarray, np.ndarray]  # (train indices, test indices)
 
 
@@ -256,6 +257,28 @@ def probe_cells(
     return out
 
 
+def cell_blocks(
+    keys: list[Key], features: FeatureSet, config: ProbeConfig, control: bool
+) -> list[list[Key]]:
+    """The cells in blocks of at most :data:`CELL_BLOCK` for the batched fit, narrowest first
+    (a batch pads every fold to its widest cell), each keeping at most :data:`BLOCK_BYTES` of
+    training rows: the float32 copy and the float64 working rows of every fold of every label
+    set, ~16 bytes a feature. 64 cells of the demo's grid; one at 10,000 samples of 2048."""
+    sets = 3 if control else 2  # labels, shuffled labels, the random model's labels
+    rows = len(features.y) * max(config.folds - 1, 1) * sets  # over a cell's folds
+    blocks: list[list[Key]] = []
+    width = 0
+    for key in sorted(keys, key=lambda k: features.X[k].shape[1]):
+        d = features.X[key].shape[1]
+        fits = blocks and len(blocks[-1]) < CELL_BLOCK
+        if not fits or (len(blocks[-1]) + 1) * rows * max(width, d) * 16 > BLOCK_BYTES:
+            blocks.append([])
+            width = 0
+        blocks[-1].append(key)
+        width = max(width, d)
+    return blocks
+
+
 def run_probes(
     features: FeatureSet,
     config: ProbeConfig | None = None,
@@ -299,20 +322,22 @@ def run_probes(
         cells = [(features.X[k], None if control is None else control.X.get(k)) for k in block]
         return probe_cells(cells, features.y, config, folds, None if control is None else control.y)
 
-    blocks = [keys[i : i + CELL_BLOCK] for i in range(0, len(keys), CELL_BLOCK)]
+    blocks = cell_blocks(keys, features, config, control is not None)
     bar = tqdm(total=len(keys), disable=not progress, desc=f"probe {features.label}", unit="cell")
-    values = []
+    by_key: dict[Key, tuple[float, float, float, float]] = {}
     if jobs == 1:
         for block in blocks:
-            values += task(block)
+            by_key.update(zip(block, task(block), strict=True))
             bar.update(len(block))
     else:
         from joblib import Parallel, delayed
 
-        for done in Parallel(n_jobs=jobs)(delayed(task)(b) for b in blocks):
-            values += done
-            bar.update(len(done))
+        done = Parallel(n_jobs=jobs, return_as="generator")(delayed(task)(b) for b in blocks)
+        for block, scores in zip(blocks, done, strict=True):
+            by_key.update(zip(block, scores, strict=True))
+            bar.update(len(block))
     bar.close()
+    values = [by_key[k] for k in keys]
     chance = 1.0 / len(features.classes)
     rows = []
     for (layer, step, kind), (acc, std, shuf, rand) in zip(keys, values, strict=True):

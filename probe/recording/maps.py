@@ -35,6 +35,14 @@ def tensor_name(kind: str, layer: int, step: int, part: str = "") -> str:
     return f"{kind}/L{layer:02d}/S{step:03d}" + (f"/{part}" if part else "")
 
 
+def tensor_layer(name: str) -> int | None:
+    """The layer of a tensor name (``cross/L05/S012/u`` → 5), ``None`` for other names."""
+    parts = name.split("/")
+    if len(parts) < 3 or not parts[1].startswith("L") or not parts[1][1:].isdigit():
+        return None
+    return int(parts[1][1:])
+
+
 @dataclass
 class AttentionMaps:
     """Attention maps of one recording.
@@ -97,8 +105,11 @@ class AttentionMaps:
         raise KeyError(self._missing(layer, step, kind))
 
     def _missing(self, layer: int, step: int, kind: str) -> str:
-        if kind not in ("cross", "self"):
-            return f"kind {kind!r} is neither 'cross' nor 'self'"
+        if kind not in ("cross", "self", "text_image", "text_text"):
+            return (
+                f"kind {kind!r} is neither 'cross' nor 'self' (nor a DiT's 'text_image' or "
+                "'text_text')"
+            )
         layers, steps = self.recorded_layers(kind), self.steps
         if layer not in layers:
             return f"layer {layer} was not recorded ({kind}): recorded layers are {layers}"
@@ -212,16 +223,25 @@ class AttentionMaps:
         return cls._from_meta(json.loads(raw), load(data))
 
     @classmethod
-    def load(cls, path: str | Path) -> AttentionMaps:
-        """Read a file written by :meth:`save`."""
+    def load(cls, path: str | Path, layers: Iterable[int] | None = None) -> AttentionMaps:
+        """Read a file written by :meth:`save`; with ``layers``, only those layers' tensors
+        (the others are not read from disk: how probes stream a dataset layer by layer)."""
         from safetensors import safe_open
 
         path = Path(path)
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("attnprobe")
+        if layers is None:
+            with safe_open(str(path), framework="pt") as f:
+                raw = (f.metadata() or {}).get("attnprobe")
+            data = load_file(str(path)) if raw is not None else {}
+        else:
+            wanted = set(layers)
+            with safe_open(str(path), framework="pt") as f:
+                raw = (f.metadata() or {}).get("attnprobe")
+                names = [k for k in f.keys() if tensor_layer(k) in wanted]  # noqa: SIM118
+                data = {k: f.get_tensor(k) for k in names}
         if raw is None:
             raise ValueError(f"{path} is not an attnprobe recording (no 'attnprobe' metadata)")
-        return cls._from_meta(json.loads(raw), load_file(str(path)))
+        return cls._from_meta(json.loads(raw), data)
 
     @classmethod
     def _from_meta(cls, meta: dict[str, Any], data: dict[str, Tensor]) -> AttentionMaps:

@@ -28,7 +28,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -312,8 +312,11 @@ class AttentionDataset:
         order = self.meta.get("classes", {}).get(name) or sorted(present)
         return [c for c in order if c in present]
 
-    def load(self, i: int) -> AttentionMaps:
+    def load(self, i: int, layers: Iterable[int] | None = None) -> AttentionMaps:
         """The maps of sample ``i``, read once and checked against the index.
+
+        With ``layers``, only those layers' tensors are read and the file is checked by its size
+        only (verify it whole once first, e.g. with :meth:`check` or a full :meth:`load`).
 
         Raises:
             CorruptSampleError: the file is missing, truncated or corrupt.
@@ -322,6 +325,15 @@ class AttentionDataset:
         path = self.root / entry["file"]
         if not path.is_file():
             raise CorruptSampleError(f"{path} is missing: {self._redo_hint()}")
+        if layers is not None:
+            size = path.stat().st_size
+            if size != entry.get("bytes"):
+                why = f"{size} bytes on disk, {entry.get('bytes')} in the index (truncated?)"
+                raise CorruptSampleError(f"{path}: {why}; {self._redo_hint()}")
+            try:
+                return AttentionMaps.load(path, layers)
+            except Exception as err:  # safetensors raises its own errors on a bad header
+                raise CorruptSampleError(f"{path}: {err}; {self._redo_hint()}") from err
         data = path.read_bytes()
         problem = verify_file(self.root, entry, data)
         if problem is not None:
