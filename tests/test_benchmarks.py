@@ -72,8 +72,14 @@ def test_quick_run_checks_targets_and_equivalence(quick_results: Path) -> None:
         "plain", "record[auto]", "record[svd:8]", "record[pool:8]", "p2p_store",
     }  # fmt: skip
     probing = cases["probe_grid"]["groups"][0]
-    assert set(probing["variants"]) == {"per_cell", "span"}
+    assert set(probing["variants"]) == {"per_cell", "span", "span_2_processes"}
     assert probing["checks"]["max_abs_diff_acc_mean"] <= 0.05  # the span probe is the same probe
+    assert probing["checks"]["span_2_processes_cells_differing_from_span"] == 0
+    stream = cases["probe_stream"]["groups"][0]
+    assert set(stream["variants"]) == {"in_memory", "streamed"}
+    assert stream["checks"]["same_accuracies"] == 1.0 and stream["settings"]["groups"] > 1
+    fpe = cases["fpe_overhead"]
+    assert set(fpe["groups"][0]["variants"]) == {"plain", "fpe"} and len(fpe["targets"]) == 1
     assert len(cases["probe_grid"]["targets"]) == 1
     xl = cases["fpe_sdxl"]["groups"][0]  # tiny-xl's UNet stands in for SDXL's in quick mode
     assert xl["checks"]["max_abs_diff_final_latents"] < 1e-3 and xl["settings"]["batch"] == 4
