@@ -46,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--workers", type=int, default=None,
-        help="processes that record and edit side by side, one torch thread each (default: "
-        "one per CPU core; 1: everything in this process)",
+        help="processes that record, probe, edit and draw side by side, one torch thread "
+        "each (default: one per CPU core; 1: everything in this process)",
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_cmd_reproduce)
