@@ -45,6 +45,31 @@ def test_colour_edit_with_the_same_shape_succeeds_and_keeps_structure():
     assert score.background_psnr > 40
 
 
+def test_scores_judge_in_the_world_of_the_model(tmp_path):
+    import pickle
+
+    from editing.sweep.run import toy_scorer
+    from probe.toy.world import get_world
+
+    grey, white = (render_scene(Scene("car", c, "street", x=0.45, world="v2")).image
+                   for c in ("grey", "white"))  # fmt: skip
+    v2 = score_edit(grey, white, slot="colour", target="white", source_label="grey", world="v2")
+    assert (v2.judged, v2.success) == ("white", True) and v2.iou > 0.95
+    assert abs(v2.source_shift) < 0.05  # 0: at the target colour (grey would raise in v1)
+    v1 = score_edit(grey, white, slot="colour", target="white", world="v1")
+    assert not v1.success and v1.judged in get_world("v1").palette  # v1 has no white
+    assert judge_kind("", "teal", "v2") == "colour"
+    with pytest.raises(ValueError, match="cannot judge slot '' \\(target 'teal'\\)"):
+        judge_kind("", "teal")
+    folder = tmp_path / "toy_v2"  # a trained folder says its world in attnprobe.json
+    folder.mkdir()
+    (folder / "attnprobe.json").write_text(json.dumps({"world": "v2"}))
+    scorer = pickle.loads(pickle.dumps(toy_scorer(type("Pipe", (), {"name_or_path": str(folder)}))))
+    assert scorer.keywords["world"].name == "v2"
+    assert scorer.keywords["world"].judge_dir == get_world("v2").judge_dir
+    assert scorer(grey, white, None, slot="colour", target="white").success
+
+
 def test_source_shift_places_the_edit_between_the_two_palette_colours():
     from probe.toy.judge import colour_shift
 

@@ -354,3 +354,35 @@ def test_a_model_folder_judges_with_its_own_judge_of_its_own_world(tmp_path):
     with pytest.raises(ValueError, match="trained on world v2, not v1"):
         judge_category(image, world=world_of(tmp_path))
     assert world_of(load_template.__module__).name == "v1"  # not a folder: the default world
+
+
+def test_a_model_of_world_v2_is_probed_and_edited_on_the_v2_lists(tmp_path, capsys):
+    """reproduce, record and sweep read the templates with the lists of the model's world."""
+    import shutil
+    from dataclasses import replace
+
+    from editing.experiment.reproduce import Reproduction
+    from editing.experiment.settings import ReproduceConfig
+    from probe.models import TOY_DIR
+    from probe.models.vocabulary import UnknownWordError
+    from probe.prompts.templates import shared_lists
+
+    folder = tmp_path / "toy_v2"
+    shutil.copytree(TOY_DIR, folder)
+    said = json.loads((folder / "attnprobe.json").read_text())
+    (folder / "attnprobe.json").write_text(json.dumps({**said, "world": "v2"}))
+    config = replace(ReproduceConfig.preset("toy", quick=True), model=str(folder))
+    run = Reproduction(tmp_path / "run", config, progress=False, workers=1)
+    assert run.lists() == "v2"
+    colours, _ = run.edit_pairs()
+    words = {w for pair in colours for w in (pair.source_word, pair.target_word)}
+    assert words <= set(shared_lists("v2")["colours"])
+    # the v1 toy's tokenizer under a v2 label: v2's new colours are refused before any work
+    with pytest.raises(UnknownWordError, match="white|grey|lime|teal|navy|magenta"):
+        run.check_words()
+    assert not (tmp_path / "run" / "data").exists()
+    code = main(["record", "--template", "colour_car", "--model", str(folder), "--seeds", "0",
+                 "--out", str(tmp_path / "rec")])  # fmt: skip
+    assert code != 0 and "6 of 16 prompts" in capsys.readouterr().err  # v2's colour_car
+    shipped = Reproduction(tmp_path / "run1", ReproduceConfig.preset("toy", quick=True))
+    assert shipped.lists() is None  # the shipped toy: the default (v1) lists

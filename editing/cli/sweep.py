@@ -18,13 +18,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from probe.models import load_pipeline, resolve_device
     from probe.prompts.templates import load_edit_pairs
     from probe.recording.store import parse_seeds
+    from probe.toy.world import lists_name, world_of
 
     seeds = parse_seeds(args.seeds)
-    pairs = select_pairs(load_edit_pairs(args.pairs).pairs, args.max_pairs)
     model = args.model or default_model()
     device = resolve_device(args.device)
     scorer = _scorer(args.clip, args.dino, device)
     pipe = load_pipeline(model, device=device)
+    lists = lists_name(world_of(pipe))  # a toy trained on world v2 edits v2's colours
+    pairs = select_pairs(load_edit_pairs(args.pairs, lists).pairs, args.max_pairs)
     rows = sweep(
         pipe, pairs, args.ranges, kinds=args.kinds, seeds=seeds,
         step_fractions=args.step_fractions, out=args.out, num_steps=args.num_steps,

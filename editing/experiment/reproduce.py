@@ -95,6 +95,14 @@ class Reproduction:
             self._pipe = load_pipeline(self.config.model)
         return self._pipe
 
+    def lists(self) -> str | None:
+        """The word lists of the model's toy world (:func:`probe.toy.world.lists_name`): a toy
+        trained on world v2 is probed and edited on v2's sixteen colours; ``None`` (the default
+        lists) for the shipped toy and for real checkpoints."""
+        from probe.toy.world import lists_name, world_of
+
+        return lists_name(world_of(self.pipe))
+
     def num_steps(self) -> int:
         from probe.models import generation_defaults
 
@@ -134,11 +142,11 @@ class Reproduction:
             jobs.append(("colour_car_random", control, self.config.colour_seeds, 0))
         if self.pool() is not None:
             record_on_pool(self.pool(), self.out / "data", jobs, self._record_args(steps),
-                           self.progress)  # fmt: skip
+                           self.progress, self.lists())  # fmt: skip
             return
         for name, pipe, seeds, random_init in jobs:
             record_dataset(
-                pipe, load_template(name.removesuffix("_random")), list(seeds),
+                pipe, load_template(name.removesuffix("_random"), self.lists()), list(seeds),
                 self.out / "data" / name, random_init=random_init, progress=self.progress,
                 **self._record_args(steps),
             )  # fmt: skip
@@ -204,12 +212,13 @@ class Reproduction:
         from probe.prompts.templates import load_edit_pairs
 
         colours = pick_pairs(
-            load_edit_pairs("colour_edits").pairs, self.config.sources,
+            load_edit_pairs("colour_edits", self.lists()).pairs, self.config.sources,
             self.config.targets_per_source,
         )  # fmt: skip
         if self.config.animal_pairs <= 0:
             return colours, []
-        animals = select_pairs(load_edit_pairs("animal_edits").pairs, self.config.animal_pairs)
+        pairs = load_edit_pairs("animal_edits", self.lists()).pairs
+        animals = select_pairs(pairs, self.config.animal_pairs)
         return colours, animals
 
     def check_words(self) -> None:
@@ -219,7 +228,8 @@ class Reproduction:
         from probe.models.vocabulary import check_known_words
         from probe.prompts.templates import load_template
 
-        prompts = [item.prompt for name in self.probe_sets() for item in load_template(name).items]
+        prompts = [item.prompt for name in self.probe_sets()
+                   for item in load_template(name, self.lists()).items]  # fmt: skip
         colours, animals = self.edit_pairs()
         prompts += [p for pair in [*colours, *animals] for p in (pair.source, pair.target)]
         check_known_words(self.pipe, [*prompts, SAMPLE_PROMPT, EDIT_SOURCE, *EDIT_TARGETS])

@@ -78,23 +78,26 @@ class EditScore:
         return asdict(self)
 
 
-def judge_kind(slot: str, target: str | None = None) -> str:
+def judge_kind(slot: str, target: str | None = None, world: Any = None) -> str:
     """Which judge answers for an edit slot: ``"colour"`` or ``"category"``.
 
     Args:
         slot: the editing template's slot (``colour``, ``animal``, ...).
         target: the target word, used when the slot name is not known.
+        world: the toy world whose colours and categories the target is looked up in (a
+            :class:`~probe.toy.world.World` or its name; default the shipped toy's).
 
     Raises:
         ValueError: neither the slot nor the target word tells.
     """
     if slot in SLOT_JUDGES:
         return SLOT_JUDGES[slot]
-    from probe.toy.world import CATEGORIES, PALETTE
+    from probe.toy.world import get_world
 
-    if target in PALETTE:
+    w = get_world(world)
+    if target in w.palette:
         return "colour"
-    if target in CATEGORIES:
+    if target in w.categories:
         return "category"
     raise ValueError(
         f"cannot judge slot {slot!r} (target {target!r}) in the toy world: it judges "
@@ -111,6 +114,7 @@ def score_edit(
     target: str = "",
     source_label: str = "",
     edge: int = 1,
+    world: Any = None,
 ) -> EditScore:
     """Score one toy-world edit with the judges of :mod:`probe.toy.judge`.
 
@@ -123,6 +127,8 @@ def score_edit(
         target: the target label when no pair is given.
         source_label: the source's label when no pair is given (for ``source_shift``).
         edge: pixels the object masks are grown by before the background is compared.
+        world: the toy world the images are drawn in (a :class:`~probe.toy.world.World` or its
+            name; default the shipped toy's; a model's: :func:`~probe.toy.world.world_of`).
 
     Returns:
         :class:`EditScore`.
@@ -139,19 +145,19 @@ def score_edit(
 
     if pair is not None:
         slot, target, source_label = pair.slot, pair.target_word, pair.source_word
-    kind = judge_kind(slot, target)
+    kind = judge_kind(slot, target, world)
     src, out = to_array(source), to_array(edited)
     same_size(src, out)
-    src_mask = np.asarray(judges.find_object(src), dtype=bool)
-    out_mask = np.asarray(judges.find_object(out), dtype=bool)
+    src_mask = np.asarray(judges.find_object(src, world), dtype=bool)
+    out_mask = np.asarray(judges.find_object(out, world), dtype=bool)
     found_src, found_out = bool(src_mask.any()), bool(out_mask.any())
     judged = ""
     shift = math.nan
     if found_out:
         label = judges.judge_colour if kind == "colour" else judges.judge_category
-        judged = str(label(out, out_mask))
+        judged = str(label(out, out_mask, world))
         if kind == "colour" and source_label and source_label != target:
-            shift = judges.colour_shift(out, source_label, target, out_mask)
+            shift = judges.colour_shift(out, source_label, target, out_mask, world)
     both = found_src and found_out
     union = src_mask | out_mask
     if edge > 0 and union.any():

@@ -22,6 +22,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,7 @@ def sweep(
     model_name: str | None = None,
     progress: bool = True,
     save_images: bool = False,
-    scorer: Callable[..., Any] = score_edit,
+    scorer: Callable[..., Any] | None = None,
     pool: ModelPool | None = None,
 ) -> list[dict[str, Any]]:
     """Edit every pair with attention replaced in each layer range, and score every edit.
@@ -129,9 +130,10 @@ def sweep(
             and each source under ``out/images/source/``.
         pool: run the edits on these worker processes (:class:`probe.workers.ModelPool` of
             the same model; the scorer must pickle); default: in this process.
-        scorer: ``(source_image, edited_image, pair) -> EditScore`` (default: the toy judges;
-            for a real checkpoint :class:`editing.scoring.clip_scorer.ClipEditScorer`). Its ``name``
-            attribute is saved in ``sweep.json``: a resume with another scorer is refused.
+        scorer: ``(source_image, edited_image, pair) -> EditScore`` (default: the toy judges
+            of the model's world, :func:`toy_scorer`; for a real checkpoint
+            :class:`editing.scoring.clip_scorer.ClipEditScorer`). Its ``name`` attribute is
+            saved in ``sweep.json``: a resume with another scorer is refused.
 
     Returns:
         One row per (kind, range, step fraction, seed, pair): the columns of
@@ -165,6 +167,7 @@ def sweep(
     prompts = dict.fromkeys(p for pair in pair_list for p in (pair.source, pair.target))
     check_known_words(pipe, prompts)  # the toy refuses a word it never learned
     jobs = _plan(pair_list, resolved, kinds, parse_seeds(seeds), fractions, batch_size)
+    scorer = toy_scorer(pipe) if scorer is None else scorer
     scorer_name = str(getattr(scorer, "name", "judges"))
     sampling = sampling_settings(pipe, num_steps, guidance_scale)
     rows, done, csv_path = _open_out(
@@ -193,6 +196,15 @@ def sweep(
     if out is not None:
         write_sweep_summary(rows, Path(out))
     return rows
+
+
+def toy_scorer(pipe: Any) -> Callable[..., Any]:
+    """:func:`~editing.scoring.toy_metrics.score_edit` with the judges of ``pipe``'s toy world
+    (v1 for the shipped toy, the world in a trained folder's ``attnprobe.json`` otherwise);
+    it pickles, so worker processes score with the same world."""
+    from probe.toy.world import world_of
+
+    return partial(score_edit, world=world_of(pipe))
 
 
 def _default_ranges(table: list[Any]) -> list[LayerRange]:

@@ -54,12 +54,13 @@ def _cmd_record_dataset(args: argparse.Namespace) -> int:
     from probe.prompts.templates import load_template
     from probe.recording.dataset import parse_bytes, record_dataset
     from probe.recording.store import parse_seeds, parse_shard
+    from probe.toy.world import lists_name, world_of
 
-    prompts = load_template(args.template)
     seeds = parse_seeds(args.seeds)
     shard = parse_shard(args.shard)
     model = args.model or default_model()
     pipe = load_pipeline(model, device=resolve_device(args.device))
+    prompts = load_template(args.template, lists_name(world_of(pipe)))  # a v2 toy: v2's lists
     if args.random_init is not None:
         from probe.probing.random_control import random_init_like
 

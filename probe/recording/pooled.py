@@ -30,9 +30,11 @@ def record_shard(
     random_init: int | None,
     shard: tuple[int, int],
     args: dict[str, Any],
+    lists: str | None = None,
 ) -> int:
     """Record shard ``shard`` of ``template`` × ``seeds`` into ``out`` (in a worker); with
-    ``random_init``, on the randomly initialised copy of the model with that seed."""
+    ``random_init``, on the randomly initialised copy of the model with that seed; ``lists``:
+    the word lists the template is read with (``None``: the default lists)."""
     from probe.probing.random_control import random_init_like
     from probe.prompts.templates import load_template
     from probe.recording.dataset import record_dataset
@@ -44,8 +46,8 @@ def record_shard(
             cache[key] = random_init_like(pipe, seed=random_init)
         pipe = cache[key]
     report = record_dataset(
-        pipe, load_template(template), list(seeds), out, random_init=random_init, shard=shard,
-        progress=False, **args,
+        pipe, load_template(template, lists), list(seeds), out, random_init=random_init,
+        shard=shard, progress=False, **args,
     )  # fmt: skip
     return int(report.recorded)
 
@@ -64,11 +66,13 @@ def record_on_pool(
     jobs: Sequence[tuple[str, Any, Sequence[int], int | None]],
     args: dict[str, Any],
     progress: bool = True,
+    lists: str | None = None,
 ) -> None:
     """Record every ``(name, _, seeds, random_init)`` dataset into ``root / name``.
 
     ``name`` is the template's name (a ``_random`` suffix marks the random-model control);
-    ``args`` are :func:`~probe.recording.dataset.record_dataset`'s other keywords.
+    ``args`` are :func:`~probe.recording.dataset.record_dataset`'s other keywords; ``lists`` the
+    word lists the templates are read with (:func:`probe.prompts.templates.load_template`).
     """
     from probe.prompts.templates import load_template
 
@@ -76,11 +80,11 @@ def record_on_pool(
     futures, indexes, total = [], [], 0
     for name, _, seeds, random_init in jobs:
         template = name.removesuffix("_random")
-        total += len(load_template(template)) * len(seeds)
+        total += len(load_template(template, lists)) * len(seeds)
         indexes.append(root / name / INDEX)
         for i in range(n):
             futures.append(pool.submit(record_shard, template, list(seeds), root / name,
-                                       random_init, (i, n), args))  # fmt: skip
+                                       random_init, (i, n), args, lists))  # fmt: skip
     bar = tqdm(total=total, desc=f"record ({n} workers)", unit="sample", disable=not progress)
     pending = set(futures)
     while pending:

@@ -101,6 +101,11 @@ class World:
     def __repr__(self) -> str:
         return f"World({self.name!r}, {len(self.palette)} colours, judge {self.judge_dir})"
 
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        """Pickled by name and judge folder (its mappings are read-only views, which do not
+        pickle): a sweep's scorer travels to worker processes with its model's world."""
+        return _rebuilt_world, (self.name, str(self.judge_dir))
+
 
 WORLDS: dict[str, World] = {
     "v1": World("v1", MappingProxyType(PALETTE), MappingProxyType(BACKGROUNDS),
@@ -108,6 +113,13 @@ WORLDS: dict[str, World] = {
     "v2": World("v2", MappingProxyType(PALETTE_V2), MappingProxyType(BACKGROUNDS_V2),
                 TOY_DIR / "judge_weights_v2"),
 }  # fmt: skip
+
+
+def _rebuilt_world(name: str, judge_dir: str) -> World:
+    """The world ``name`` with its judge in ``judge_dir`` (how a :class:`World` unpickles)."""
+    return replace(WORLDS[name], judge_dir=Path(judge_dir))
+
+
 DEFAULT_WORLD = "v1"
 """The world of the shipped toy (``probe/toy/weights``) and of ``data_templates/lists.yaml``."""
 
