@@ -3,29 +3,35 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+DEVSTAMP := $(VENV)/.installed-dev
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 
 .PHONY: setup demo test lint bench clean
 
-setup: $(STAMP)
+setup: $(DEVSTAMP)
 
-# torch first, pinned (the CPU build on this machine's disk); then the package with dev extras.
+# torch first, pinned (the CPU build on this machine's disk); then the package. The demo needs
+# only the package; the tests add the dev extras (pytest, notebooks, linters) on top.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
+
+$(DEVSTAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(DEVSTAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/attnprobe reproduce --out runs/demo
 
-lint: $(STAMP)
+lint: $(DEVSTAMP)
 	$(VENV)/bin/ruff check probe editing tests
 	$(VENV)/bin/ruff format --check probe editing
 	$(VENV)/bin/mypy probe editing
 
-test: $(STAMP) lint
+test: $(DEVSTAMP) lint
 	$(VENV)/bin/pytest -q tests $(if $(NOTEBOOKS),--nbmake --nbmake-timeout=900 $(NOTEBOOKS))
 
 bench: $(STAMP)

@@ -90,6 +90,22 @@ def test_sweep_writes_rows_and_resumes(tiny_pipe, colour_pairs, tmp_path, monkey
     assert len(read_rows(tmp_path / "sweep.csv")) == len(again)
 
 
+def test_ranges_of_the_same_layers_share_one_edit(tiny_pipe, colour_pairs, monkeypatch):
+    calls = []
+    real_edit = editing.editor.edit
+    monkeypatch.setattr(
+        editing.editor, "edit", lambda *a, **k: calls.append(k) or real_edit(*a, **k)
+    )
+    rows = sweep(tiny_pipe, colour_pairs[:2], ["fpe", "2-12", "0-3"], kinds=["self"], **FAST)
+    assert len(calls) == 2  # "2-12" is fpe's layers on tiny: edited once, scored for both
+    by_range = {r: [row for row in rows if row["range"] == r] for r in ("fpe", "2-12", "0-3")}
+    assert [len(v) for v in by_range.values()] == [2, 2, 2]
+    assert by_range["fpe"][0]["layers"] == by_range["2-12"][0]["layers"] != by_range["0-3"][0]["layers"]
+    strip = [{k: v for k, v in row.items() if k not in ("range", "group")} for row in by_range["fpe"]]
+    assert strip == [{k: v for k, v in row.items() if k not in ("range", "group")}
+                     for row in by_range["2-12"]]  # fmt: skip
+
+
 def test_sweep_reads_and_upgrades_a_table_without_source_shift(tiny_pipe, colour_pairs, tmp_path):
     sweep(tiny_pipe, colour_pairs[:1], ["none"], kinds=["self"], out=tmp_path, **FAST)
     path = tmp_path / "sweep.csv"

@@ -3,19 +3,21 @@
 Each job edits one source into a batch of its targets (one shared source branch) and scores
 every edit. :func:`run_jobs` yields ``(index, job, batch, scores, result)`` as jobs finish;
 ``result`` (the images) only when they are wanted, since a pool's workers send them back
-pickled. Jobs without layers (no replacement) give the same images for every kind and fraction:
-each such edit runs once and its scores are reused.
+pickled. Jobs that ask for the same edit run it once and share its scores: jobs without layers
+(no replacement) give the same images for every kind and fraction, and two ranges of the same
+layers (the probe selection is often one of the windows) give the same edit.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
 from editing.methods.registry import sweep_kinds
-from probe.workers import ModelPool, worker_cache
+from probe.workers import ModelPool
 
 KIND_METHODS = sweep_kinds()  # sweep kind -> editing method, from the method registry
 
@@ -30,11 +32,13 @@ class EditSettings:
     keep_images: bool
 
 
-def plain_key(job: Any, batch: list[Any]) -> tuple[Any, ...] | None:
-    """The key of a job without replacement (its images do not depend on kind or fraction)."""
-    if job.layers:
-        return None
-    return (job.seed, job.source, tuple(pair.target for pair in batch))
+def edit_key(job: Any, batch: list[Any]) -> tuple[Any, ...]:
+    """What the images of a job depend on: two jobs of one key make the same edit. Without
+    replacement (no layers) neither the kind nor the step fraction matters."""
+    shared = (job.seed, job.source, tuple(pair.target for pair in batch))
+    if not job.layers:
+        return ("none", *shared)
+    return (job.kind, tuple(job.layers), float(job.step_fraction), *shared)
 
 
 def edit_job(pipe: Any, job: Any, batch: list[Any], settings: EditSettings) -> Any:
@@ -54,13 +58,7 @@ def edit_job(pipe: Any, job: Any, batch: list[Any], settings: EditSettings) -> A
 
 def score_job(pipe: Any, job: Any, batch: list[Any], settings: EditSettings) -> tuple[list, Any]:
     """``(scores, result or None)`` of one job: what a worker sends back."""
-    key = plain_key(job, batch)
-    cache = worker_cache().setdefault("plain", {})
-    result = cache.get(key) if key is not None else None
-    if result is None:
-        result = edit_job(pipe, job, batch, settings)
-        if key is not None:
-            cache[key] = result
+    result = edit_job(pipe, job, batch, settings)
     scores = [settings.scorer(result.source, image, pair)
               for pair, image in zip(batch, result.targets, strict=True)]  # fmt: skip
     return scores, result if settings.keep_images else None
@@ -78,9 +76,15 @@ def run_jobs(
         ``(index in work, job, batch, scores, result or None)``.
     """
     if pool is None:
-        worker_cache().pop("plain", None)  # this process's cache: one sweep's edits only
+        left = Counter(edit_key(job, batch) for job, batch in work)  # uses still to come
+        kept: dict[tuple[Any, ...], tuple[list, Any]] = {}  # only edits asked for again
         for i, (job, batch) in enumerate(work):
-            scores, result = score_job(pipe, job, batch, settings)
+            key = edit_key(job, batch)
+            done = kept.pop(key, None) if left[key] == 1 else kept.get(key)
+            scores, result = done if done is not None else score_job(pipe, job, batch, settings)
+            left[key] -= 1
+            if left[key]:
+                kept[key] = (scores, result)
             yield i, job, batch, scores, result
         return
     yield from _pooled(work, settings, pool)
@@ -92,14 +96,13 @@ def _pooled(
     by_key: dict[tuple[Any, ...], Future[Any]] = {}
     pending: dict[Future[Any], list[int]] = {}
     for i, (job, batch) in enumerate(work):
-        key = plain_key(job, batch)
-        if key is not None and key in by_key:
-            pending[by_key[key]].append(i)  # the same images: scored once
+        key = edit_key(job, batch)
+        if key in by_key:
+            pending[by_key[key]].append(i)  # the same edit: run and scored once
             continue
         future = pool.submit(score_job, job, batch, settings)
         pending[future] = [i]
-        if key is not None:
-            by_key[key] = future
+        by_key[key] = future
     try:
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
