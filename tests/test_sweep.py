@@ -64,8 +64,13 @@ def test_sweep_writes_rows_and_resumes(tiny_pipe, colour_pairs, tmp_path, monkey
     pairs = colour_pairs[:2]  # red -> two targets: one batch sharing the source branch
     rows = sweep(tiny_pipe, pairs, ["none", "fpe"], out=tmp_path, **FAST)
     assert len(rows) == 2 * 2 * 2  # kinds x ranges x pairs
-    assert len(calls) == 3  # "none" once for both kinds, fpe for self and for cross
-    assert {(c["method"], tuple(c.get("layers") or ())) for c in calls} >= {("cross", (2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12))}  # fmt: skip
+    # one edit of 6 targets: "none" once for both kinds, fpe for self and for cross, each
+    # editor on its own two targets
+    assert len(calls) == 1 and len(calls[0]["controllers"]) == 2
+    fpe = list(range(2, 13))
+    assert {(c.kind, tuple(sorted(c.layers)), tuple(sorted(c.targets)))
+            for c in calls[0]["controllers"]} == {("self", tuple(fpe), (2, 3)),
+                                                 ("cross", tuple(fpe), (4, 5))}  # fmt: skip
     with open(tmp_path / "sweep.csv") as f:
         assert next(csv.reader(f)) == FIELDS
     saved = read_rows(tmp_path / "sweep.csv")
@@ -83,10 +88,13 @@ def test_sweep_writes_rows_and_resumes(tiny_pipe, colour_pairs, tmp_path, monkey
     calls.clear()  # a rerun does nothing; a new range runs only its own edits, once
     again = sweep(tiny_pipe, pairs, ["none", "fpe", "windows", "prefixes"], kinds=["self"],
                   out=tmp_path, **FAST)  # fmt: skip
-    assert len(calls) == 9 and len(again) == 8 + 9 * 2  # 7 windows, prefixes 0-7 and 0-11
+    assert len(again) == 8 + 9 * 2  # 7 windows, prefixes 0-7 and 0-11
+    assert sum(len(c["controllers"]) for c in calls) == 9  # 18 targets: 4+4+1 ranges a batch
+    assert [len(c["controllers"]) for c in calls] == [4, 4, 1]
     calls.clear()
     again = sweep(tiny_pipe, pairs, ["none", "fpe", "0-3"], out=tmp_path, **FAST)
     assert len(calls) == 1 and len(again) == 8 + 9 * 2 + 2  # only cross 0-3 is new
+    assert [(c.kind, sorted(c.layers)) for c in calls[0]["controllers"]] == [("cross", [0, 1, 2, 3])]
     assert len(read_rows(tmp_path / "sweep.csv")) == len(again)
 
 
@@ -97,13 +105,39 @@ def test_ranges_of_the_same_layers_share_one_edit(tiny_pipe, colour_pairs, monke
         editing.editor, "edit", lambda *a, **k: calls.append(k) or real_edit(*a, **k)
     )
     rows = sweep(tiny_pipe, colour_pairs[:2], ["fpe", "2-12", "0-3"], kinds=["self"], **FAST)
-    assert len(calls) == 2  # "2-12" is fpe's layers on tiny: edited once, scored for both
+    # "2-12" is fpe's layers on tiny: edited once (in one batch with 0-3), scored for both
+    assert len(calls) == 1 and len(calls[0]["controllers"]) == 2
     by_range = {r: [row for row in rows if row["range"] == r] for r in ("fpe", "2-12", "0-3")}
     assert [len(v) for v in by_range.values()] == [2, 2, 2]
     assert by_range["fpe"][0]["layers"] == by_range["2-12"][0]["layers"] != by_range["0-3"][0]["layers"]
     strip = [{k: v for k, v in row.items() if k not in ("range", "group")} for row in by_range["fpe"]]
     assert strip == [{k: v for k, v in row.items() if k not in ("range", "group")}
                      for row in by_range["2-12"]]  # fmt: skip
+
+
+def test_a_batch_of_ranges_equals_each_range_edited_alone(tiny_pipe):
+    """Editors of disjoint targets in one batch give each target what its edit alone gives."""
+    from editing.editor import edit
+    from editing.methods.replace import CrossAttentionReplace, SelfAttentionReplace
+
+    src, targets = "a red car", ["a blue car", "a green car", "a blue car"]
+    common = {"seed": 3, "num_steps": 4}
+    together = edit(tiny_pipe, src, targets, controllers=[
+        SelfAttentionReplace([2, 3, 4], 0.8, targets=[0]),
+        CrossAttentionReplace("all", 0.5, targets=[1]),
+    ], **common).latents  # fmt: skip
+    alone = [
+        edit(tiny_pipe, src, targets[:1], method="fpe", layers=[2, 3, 4], **common).latents,
+        edit(tiny_pipe, src, targets[1:2], method="cross", step_fraction=0.5, **common).latents,
+        edit(tiny_pipe, src, targets[2:], method="none", **common).latents,
+    ]
+    assert (together[0] - alone[0][0]).abs().max() < 1e-4  # the source row (latents ~7: batch numerics)
+    for i, latents in enumerate(alone):
+        assert (together[1 + i] - latents[1]).abs().max() < 1e-4
+    assert (together[1] - together[3]).abs().max() > 1e-3  # same prompt, edited vs not
+    with pytest.raises(ValueError, match="edits targets \\[5\\], but the edit has 3 targets"):
+        edit(tiny_pipe, src, targets, controllers=[SelfAttentionReplace("fpe", targets=[5])],
+             **common)  # fmt: skip
 
 
 def test_sweep_reads_and_upgrades_a_table_without_source_shift(tiny_pipe, colour_pairs, tmp_path):

@@ -38,15 +38,22 @@ class RowEditor(Controller):
             :func:`probe.attention.steps.fraction_steps`). ``1.0`` is every step, ``1`` step 1.
         guidance: which guidance half to edit: ``"cond"`` (as the official FPE code) or
             ``"both"``.
+        targets: which targets this editor edits, by their index among the edit's targets
+            (``None``: all). Editors of disjoint targets share one source branch: a sweep edits
+            the targets of several layer ranges in one batch.
     """
 
     kind: Kind = "self"
 
     def __init__(
-        self, layers: LayerSpec = "fpe", steps: StepSpec | float = 0.8, guidance: str = "cond"
-    ) -> None:
+        self, layers: LayerSpec = "fpe", steps: StepSpec | float = 0.8, guidance: str = "cond",
+        targets: Sequence[int] | None = None,
+    ) -> None:  # fmt: skip
         if guidance not in ("cond", "both"):
             raise ValueError(f"guidance={guidance!r}: use 'cond' or 'both'")
+        if targets is not None and any(int(t) < 0 for t in targets):
+            raise ValueError(f"targets={list(targets)}: indices among the targets, from 0")
+        self.targets = None if targets is None else frozenset(int(t) for t in targets)
         if isinstance(steps, bool):
             raise ValueError(f"steps={steps!r} is a bool: use a fraction (0.8) or a step spec")
         if isinstance(steps, float):
@@ -60,7 +67,8 @@ class RowEditor(Controller):
     def __repr__(self) -> str:
         layers = sorted(self.layers) if self.layers is not None else self.layer_spec
         name = type(self).__name__
-        return f"{name}(layers={layers}, steps={self.step_spec}, guidance={self.guidance!r})"
+        only = "" if self.targets is None else f", targets={sorted(self.targets)}"
+        return f"{name}(layers={layers}, steps={self.step_spec}, guidance={self.guidance!r}{only})"
 
     def bind(self, layers: list[LayerInfo]) -> None:
         """Resolve the layer spec against a UNet's layer table."""
@@ -96,6 +104,13 @@ class RowEditor(Controller):
         for half in halves:
             sources = call.layout.indices(guidance=half, branch="source")  # type: ignore[arg-type]
             targets = call.layout.indices(guidance=half, branch="target")  # type: ignore[arg-type]
+            if self.targets is not None:  # sample 1 is target 0
+                if max(self.targets, default=-1) >= len(targets):
+                    raise ValueError(
+                        f"{self!r} edits targets {sorted(self.targets)}, but the edit has "
+                        f"{len(targets)} targets (indices 0-{len(targets) - 1})"
+                    )
+                targets = [t for t in targets if call.layout.rows[t].sample - 1 in self.targets]
             if not sources:
                 continue
             src += [sources[0]] * len(targets)

@@ -123,7 +123,9 @@ def sweep(
             skipped), ``sweep.json`` (settings), ``summary.json``, ``tradeoff.png`` and
             ``windows.png``.
         num_steps, guidance_scale: default: the model's.
-        batch_size: targets of one source edited together (they share one source branch).
+        batch_size: targets of one source and seed edited in one batch, sharing one source
+            branch: the targets of one range, and of the next ranges, kinds and fractions
+            while they fit (each range's editor acts on its own targets).
         model_name: recorded in ``sweep.json`` (a resume with another model is refused).
         progress: show a tqdm bar.
         save_images: also save every edit under ``out/images/<kind>_<range>_<fraction>/``
@@ -177,7 +179,8 @@ def sweep(
         save_layer_table(csv_path.parent / LAYER_TABLE, table)
     work = [(job, [p for p in job.pairs if _key(job, p) not in done]) for job in jobs]
     work = [(job, batch) for job, batch in work if batch]
-    settings = EditSettings(num_steps, guidance_scale, scorer, save_images and csv_path is not None)
+    keep = save_images and csv_path is not None
+    settings = EditSettings(num_steps, guidance_scale, scorer, keep, batch_size)
     bar = tqdm(total=sum(len(b) for _, b in work), desc="sweep", unit="edit", disable=not progress)
     finished: dict[int, list[dict[str, Any]]] = {}  # rows of jobs done ahead of plan order
     next_job = 0
