@@ -193,6 +193,12 @@ def test_quick_report_has_the_sections_and_embedded_images(quick_run):
     assert page.count('class="inc"') + page.count('class="held"') + page.count('class="not"') >= 10
     selection = json.loads((quick_run / "selection.json").read_text())
     assert str(selection["layers"]) in page
+    claims = json.loads((quick_run / "claims.json").read_text())  # the verdicts, readable
+    assert len(claims) >= 5 and {c["verdict"] for c in claims} <= {"held", "did not hold", "inconclusive"}
+    from editing.experiment.report import esc
+
+    for claim in claims:
+        assert esc(claim["title"]) in page and claim["key"]
 
 
 def test_quick_reproduce_resumes_without_redoing_stages(quick_run, capsys):

@@ -12,10 +12,13 @@ import html
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from editing.experiment.claims import HELD, NOT_HELD, Claim, check_claims
+
+CLAIMS = "claims.json"  # the claims' verdicts, next to report.html
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222;
@@ -227,7 +230,8 @@ def manifest_figures(out: Path, section: str) -> str:
 
 
 def write_report_html(out: Path, config: Any, timings: Mapping[str, float]) -> Path:
-    """Build ``out/report.html`` from the run's files; returns its path."""
+    """Build ``out/report.html`` from the run's files, and ``out/claims.json`` (every claim:
+    key, title, verdict, text); returns the page's path."""
     probe_body, probes = probe_section(out)
     sel_body, sel_name = selection_html(out)
     sweep_body, summary = sweep_section(out)
@@ -272,4 +276,6 @@ def write_report_html(out: Path, config: Any, timings: Mapping[str, float]) -> P
     )
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
+    verdicts = [asdict(c) for c in claims]  # the verdicts, for comparing runs (toy v1 and v2)
+    (out / CLAIMS).write_text(json.dumps(verdicts, indent=2) + "\n", encoding="utf-8")
     return path
