@@ -67,7 +67,7 @@ class ReproduceConfig:
 
     @classmethod
     def preset(cls, model: str = "toy", quick: bool = False) -> ReproduceConfig:
-        """The full run (about 7.5 minutes on toy, 2 CPU cores, two workers) or ``quick`` (1-2
+        """The full run (about 5.5 minutes on toy, 2 CPU cores, two workers) or ``quick`` (1-2
         minutes)."""
         full = cls(model=model)
         if not quick:
