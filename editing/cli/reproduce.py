@@ -23,8 +23,26 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from editing.experiment.compare import compare_claims
+
+    names = args.name or [Path(r).name for r in args.runs]
+    if len(names) != len(args.runs) or len(set(names)) != len(names):
+        raise SystemExit(
+            f"--name given {len(names)} time(s) for {len(args.runs)} run(s), or twice the same "
+            f"name ({names}): give one distinct --name per run, in order, or none"
+        )
+    text = compare_claims(dict(zip(names, map(Path, args.runs), strict=True)))
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"claims of {len(names)} runs: {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``reproduce`` to the ``attnprobe`` command line."""
+    """Add ``reproduce`` and ``compare`` to the ``attnprobe`` command line."""
     p = sub.add_parser(
         "reproduce",
         help="the paper's experiment end to end: record, probe, select, sweep, report.html",
@@ -51,3 +69,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_cmd_reproduce)
+
+    c = sub.add_parser(
+        "compare", help="the paper's claims of several reproduce runs side by side (Markdown)"
+    )
+    c.add_argument("runs", nargs="+", help="reproduce folders (each with its claims.json)")
+    c.add_argument(
+        "--name", action="append",
+        help="a column heading per run, in order (default: the folders' names)",
+    )  # fmt: skip
+    c.add_argument("--out", default=None, help="write the Markdown here (default: print it)")
+    c.set_defaults(func=_cmd_compare)
