@@ -42,13 +42,17 @@ from probe.models.tiny_dit import (
 )
 
 TOY_DIR = Path(__file__).resolve().parents[1] / "toy" / "weights"
+TOY_V2_DIR = Path(__file__).resolve().parents[1] / "toy" / "weights_v2"
+TOY_FOLDERS: dict[str, Path] = {"toy": TOY_DIR, "toy-v2": TOY_V2_DIR}
+"""The embedded trained toys by name: ``toy`` (world v1, ten colours, the default) and
+``toy-v2`` (world v2, sixteen colours, a frozen contrastive text encoder; docs/toy_v2)."""
 
 HOW_TO_GET_WEIGHTS = (
     "attnprobe never downloads weights. On a machine with internet, save a diffusers Stable "
     "Diffusion 1.x/2.x, SDXL, SD3 or Flux folder, e.g. `huggingface-cli download "
     "stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir ./sd15` (or "
     "`StableDiffusionPipeline.from_pretrained(...).save_pretrained('./sd15')`), copy it here "
-    "and pass its path; or use the built-in 'toy', 'tiny', 'tiny-xl', 'tiny-sd3' or "
+    "and pass its path; or use the built-in 'toy', 'toy-v2', 'tiny', 'tiny-xl', 'tiny-sd3' or "
     "'tiny-flux' models."
 )
 
@@ -153,7 +157,8 @@ def load_pipeline(
     """Load a Stable Diffusion pipeline, offline.
 
     Args:
-        spec: ``"toy"`` (the embedded trained toy model), ``"tiny"`` (random weights, SD 1.x
+        spec: ``"toy"`` (the embedded trained toy model), ``"toy-v2"`` (the toy of world v2,
+            sixteen colours), ``"tiny"`` (random weights, SD 1.x
             topology, for tests), ``"tiny-xl"``, ``"tiny-sd3"``, ``"tiny-flux"`` (random weights,
             SDXL / SD3 / Flux topology, for tests) or the path of a diffusers SD 1.x/2.x, SDXL,
             SD3 or Flux folder (told apart by the ``_class_name`` of its model_index.json).
@@ -311,18 +316,19 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 
 
 def _resolve_folder(spec: str | Path) -> Path:
-    if str(spec) == "toy":
-        if not (TOY_DIR / "model_index.json").is_file():
+    toy = TOY_FOLDERS.get(str(spec))
+    if toy is not None:
+        if not (toy / "model_index.json").is_file():
             raise FileNotFoundError(
-                f"the toy model's weights are not in {TOY_DIR}: train them with "
+                f"the {spec} model's weights are not in {toy}: train them with "
                 "`attnprobe toy train --out <dir>` or use --model tiny"
             )
-        return TOY_DIR
+        return toy
     folder = Path(spec).expanduser()
     if not folder.exists():
         raise FileNotFoundError(
-            f"model {str(spec)!r} is not 'toy', 'tiny', 'tiny-xl', 'tiny-sd3', 'tiny-flux' or a "
-            "folder on disk. "
+            f"model {str(spec)!r} is not 'toy', 'toy-v2', 'tiny', 'tiny-xl', 'tiny-sd3', "
+            "'tiny-flux' or a folder on disk. "
             f"{HOW_TO_GET_WEIGHTS}"
         )
     if not (folder / "model_index.json").is_file():

@@ -151,6 +151,7 @@ def write_card(run: Path | None, evaluation: Path, out: Path, facts: Path | None
     settings = "\n".join(f"| {k} | {v} |" for k, v in cfg.items() if k != "extra")
     text = CARD.format(
         **_describe(cfg, values),
+        sizes=_sizes(run),
         training=_training_rows(cfg, values),
         settings=settings,
         curve=curve,
@@ -172,7 +173,13 @@ def _describe(cfg: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     latent = size // factor
     sides = [round(n**0.5) for n in positions_per_layer(latent)]
     contrastive = bool(values.get("text_steps"))
+    v1 = world.name == "v1"
     return {
+        "who": 'The embedded default model of attnprobe (`load_pipeline("toy")`, `--model toy`)'
+        if v1
+        else f'The embedded toy of world {world.name} (`load_pipeline("toy-v2")`, '
+        "`--model toy-v2`)",
+        "weights": "weights" if v1 else "weights_v2",
         "world": f"world {world.name}: cars and ten animals in {len(world.palette)} colours "
         f"({', '.join(world.palette)})",
         "image_size": size,
@@ -193,6 +200,33 @@ TEXT_JOINT = (
     "The text encoder was trained jointly with the UNet on the ε-loss (toy v1); Stable "
     "Diffusion's was trained first, contrastively, and frozen."
 )
+
+
+def _sizes(run: Path | None) -> str:
+    """The ``attnprobe toy sizes`` table, when the run folder holds its ``sizes.json``."""
+    from probe.toy.sizes import SizeCost, table
+
+    found = [] if run is None else [run / "sizes.json", run / "training" / "sizes.json"]
+    path = next((f for f in found if f.is_file()), None)
+    if path is None:
+        return ""
+    costs = [SizeCost(**c) for c in json.loads(path.read_text())]
+    by_latent = {c.latent: c for c in costs}
+    why = ""
+    if 16 in by_latent and 32 in by_latent:
+        ratio = by_latent[32].unet_s_per_step / by_latent[16].unet_s_per_step
+        why = (
+            f"\nA UNet step at 32×32 latents costs {ratio:.1f}× one at 16×16, so the same "
+            f"wall-clock budget would train it {ratio:.1f}× fewer steps, and its latent pool "
+            f"takes {by_latent[32].pool_mb / by_latent[16].pool_mb:.0f}× the memory; it would "
+            "give the 4×4 and 2×2 layers 4× the positions. The toy stays at 16×16. What 32×32 "
+            "changes in the structure kept by all-layer replacement was not measured: that "
+            "needs a trained 32×32 model.\n"
+        )
+    return (
+        "\nMeasured here (`attnprobe toy sizes --steps 10 --json sizes.json`, 2 threads, "
+        "idle machine):\n\n" + table(costs, 48) + "\n" + why
+    )
 
 
 def _training_rows(cfg: dict[str, Any], values: dict[str, Any]) -> str:
@@ -233,7 +267,7 @@ def _has_record(run: Path) -> bool:
 
 CARD = """# Model card: the toy Stable Diffusion
 
-The embedded default model of attnprobe (`load_pipeline("toy")`, `--model toy`). It is a
+{who}. It is a
 Stable Diffusion 1.x pipeline in every respect that matters to the toolkit — a CLIP-format
 tokenizer and CLIP text encoder, an AutoencoderKL, a UNet2DConditionModel with the SD 1.x
 topology (CrossAttnDownBlock2D ×3 + DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D +
@@ -264,7 +298,7 @@ what the toy makes of one.
   layers, width 64; VAE channels 16/32/32.
 - The latent scaling factor was measured on the trained VAE: **{scaling:.3f}** (1/std of the
   pool's latents; SD's 0.18215 would be wrong here).
-
+{sizes}
 ## Training
 
 | stage | wall time | steps | final |
@@ -295,7 +329,7 @@ the shipped silhouette classifier).
     attnprobe toy train --out runs/toy_train          # resumable: rerun after an interruption
     attnprobe toy evaluate --model runs/toy_train/model --out runs/toy_eval
     python -m probe.toy.model_card --run runs/toy_train --eval runs/toy_eval --out docs
-    cp -r runs/toy_train/model/* probe/toy/weights/   # ship it
+    cp -r runs/toy_train/model/* probe/toy/{weights}/   # ship it
 
 The budgets are wall-clock minutes (`--text-minutes`, `--vae-minutes`, `--unet-minutes`); the
 learning rate follows a cosine over the budget, so a longer budget is a different schedule, not
