@@ -176,7 +176,9 @@ class Controller:
 
 def attention_probs(q: Tensor, k: Tensor, scale: float, mask: Tensor | None = None) -> Tensor:
     """``softmax(q kᵀ · scale + mask)`` in float32: ``[batch, heads, queries, keys]``."""
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    # the scale goes on q (queries × dim) rather than on the scores (queries × keys): one pass
+    # fewer over the largest tensor of the layer; the mask is added in place for the same reason
+    scores = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))
     if mask is not None:
-        scores = scores + mask.float()
+        scores.add_(mask.float())
     return scores.softmax(dim=-1)
