@@ -37,3 +37,18 @@ def test_toy_v2_draws_the_colours_the_v1_toy_never_learned(toy_v2) -> None:
     summary = report.summary()[-1]
     assert summary["found"] == 1.0 and summary["category"] >= 0.9
     assert summary["colour"] >= 14 / 16  # the card's evaluation: see docs/toy_v2
+
+
+def test_reproduce_and_sweep_by_name_take_the_v2_lists(tmp_path) -> None:
+    """``--model toy-v2`` (a name, not a folder) still probes and edits on v2's sixteen colours."""
+    from dataclasses import replace
+
+    from editing.experiment.reproduce import Reproduction
+    from editing.experiment.settings import ReproduceConfig
+    from probe.prompts.templates import load_template
+
+    config = replace(ReproduceConfig.preset("toy-v2", quick=True), model="toy-v2")
+    run = Reproduction(tmp_path / "run", config, progress=False, workers=1)
+    assert run.lists() == "v2"
+    colours = load_template("colour_car", world=run.lists())
+    assert len(colours) == 16 and {"white", "grey"} <= set(colours.classes("colour"))
