@@ -1,6 +1,6 @@
 """Write the toy model's card from a training run and an evaluation.
 
-    python -m probe.toy.model_card --run runs/toy_train --eval runs/toy_eval --out docs
+    python -m probe.toy.model_card --run runs/toy_train --eval runs/toy_eval --out {docs}
 
 reads ``RUN/train_config.json``, ``RUN/work/loss.jsonl`` and ``EVAL/evaluation.md`` and
 ``EVAL/grid.png``, and writes ``OUT/toy_model_card.md`` with the loss curves in
@@ -180,6 +180,7 @@ def _describe(cfg: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
         else f'The embedded toy of world {world.name} (`load_pipeline("toy-v2")`, '
         "`--model toy-v2`)",
         "weights": "weights" if v1 else "weights_v2",
+        "docs": "docs" if v1 else "docs/toy_v2",
         "world": f"world {world.name}: cars and ten animals in {len(world.palette)} colours "
         f"({', '.join(world.palette)})",
         "image_size": size,
@@ -305,7 +306,7 @@ what the toy makes of one.
 |---|---:|---:|---|
 {training}
 
-Wall time on a 2-core CPU while other jobs shared the machine. Settings:
+Wall time on a 2-core CPU; other jobs shared the machine during part of some stages. Settings:
 
 | setting | value |
 |---|---|
@@ -328,7 +329,7 @@ the shipped silhouette classifier).
 
     attnprobe toy train --out runs/toy_train          # resumable: rerun after an interruption
     attnprobe toy evaluate --model runs/toy_train/model --out runs/toy_eval
-    python -m probe.toy.model_card --run runs/toy_train --eval runs/toy_eval --out docs
+    python -m probe.toy.model_card --run runs/toy_train --eval runs/toy_eval --out {docs}
     cp -r runs/toy_train/model/* probe/toy/{weights}/   # ship it
 
 The budgets are wall-clock minutes (`--text-minutes`, `--vae-minutes`, `--unet-minutes`); the
