@@ -190,3 +190,70 @@ def test_foreign_processor_composes_or_refuses(tiny_pipe):
         assert type(unet.attn_processors[name]) is Foreign
     finally:
         unet.set_attn_processor(dict(saved))
+
+
+class Keeper(Controller):
+    """Observes self-attention in one layer; reads ``rows`` (``None``: every row)."""
+
+    def __init__(self, rows=None) -> None:
+        self.rows = rows
+        self.seen: list[torch.Tensor] = []
+
+    def claims(self, layer, kind):
+        return layer.index == 1 and kind == "self"
+
+    def needs_probs(self, call):
+        return True
+
+    def observed_rows(self, call):
+        return self.rows
+
+    def observe(self, call, probs):
+        self.seen.append(probs.clone())
+
+
+class RowBias(Controller):
+    """A per-row score bias, so that the mask differs between batch rows."""
+
+    def claims(self, layer, kind):
+        return layer.index == 1 and kind == "self"
+
+    def score_bias(self, call, q, k):
+        bias = torch.zeros(q.shape[0], 1, q.shape[2], k.shape[2])
+        bias[1:, :, :, : k.shape[2] // 2] = -2.0
+        return bias
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_observers_get_their_rows_and_only_those_are_materialised(tiny_pipe, monkeypatch, bias):
+    from probe.attention import processor
+
+    sizes: list[int] = []
+
+    def counting(q, k, scale, mask=None):
+        sizes.append(q.shape[0])
+        return attention_probs(q, k, scale, mask)
+
+    monkeypatch.setattr(processor, "attention_probs", counting)
+    extra = [RowBias()] if bias else []
+    every, last = Keeper(), Keeper([3])
+    with AttentionHooks(tiny_pipe, [*extra, every, last]):
+        generate(tiny_pipe, prompt=["a red car", "a blue car"], steps=2)
+    assert sizes and set(sizes) == {4}  # the batch: 2 prompts x (uncond, cond)
+    assert len(last.seen) == len(every.seen) == 2
+    for full, mine in zip(every.seen, last.seen, strict=True):
+        assert mine.shape[0] == 1
+        assert torch.equal(mine, full[[3]])
+
+    sizes.clear()
+    alone, pair = Keeper([3]), Keeper([1, 3])
+    with AttentionHooks(tiny_pipe, [*extra, alone, pair]):
+        images = generate(tiny_pipe, prompt=["a red car", "a blue car"], steps=2)
+    assert set(sizes) == {2}  # only rows 1 and 3 are materialised
+    for full, mine, both in zip(every.seen, alone.seen, pair.seen, strict=True):
+        assert torch.allclose(mine, full[[3]], atol=1e-6)
+        assert torch.allclose(both, full[[1, 3]], atol=1e-6)
+    with AttentionHooks(tiny_pipe, extra):
+        assert np.array_equal(
+            images, generate(tiny_pipe, prompt=["a red car", "a blue car"], steps=2)
+        )

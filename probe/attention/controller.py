@@ -18,7 +18,15 @@ from torch import Tensor
 from probe.attention.batch import BatchLayout
 from probe.attention.layers import Kind, LayerInfo
 
-__all__ = ["AttentionCall", "Controller", "HookState", "Kind", "attention_probs"]
+__all__ = [
+    "AttentionCall",
+    "Controller",
+    "HookState",
+    "Kind",
+    "attention_probs",
+    "hand_out",
+    "rows_to_materialise",
+]
 
 
 @dataclass(frozen=True)
@@ -141,8 +149,19 @@ class Controller:
         """Change the probabilities (only called when :meth:`edits_probs` is true)."""
         return probs
 
+    def observed_rows(self, call: AttentionCall) -> Sequence[int] | None:
+        """The batch rows :meth:`observe` reads, or ``None`` (the default) for every row.
+
+        :meth:`observe` then gets the probabilities of exactly these rows, in this order. When
+        every observer of a call names its rows and no controller edits the probabilities, the
+        processor materialises only those rows (the recorder's conditional half: half the
+        softmax of a guided batch); the attention output still comes from the fused kernel.
+        """
+        return None
+
     def observe(self, call: AttentionCall, probs: Tensor) -> None:
-        """Look at the probabilities actually used (only when :meth:`needs_probs` is true)."""
+        """Look at the probabilities actually used (only when :meth:`needs_probs` is true):
+        ``[rows, heads, queries, keys]`` for the rows of :meth:`observed_rows`."""
 
     def prepare(self, tokenizer: Any, source: str, targets: Sequence[str]) -> None:
         """Read the prompts before a run; default: nothing.
@@ -182,3 +201,34 @@ def attention_probs(q: Tensor, k: Tensor, scale: float, mask: Tensor | None = No
     if mask is not None:
         scores.add_(mask.float())
     return scores.softmax(dim=-1)
+
+
+def rows_to_materialise(observers: Sequence[Controller], call: AttentionCall) -> list[int] | None:
+    """The batch rows any of ``observers`` reads (ascending), or ``None`` if one reads every
+    row (see :meth:`Controller.observed_rows`)."""
+    union: set[int] = set()
+    for c in observers:
+        rows = c.observed_rows(call)
+        if rows is None:
+            return None
+        union.update(rows)
+    return sorted(union)
+
+
+def hand_out(
+    observers: Sequence[Controller], call: AttentionCall, probs: Tensor, rows: list[int] | None
+) -> None:
+    """Give every observer the rows it reads of ``probs``, whose batch axis holds ``rows``
+    (``None``: every row of the call)."""
+    for c in observers:
+        want = c.observed_rows(call)
+        if want is None:
+            c.observe(call, probs)
+            continue
+        want = list(want)
+        if not want:
+            continue
+        if want == rows:
+            c.observe(call, probs)
+        else:
+            c.observe(call, probs[want if rows is None else [rows.index(r) for r in want]])

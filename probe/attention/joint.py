@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probe.attention.controller import AttentionCall, Controller, Kind, attention_probs
+from probe.attention.controller import AttentionCall, Controller, Kind, attention_probs, hand_out
 from probe.attention.dit_layers import JOINT_KINDS
 from probe.attention.processor import HookedAttnProcessor
 
@@ -154,20 +154,30 @@ def observe_parts(
         scale: the attention scale.
 
     Image and text query rows are each materialised at most once (``[batch, heads, N, N + T]``,
-    ``[batch, heads, T, N + T]``), in float32.
+    ``[batch, heads, T, N + T]``), in float32, and only for the batch rows the observers read
+    (:meth:`Controller.observed_rows`).
     """
     wanted = [(c, kind) for c, kinds in active.items() for kind in kinds]
     wanted = [(c, kind) for c, kind in wanted if c.needs_probs(calls[kind])]
     if not wanted:
         return
-    rows: dict[str, Tensor] = {}
+    asked = [c.observed_rows(calls[kind]) for c, kind in wanted]
+    batch: list[int] | None = None
+    if all(r is not None for r in asked):
+        batch = sorted({i for r in asked if r is not None for i in r})
+    if batch == []:
+        return
+    if batch is not None:
+        q, k = q[batch], k[batch]
+    parts: dict[str, Tensor] = {}
     if any(kind in IMAGE_QUERY_KINDS for _, kind in wanted):
-        rows["image"] = attention_probs(q[:, :, image], k, scale)
+        parts["image"] = attention_probs(q[:, :, image], k, scale)
     if any(kind in TEXT_QUERY_KINDS for _, kind in wanted):
-        rows["text"] = attention_probs(q[:, :, text], k, scale)
+        parts["text"] = attention_probs(q[:, :, text], k, scale)
     for c, kind in wanted:
-        p = rows["image" if kind in IMAGE_QUERY_KINDS else "text"]
-        c.observe(calls[kind], p[..., image if kind in ("self", "text_image") else text])
+        p = parts["image" if kind in IMAGE_QUERY_KINDS else "text"]
+        p = p[..., image if kind in ("self", "text_image") else text]
+        hand_out([c], calls[kind], p, batch)
 
 
 def joint_qkv(attn: Any, hidden_states: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:

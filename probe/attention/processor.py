@@ -3,7 +3,7 @@
 It follows diffusers' ``AttnProcessor2_0`` step by step (norms, projections, residual), and stays
 on ``F.scaled_dot_product_attention`` unless a controller needs the probabilities. When
 probabilities are only observed, the output still comes from the fused kernel, so recording never
-changes what the model computes.
+changes what the model computes, and only the rows the observers read are materialised.
 """
 
 from __future__ import annotations
@@ -13,7 +13,15 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from probe.attention.controller import AttentionCall, Controller, HookState, Kind, attention_probs
+from probe.attention.controller import (
+    AttentionCall,
+    Controller,
+    HookState,
+    Kind,
+    attention_probs,
+    hand_out,
+    rows_to_materialise,
+)
 from probe.attention.layers import LayerInfo
 
 
@@ -125,13 +133,16 @@ class HookedAttnProcessor:
                 mask = bias if mask is None else mask + bias
         editors = [c for c in active if c.edits_probs(call)]
         observers = [c for c in active if c.needs_probs(call)]
-        if not editors and not observers:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        probs = attention_probs(q, k, scale, mask)
-        for c in editors:
-            probs = c.edit_probs(call, probs)
-        for c in observers:
-            c.observe(call, probs)
         if editors:
+            probs = attention_probs(q, k, scale, mask)
+            for c in editors:
+                probs = c.edit_probs(call, probs)
+            hand_out(observers, call, probs, None)
             return (probs @ v.float()).to(v.dtype)
+        rows = rows_to_materialise(observers, call)
+        if rows is None:
+            hand_out(observers, call, attention_probs(q, k, scale, mask), None)
+        elif rows:
+            part = mask if mask is None or mask.ndim < 4 or mask.shape[0] == 1 else mask[rows]
+            hand_out(observers, call, attention_probs(q[rows], k[rows], scale, part), rows)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)

@@ -269,11 +269,11 @@ class AttentionRecorder(Controller):
         return []
 
     # -- per attention call ------------------------------------------------------------------
+    def observed_rows(self, call: AttentionCall) -> list[int]:
+        return self._row_ids(call.layout)
+
     def observe(self, call: AttentionCall, probs: Tensor) -> None:
-        rows = self._row_ids(call.layout)
-        if not rows:
-            return
-        p = reduce_heads(probs[rows], self.heads)
+        p = reduce_heads(probs, self.heads)
         name = tensor_name(call.kind, call.layer.index, call.step)
         self.maps.timesteps[call.step] = call.timestep
         plan = self.plan
