@@ -29,7 +29,8 @@ def fpe_overhead(bench: Bench) -> dict[str, Any]:
         "plain": lambda: edit(pipe, SOURCE, TARGETS[:1], "none", num_steps=steps),
         "fpe": lambda: edit(pipe, SOURCE, TARGETS[:1], "fpe", num_steps=steps),
     }
-    table = summarize(run_interleaved(variants, prof.repeats, prof.warmup, bench.log), "plain")
+    runs = run_interleaved(variants, prof.overhead_repeats, prof.warmup, bench.log)
+    table = summarize(runs, "plain")
     ratio = table["fpe"]["time_ratio"]
     group = {
         "label": f"{bench.model}, {steps} steps, 1 source + 1 target with guidance",

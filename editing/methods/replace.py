@@ -135,10 +135,10 @@ class SelfAttentionReplace(RowEditor):
         src, tgt = self.pairs(call)
         if not tgt:
             return q, k, v
-        q, k = q.clone(), k.clone()
-        q[tgt] = q[src]
-        k[tgt] = k[src]
-        return q, k, v
+        rows = list(range(q.shape[0]))  # each row reads its own q and k, a target its source's
+        for s, t in zip(src, tgt, strict=True):
+            rows[t] = s
+        return q[rows], k[rows], v
 
 
 class MaterialisedSelfAttentionReplace(RowEditor):
