@@ -197,3 +197,25 @@ def test_v_prediction_sd2_style_model(tiny_pipe):
     assert np.abs(out - base).max() <= 1e-5
     assert maps[0, 0, "self"].shape == (1, 1, 64, 64)
     assert [layer.heads for layer in maps.layers][:2] == [2, 2]
+
+
+def test_svd_of_large_maps_matches_the_exact_top_components():
+    """Above FULL_SVD_MAX positions svd_self is randomised: on a real 1024-position map (the toy
+    at 32x32 latents) it must leave the exact rank-8 residual and the top singular values."""
+    from probe.models import load_pipeline
+    from probe.recording.reduce import FULL_SVD_MAX, svd_self
+
+    toy_pipe = load_pipeline("toy")
+    kw = {"layers": [0], "kinds": ("self",), "self_reduce": "full", "dtype": torch.float32}
+    with record_attention(toy_pipe, steps=[1], **kw) as maps:
+        size = 32 * toy_pipe.vae_scale_factor
+        generate(toy_pipe, prompt="a red car", steps=2, height=size, width=size)
+    x = maps[0, 1, "self"][0, 0]  # sample 0, head mean
+    assert x.shape[-1] == 1024 > FULL_SVD_MAX
+    u, s, v = svd_self(x, 8)
+    exact = torch.linalg.svdvals(x)[:8]
+    assert torch.allclose(s, exact, rtol=1e-4)
+    _, full_s, _ = torch.linalg.svd(x)
+    optimal = full_s[8:].square().sum().sqrt()
+    residual = torch.linalg.norm(x - u @ torch.diag(s) @ v.T)
+    assert residual <= optimal * 1.001

