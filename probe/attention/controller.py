@@ -203,32 +203,25 @@ def attention_probs(q: Tensor, k: Tensor, scale: float, mask: Tensor | None = No
     return scores.softmax(dim=-1)
 
 
-def rows_to_materialise(observers: Sequence[Controller], call: AttentionCall) -> list[int] | None:
-    """The batch rows any of ``observers`` reads (ascending), or ``None`` if one reads every
-    row (see :meth:`Controller.observed_rows`)."""
-    union: set[int] = set()
-    for c in observers:
-        rows = c.observed_rows(call)
-        if rows is None:
-            return None
-        union.update(rows)
-    return sorted(union)
+def rows_to_materialise(asked: Sequence[Sequence[int] | None]) -> list[int] | None:
+    """The union (ascending) of the rows observers read, each ``asked`` entry one observer's
+    :meth:`Controller.observed_rows`; ``None`` if one of them reads every row."""
+    if any(r is None for r in asked):
+        return None
+    return sorted({i for r in asked if r is not None for i in r})
 
 
 def hand_out(
-    observers: Sequence[Controller], call: AttentionCall, probs: Tensor, rows: list[int] | None
+    observers: Sequence[Controller],
+    asked: Sequence[Sequence[int] | None],
+    calls: Sequence[AttentionCall],
+    probs: Sequence[Tensor],
+    rows: list[int] | None,
 ) -> None:
-    """Give every observer the rows it reads of ``probs``, whose batch axis holds ``rows``
-    (``None``: every row of the call)."""
-    for c in observers:
-        want = c.observed_rows(call)
-        if want is None:
-            c.observe(call, probs)
-            continue
-        want = list(want)
-        if not want:
-            continue
-        if want == rows:
-            c.observe(call, probs)
-        else:
-            c.observe(call, probs[want if rows is None else [rows.index(r) for r in want]])
+    """Give each observer (with its ``asked`` rows, its call and its probabilities, whose batch
+    axis holds ``rows``; ``None``: every row of the call) exactly the rows it reads."""
+    for c, want, call, p in zip(observers, asked, calls, probs, strict=True):
+        if want is None or list(want) == rows:
+            c.observe(call, p)
+        elif want:
+            c.observe(call, p[list(want) if rows is None else [rows.index(r) for r in want]])

@@ -35,7 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from probe.attention.controller import AttentionCall, Controller, Kind, attention_probs, hand_out
+from probe.attention.controller import (
+    AttentionCall,
+    Controller,
+    Kind,
+    attention_probs,
+    hand_out,
+    rows_to_materialise,
+)
 from probe.attention.dit_layers import JOINT_KINDS
 from probe.attention.processor import HookedAttnProcessor
 
@@ -162,9 +169,7 @@ def observe_parts(
     if not wanted:
         return
     asked = [c.observed_rows(calls[kind]) for c, kind in wanted]
-    batch: list[int] | None = None
-    if all(r is not None for r in asked):
-        batch = sorted({i for r in asked if r is not None for i in r})
+    batch = rows_to_materialise(asked)
     if batch == []:
         return
     if batch is not None:
@@ -174,10 +179,14 @@ def observe_parts(
         parts["image"] = attention_probs(q[:, :, image], k, scale)
     if any(kind in TEXT_QUERY_KINDS for _, kind in wanted):
         parts["text"] = attention_probs(q[:, :, text], k, scale)
-    for c, kind in wanted:
-        p = parts["image" if kind in IMAGE_QUERY_KINDS else "text"]
-        p = p[..., image if kind in ("self", "text_image") else text]
-        hand_out([c], calls[kind], p, batch)
+    probs = [
+        parts["image" if kind in IMAGE_QUERY_KINDS else "text"][
+            ..., image if kind in ("self", "text_image") else text
+        ]
+        for _, kind in wanted
+    ]
+    observers = [c for c, _ in wanted]
+    hand_out(observers, asked, [calls[kind] for _, kind in wanted], probs, batch)
 
 
 def joint_qkv(attn: Any, hidden_states: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:

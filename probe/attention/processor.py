@@ -133,16 +133,20 @@ class HookedAttnProcessor:
                 mask = bias if mask is None else mask + bias
         editors = [c for c in active if c.edits_probs(call)]
         observers = [c for c in active if c.needs_probs(call)]
+        asked = [c.observed_rows(call) for c in observers]
+        calls = [call] * len(observers)
         if editors:
             probs = attention_probs(q, k, scale, mask)
             for c in editors:
                 probs = c.edit_probs(call, probs)
-            hand_out(observers, call, probs, None)
+            hand_out(observers, asked, calls, [probs] * len(observers), None)
             return (probs @ v.float()).to(v.dtype)
-        rows = rows_to_materialise(observers, call)
+        rows = rows_to_materialise(asked)
         if rows is None:
-            hand_out(observers, call, attention_probs(q, k, scale, mask), None)
-        elif rows:
+            probs = attention_probs(q, k, scale, mask)
+            hand_out(observers, asked, calls, [probs] * len(observers), None)
+        elif rows:  # only these rows: their queries, keys and (per-row) mask
             part = mask if mask is None or mask.ndim < 4 or mask.shape[0] == 1 else mask[rows]
-            hand_out(observers, call, attention_probs(q[rows], k[rows], scale, part), rows)
+            probs = attention_probs(q[rows], k[rows], scale, part)
+            hand_out(observers, asked, calls, [probs] * len(observers), rows)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
