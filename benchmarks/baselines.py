@@ -19,7 +19,7 @@ from torch import Tensor
 
 from editing.methods.replace import MaterialisedSelfAttentionReplace
 from probe.attention.controller import AttentionCall, Controller
-from probe.attention.layers import Kind, LayerInfo
+from probe.attention.layer_info import Kind, LayerInfo
 
 
 class MaterialiseEverywhere(Controller):

@@ -21,13 +21,13 @@ import numpy as np
 
 from benchmarks.measure import run_interleaved, summarize
 from benchmarks.profiles import Bench
-from editing.experiment.reproduce import ReproduceConfig
+from editing.experiment.reproduction import ReproduceConfig
 from probe.models import generation_defaults
 from probe.probing.features import FeatureSet, build_features
 from probe.probing.probes import ProbeConfig, ProbeResults, run_probes
-from probe.probing.random_control import random_init_like
 from probe.prompts.templates import load_template
 from probe.recording.dataset import record_dataset
+from probe.recording.random_control import random_init_like
 from probe.recording.store import AttentionDataset
 
 PROBE_TARGET = 0.05  # the "probes >= 20x faster"

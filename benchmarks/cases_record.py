@@ -17,7 +17,7 @@ from benchmarks.profiles import Bench
 from benchmarks.rigs import UNetRig, random_conditioning, random_latents, toy_like_unet, unet_loop
 from probe.attention.hooks import AttentionHooks
 from probe.models import generation_defaults
-from probe.recording.record import record_attention
+from probe.recording.recorder import record_attention
 
 RECORD_TARGET = 1.3
 PROMPT = "a red car in the park"

@@ -21,8 +21,8 @@ from typing import Any
 from benchmarks.cases_edit import FPE_NOTES, fpe_group, fpe_targets
 from benchmarks.cases_record import rig_group
 from benchmarks.profiles import Bench
-from probe.attention.fpe_rule import fpe_rule
-from probe.attention.layers import resolve_layers, unet_layers
+from probe.attention.layers import fpe_rule, resolve_layers
+from probe.families.unet import unet_layers
 
 
 def _spans(layers: list[int]) -> str:

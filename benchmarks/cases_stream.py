@@ -22,7 +22,7 @@ import torch
 
 from benchmarks.measure import run_interleaved, summarize
 from benchmarks.profiles import Bench
-from editing.experiment.reproduce import ReproduceConfig
+from editing.experiment.reproduction import ReproduceConfig
 from probe.models import generation_defaults
 from probe.probing.probes import ProbeConfig, ProbeResults
 from probe.probing.stream import plan_features, probe_dataset

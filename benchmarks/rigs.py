@@ -8,7 +8,7 @@ random text embeddings ``[rows, 77, 768]``; the SDXL base UNet likewise
 random pooled embeddings with the time ids of the size generated
 (:func:`random_conditioning`). :class:`UNetRig` looks enough like a pipeline
 (``unet``, ``scheduler``, ``do_classifier_free_guidance``, ``device``) for
-:class:`probe.attention.hooks.AttentionHooks`, :func:`probe.recording.record.record_attention`
+:class:`probe.attention.hooks.AttentionHooks`, :func:`probe.recording.recorder.record_attention`
 and :func:`editing.sampling.denoise` to drive it.
 """
 
@@ -23,8 +23,8 @@ import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from torch import Tensor
 
+from probe.families import Conditioning
 from probe.models import sd_ddim_scheduler
-from probe.models.family import Conditioning
 
 REPLICAS = Path(__file__).resolve().parents[1] / "tests/replicas"
 SD15_CONFIG = REPLICAS / "sd15/unet/config.json"
@@ -157,7 +157,7 @@ def unet_loop(
 
 def toy_like_unet(cross_attention_dim: int = 64, seed: int = 0) -> UNet2DConditionModel:
     """The toy model's UNet architecture (channels 32/64/64/64) with random weights."""
-    from probe.models.loading import tiny_unet
+    from probe.models.tiny import tiny_unet
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -168,7 +168,7 @@ def toy_like_unet(cross_attention_dim: int = 64, seed: int = 0) -> UNet2DConditi
 def tiny_xl_like_unet(seed: int = 0) -> UNet2DConditionModel:
     """``tiny-xl``'s UNet (SDXL topology, 28 layers) with random weights: the quick mode's
     stand-in for the SDXL base UNet."""
-    from probe.models.loading import tiny_xl_unet
+    from probe.models.tiny import tiny_xl_unet
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

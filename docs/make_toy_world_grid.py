@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from probe.toy.world import BACKGROUNDS, CATEGORIES, PALETTE, Scene, random_layout, render_scene
+from probe.toy.world.world import (
+    BACKGROUNDS,
+    CATEGORIES,
+    PALETTE,
+    Scene,
+    random_layout,
+    render_scene,
+)
 
 CELL = 128  # each 64x64 render is shown at 2x
 LEFT, TOP = 70, 22

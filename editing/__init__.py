@@ -33,13 +33,13 @@ _PUBLIC = {
     "read_rows": "editing.sweep.table",
     "summarise_rows": "editing.sweep.table",
     "format_summary": "editing.sweep.table",
-    "select_from_sweep": "editing.sweep.select",
+    "select_from_sweep": "editing.sweep.leaks",
     "sweep_tradeoff": "editing.sweep.plots",
     "sweep_windows": "editing.sweep.plots",
     "edit_grid": "editing.experiment.edit_figures",
-    "ReproduceConfig": "editing.experiment.reproduce",
-    "pick_pairs": "editing.experiment.reproduce",
-    "reproduce": "editing.experiment.reproduce",
+    "ReproduceConfig": "editing.experiment.reproduction",
+    "pick_pairs": "editing.experiment.reproduction",
+    "reproduce": "editing.experiment.reproduction",
 }
 
 __all__ = [
@@ -67,13 +67,13 @@ __all__ = [
 if TYPE_CHECKING:
     from editing.editor import EditResult, edit, make_controller
     from editing.experiment.edit_figures import edit_grid
-    from editing.experiment.reproduce import ReproduceConfig, pick_pairs, reproduce
+    from editing.experiment.reproduction import ReproduceConfig, pick_pairs, reproduce
     from editing.inversion import Inversion, ddim_invert, load_image
     from editing.null_text import null_text_invert
     from editing.scoring.images import psnr
     from editing.scoring.toy_metrics import score_edit
+    from editing.sweep.leaks import select_from_sweep
     from editing.sweep.plots import sweep_tradeoff, sweep_windows
-    from editing.sweep.select import select_from_sweep
     from editing.sweep.table import format_summary, read_rows, summarise_rows
 
 

@@ -12,22 +12,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 from torch import Tensor
 
-from editing.dit_sampling import decode_flow, denoise_flow, flow_noise, flow_scheduler_settings
 from editing.inversion import Inversion
 from editing.methods.joint_fpe import for_joint_attention
 from editing.methods.registry import SOURCE_BRANCHES, SOURCE_PROMPTS, get_method
 from editing.sampling import decode, denoise, encode_prompts
-from editing.scheduler import editing_scheduler, editing_scheduler_settings
 from probe.attention.batch import BatchLayout
 from probe.attention.controller import Controller
-from probe.attention.dit_layers import denoiser_of, is_dit, is_flux
-from probe.attention.layers import LayerSpec
+from probe.attention.layer_info import LayerSpec
+from probe.families import Conditioning, MicroConditioning, family_of
 from probe.models import defaults_origin, generation_defaults
-from probe.models.family import Conditioning, MicroConditioning
 from probe.models.vocabulary import check_known_words
 
 
@@ -40,7 +36,8 @@ class EditResult:
         targets: one image per target prompt.
         settings: method, layers, step fraction, the method's options, seed, guidance,
             prompts, ... (JSON-serialisable).
-        latents: final latents ``[1 + targets, 4, h, w]``.
+        latents: final latents ``[1 + targets, C, h, w]`` (C: the family's latent channels,
+            4 on SD, 16 on SD3 and Flux).
     """
 
     source: Image.Image
@@ -99,10 +96,11 @@ def edit(
     """Edit a generated (or, with ``inversion``, a real) image from ``source`` to each of
     ``targets``, sharing the initial noise and one source branch.
 
-    The edit samples with DDIM at eta 0, built from the model's own scheduler config
-    (:func:`editing.scheduler.editing_scheduler`) whatever scheduler the folder ships (SD 1.5:
-    PNDM, SD 2.x: Euler); ``pipe.scheduler`` is left as it is. ``settings["scheduler"]`` says
-    which scheduler ran, with its key config and eta.
+    The edit samples with its family's sampler (:mod:`probe.families.sampler`): DDIM at eta 0,
+    built from the model's own scheduler config whatever scheduler the folder ships (SD 1.5:
+    PNDM, SD 2.x: Euler, PixArt-Σ: DPM-Solver), on UNets and PixArt; the folder's own
+    flow-match Euler on SD3 and Flux. ``pipe.scheduler`` is left as it is.
+    ``settings["scheduler"]`` says which scheduler ran, with its key config and eta.
 
     Args:
         pipe: a Stable Diffusion pipeline.
@@ -136,7 +134,7 @@ def edit(
             inversion's size). Layer specs resolve at this size: ``res<=16`` means 16 query
             positions per side of the latent generated.
         micro_conditioning: SDXL's original size, crop and target size, for every row
-            (:class:`probe.models.family.MicroConditioning`; default: the size generated, crop
+            (:class:`probe.families.MicroConditioning`; default: the size generated, crop
             (0, 0), as diffusers' pipeline); SD 1.x/2.x ignore it.
 
     Returns:
@@ -161,36 +159,31 @@ def edit(
     num_steps = num_steps or defaults["num_inference_steps"]
     guidance_scale = guidance_scale if guidance_scale is not None else defaults["guidance_scale"]
     chosen, method_settings = _controllers(method, layers, step_fraction, controllers, options)
-    dit = is_dit(denoiser_of(pipe))  # SD3, Flux: joint attention, flow-match (dit_sampling.py)
-    if dit:
+    family = family_of(pipe)
+    if family.joint_attention:  # one softmax over [image; text]: the joint editors
         chosen = for_joint_attention(chosen, method_settings["method"])
-        if inversion is not None:
-            raise NotImplementedError(
-                "real-image editing (inversion) is not built for SD3 and Flux yet: edit a "
-                "generated image"
-            )
+    if inversion is not None:
+        family.refuse("inversion")
     # FLUX.1 is guidance-distilled: its guidance is a transformer input, no unconditional half
-    guided = guidance_scale > 1.0 and not is_flux(denoiser_of(pipe))
+    guided = guidance_scale > 1.0 and family.batch_guidance
     branch, branch_prompt = _source_branch(
         method_settings["method"], inversion, source_branch, source_branch_prompt, source
     )
     prompts = [branch_prompt, *targets]
     for c in chosen:
-        c.prepare(pipe.tokenizer, branch_prompt, targets)
+        c.prepare(getattr(pipe, family.words[0]), branch_prompt, targets)
     size = _edit_size(pipe, defaults, inversion)
     embeddings = encode_prompts(pipe, prompts, guided, size, micro_conditioning)
     layout = BatchLayout.for_edit(len(targets), guided)
-    if dit:
-        latent_hw = (size[0] // pipe.vae_scale_factor, size[1] // pipe.vae_scale_factor)
-        latents = flow_noise(pipe, seed, latent_hw, len(prompts))
-        final = denoise_flow(pipe, embeddings, latents, layout, chosen, num_steps, guidance_scale)
-    elif inversion is None:
-        latents = _shared_noise(pipe, defaults, seed, len(prompts))
+    latent_hw = (size[0] // pipe.vae_scale_factor, size[1] // pipe.vae_scale_factor)
+    sampler = family.sampler(pipe, num_steps, latent_hw)
+    if inversion is None:
+        latents = sampler.noise(seed, len(prompts))
         final = denoise(pipe, embeddings, latents, layout, chosen, num_steps, guidance_scale)
     else:
         final = _edit_inverted(pipe, inversion, embeddings, layout, chosen, guidance_scale, branch)
         num_steps = inversion.num_steps
-    images = (decode_flow if dit else decode)(pipe, final)
+    images = decode(pipe, final)
     settings = {
         "source": source,
         "targets": list(targets),
@@ -203,7 +196,7 @@ def edit(
         "micro_conditioning": None if micro_conditioning is None else asdict(micro_conditioning),
         "height": int(final.shape[-2]) * pipe.vae_scale_factor,
         "width": int(final.shape[-1]) * pipe.vae_scale_factor,
-        "scheduler": flow_scheduler_settings(pipe) if dit else editing_scheduler_settings(pipe),
+        "scheduler": sampler.settings(),
         "defaults": defaults_origin(pipe),
     }
     return EditResult(images[0], images[1:], settings, final)
@@ -254,16 +247,6 @@ def _edit_size(pipe: Any, defaults: dict[str, Any], inversion: Inversion | None)
     if inversion is None:
         return int(defaults["height"]), int(defaults["width"])
     return inversion.pixel_size(pipe.vae_scale_factor)
-
-
-def _shared_noise(pipe: Any, defaults: dict[str, Any], seed: int, n: int) -> Tensor:
-    h = defaults["height"] // pipe.vae_scale_factor
-    w = defaults["width"] // pipe.vae_scale_factor
-    channels = pipe.unet.config.in_channels
-    noise = torch.randn(1, channels, h, w, generator=torch.Generator().manual_seed(seed))
-    sigma = editing_scheduler(pipe).init_noise_sigma  # DDIM's 1.0, not Euler's ~14.6
-    noise = noise.to(device=pipe.device, dtype=pipe.unet.dtype) * sigma
-    return noise.repeat(n, 1, 1, 1)
 
 
 def _source_branch(

@@ -23,9 +23,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from editing.scheduler import editing_scheduler, inverse_scheduler
 from probe.attention.batch import BatchLayout
 from probe.attention.clock import denoising_steps
+from probe.families import family_of
+from probe.families.sampler import inverse_scheduler
 from probe.models import generation_defaults
 
 
@@ -118,11 +119,11 @@ def ddim_invert(
     """DDIM-invert an image with ``prompt`` (empty by default) and no guidance.
 
     The inversion runs on DDIM built from the model's scheduler config
-    (:func:`editing.scheduler.editing_scheduler`), whatever scheduler the folder ships, so
+    (:func:`probe.families.sampler.ddim_scheduler`), whatever scheduler the folder ships, so
     that its latents line up with the DDIM steps the edit samples with.
 
     Args:
-        pipe: an SD 1.x/2.x or SDXL pipeline.
+        pipe: a pipeline of a family that DDIM-inverts (SD 1.x/2.x, SDXL, PixArt).
         image: a file, a PIL image or a uint8 array ``[H, W, 3]`` of exactly the size inverted.
         prompt: the prompt to invert with (the FPE and MasaCtrl code: ``""``).
         num_steps: DDIM steps (default: the model's).
@@ -130,31 +131,28 @@ def ddim_invert(
             at this size.
 
     Raises:
-        NotImplementedError: an SD3 pipeline (no flow inversion yet).
+        NotImplementedError: a flow model (SD3, Flux: no flow inversion yet; the family's
+            reason).
 
     Example:
         >>> inv = ddim_invert(pipe, "car.png")
         >>> edit(pipe, "a red car", ["a blue car"], inversion=inv)
     """
     from editing.sampling import encode_prompts
-    from probe.attention.dit_layers import denoiser_of, is_dit
 
-    if is_dit(denoiser_of(pipe)):
-        raise NotImplementedError(
-            "DDIM inversion needs a UNet; SD3 is a flow model and attnprobe has no flow inversion "
-            "yet: edit a generated image (edit(pipe, source, targets))"
-        )
+    family = family_of(pipe)
+    family.refuse("inversion")  # SD3, Flux: flow models, no flow inversion yet
     defaults = generation_defaults(pipe)
     num_steps = num_steps or defaults["num_inference_steps"]
     size = (height or defaults["height"], width or defaults["width"])
     img = load_image(image, (size[1], size[0]))
     latent = encode_image(pipe, img)
     cond = encode_prompts(pipe, [prompt], False, size)  # SDXL: with its pooled text and time ids
-    inverse = inverse_scheduler(editing_scheduler(pipe))
+    inverse = inverse_scheduler(family.ddim_scheduler(pipe))
     inverse.set_timesteps(num_steps, device=pipe.device)
     path = [latent]
     for _, t in denoising_steps(pipe, inverse.timesteps):
-        noise = pipe.unet(inverse.scale_model_input(latent, t), t, **cond.unet_kwargs()).sample
+        noise = family.predict(pipe, inverse.scale_model_input(latent, t), t, cond)
         latent = inverse.step(noise, t, latent).prev_sample
         path.append(latent)
     # the inverse loop gives [z_0, z_1, ..., z_N]; sampling step i starts from z_{N-i}

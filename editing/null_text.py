@@ -13,7 +13,7 @@ learning rate ``1e-2 · (1 − i/100)``, minimising the MSE between the guided D
 ``1e-5 + i · 2e-5``; the guided step with the optimised embedding gives the next latent. Each
 iteration costs a UNet pass with backward.
 
-It runs on the same DDIM scheduler as the edit (:func:`editing.scheduler.editing_scheduler`),
+It runs on the same DDIM scheduler as the edit (:func:`probe.families.sampler.ddim_scheduler`),
 never on ``pipe.scheduler``; under open hooks each DDIM step, inner iterations included, is one
 step of the clock.
 """
@@ -26,9 +26,9 @@ import torch
 from tqdm.auto import tqdm
 
 from editing.inversion import Inversion
-from editing.scheduler import EDIT_ETA, editing_scheduler
 from probe.attention.clock import denoising_steps
-from probe.models.family import Conditioning
+from probe.families import Conditioning, family_of
+from probe.families.sampler import EDIT_ETA
 
 
 def null_text_invert(
@@ -89,14 +89,14 @@ def null_text_invert(
     both = encode_prompts(pipe, [prompt], True, pivot.pixel_size(pipe.vae_scale_factor))
     null_rows, cond = both.rows([0]), both.rows([1])  # SDXL: the uncond pooled/time ids stay
     uncond = null_rows.embeddings
-    scheduler = editing_scheduler(pipe)
+    scheduler = family_of(pipe).ddim_scheduler(pipe)
     scheduler.set_timesteps(pivot.num_steps, device=pipe.device)
     latent = pivot.trajectory[0].clone()
     found = []
     steps = denoising_steps(pipe, scheduler.timesteps)
     for i, t in tqdm(steps, total=pivot.num_steps, desc="null-text inversion", leave=False):
         with torch.no_grad():
-            noise_cond = pipe.unet(latent, t, **cond.unet_kwargs()).sample
+            noise_cond = family_of(pipe).predict(pipe, latent, t, cond)
         step = _InnerStep(pipe, scheduler, latent, t, noise_cond, pivot.trajectory[i + 1], scale)
         step.null_rows = null_rows
         uncond, record = step.optimise(
@@ -123,10 +123,10 @@ class _InnerStep:
 
     def noise_uncond(self, uncond: Any) -> Any:
         """The UNet's prediction with the unconditional text embedding ``uncond``."""
-        kwargs: dict[str, Any] = {"encoder_hidden_states": uncond}
+        rows = Conditioning(uncond)
         if self.null_rows is not None:
-            kwargs = self.null_rows.with_embeddings(uncond).unet_kwargs()
-        return self.pipe.unet(self.latent, self.t, **kwargs).sample
+            rows = self.null_rows.with_embeddings(uncond)
+        return family_of(self.pipe).predict(self.pipe, self.latent, self.t, rows)
 
     def prev(self, noise_uncond: Any) -> Any:
         """The guided DDIM step from ``latent`` with this unconditional prediction."""

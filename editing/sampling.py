@@ -1,10 +1,16 @@
-"""The DDIM sampling loop with controllers on the hooks, shared by editing and inversion.
+"""The one edit loop: any family's sampler, with controllers on the hooks.
 
-It always runs DDIM (eta 0) built from the model's own scheduler config
-(:func:`editing.scheduler.editing_scheduler`), whatever scheduler the folder ships;
-``pipe.scheduler`` is left as it is. Every UNet row gets its family's conditioning
-(:class:`probe.models.family.Conditioning`): the text embeddings, and on SDXL the pooled
-embedding and time ids, doubled with the rows under guidance.
+    cond = encode_prompts(pipe, ["a red car", "a blue car"], guidance=True)
+    final = denoise(pipe, cond, noise, BatchLayout.for_edit(1, True), controllers, 50, 7.5)
+    images = decode(pipe, final)
+
+The model's family (:mod:`probe.families`) gives the sampler: DDIM at eta 0 built from the
+folder's scheduler config for UNets and PixArt, as every published editing method samples;
+the folder's own flow-match Euler for SD3 and Flux. ``pipe.scheduler`` is left as it is. Every
+row gets its family's conditioning (:class:`probe.families.Conditioning`): the text
+embeddings, and SDXL's pooled embedding and time ids, SD3's and Flux's pooled projections,
+doubled with the rows under guidance. This is the one module of ``editing`` that builds
+:class:`~probe.attention.hooks.AttentionHooks`.
 """
 
 from __future__ import annotations
@@ -16,18 +22,24 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from editing.methods.replace import bind_all
-from editing.scheduler import EDIT_ETA, editing_scheduler
 from probe.attention.batch import BatchLayout
 from probe.attention.clock import denoising_steps
 from probe.attention.controller import Controller
 from probe.attention.hooks import AttentionHooks
-from probe.models import generation_defaults
-from probe.models.family import Conditioning, MicroConditioning, encode_conditioning, family_of
+from probe.families import Conditioning, MicroConditioning, family_of
+from probe.families.sampler import decode_latents
+from probe.models import defaults_origin, generation_defaults
 
 
-def _check_prompts(tokenizer: Any, prompts: Sequence[str]) -> None:
-    limit = tokenizer.model_max_length
+def check_prompts(pipe: Any, prompts: Sequence[str]) -> None:
+    """Refuse a prompt longer than the word tokenizer's encoder reads.
+
+    Raises:
+        ValueError: the prompt, its token count and the limit.
+    """
+    family = family_of(pipe)
+    tokenizer = getattr(pipe, family.words[0])
+    limit = family.prompt_limit(pipe)
     for prompt in prompts:
         n = len(tokenizer.tokenize(prompt)) + 2
         if n > limit:
@@ -45,10 +57,10 @@ def encode_prompts(
     size: tuple[int, int] | None = None,
     micro_conditioning: MicroConditioning | None = None,
 ) -> Conditioning:
-    """What the UNet rows of these prompts are conditioned on, unconditional rows first.
+    """What the denoiser rows of these prompts are conditioned on, unconditional rows first.
 
     Args:
-        pipe: an SD 1.x/2.x or SDXL pipeline.
+        pipe: a pipeline of any family.
         prompts: one per sample.
         guidance: add the unconditional rows.
         size: (height, width) in pixels generated (SDXL's time ids; default the model's).
@@ -56,32 +68,33 @@ def encode_prompts(
             generated, crop (0, 0), as diffusers).
 
     Returns:
-        ``embeddings`` ``[(uncond rows +) cond rows, tokens, dim]`` and, on SDXL, ``added``
-        ``text_embeds`` and ``time_ids`` for the same rows
-        (:func:`probe.models.family.encode_conditioning`).
+        ``embeddings`` ``[(uncond rows +) cond rows, tokens, dim]`` and the family's ``added``
+        inputs for the same rows.
 
     Raises:
         ValueError: a prompt longer than the text encoder reads.
     """
-    _check_prompts(pipe.tokenizer, prompts)
+    check_prompts(pipe, prompts)
     if size is None:
         defaults = generation_defaults(pipe)
         size = (defaults["height"], defaults["width"])
-    return encode_conditioning(pipe, prompts, guidance, size, micro_conditioning)
+    family = family_of(pipe)
+    return family.encode(pipe, prompts, guidance, size, micro_conditioning or MicroConditioning())
 
 
 def as_conditioning(pipe: Any, embeddings: Conditioning | Tensor) -> Conditioning:
     """A :class:`Conditioning`; bare text embeddings only for a family that needs nothing else.
 
     Raises:
-        ValueError: bare embeddings for SDXL (its rows need ``text_embeds`` and ``time_ids``).
+        ValueError: bare embeddings for a family whose rows need more (SDXL's ``text_embeds``
+            and ``time_ids``, SD3's ``pooled_projections``, ...).
     """
     if isinstance(embeddings, Conditioning):
         return embeddings
     family = family_of(pipe)
     if family.added_conditioning:
         raise ValueError(
-            f"{family.title} needs {', '.join(family.added_conditioning)} for every UNet row, "
+            f"{family.title} needs {', '.join(family.added_conditioning)} for every row, "
             "not bare text embeddings: pass encode_prompts(pipe, prompts, guidance)"
         )
     return Conditioning(embeddings)
@@ -100,16 +113,14 @@ def denoise(
     uncond_embeddings: Sequence[Tensor] | None = None,
     source_branch: str = "forced",
 ) -> Tensor:
-    """Run the DDIM loop on ``latents`` ``[samples, 4, h, w]`` with controllers on the hooks.
-
-    The loop runs on :func:`~editing.scheduler.editing_scheduler` (DDIM from the model's
-    scheduler config, eta 0); each iteration is one step of the hooks' clock. After each
-    scheduler step every controller's ``after_step`` may change the latents (LocalBlend).
+    """Run the family's sampler on ``latents`` ``[samples, C, h, w]`` with controllers on the
+    hooks; each iteration is one step of the hooks' clock. After each step every controller's
+    ``after_step`` may change the latents (LocalBlend).
 
     Args:
         embeddings: the rows' conditioning from :func:`encode_prompts` (bare text embeddings
             ``[rows, tokens, dim]`` do for SD 1.x/2.x).
-        source_trajectory: for real images, the inverted latents ``[1, 4, h, w]`` of every
+        source_trajectory: for real images, the inverted latents ``[1, C, h, w]`` of every
             step (noisiest first, then ``z_0``), which row 0 (the source) is put onto after
             every step (before ``after_step``), so that it follows them instead of drifting.
         uncond_embeddings: per step, the unconditional embedding ``[1, tokens, dim]`` for
@@ -120,30 +131,33 @@ def denoise(
             too). A free source branch is a call without ``source_trajectory``.
 
     Returns:
-        Final latents ``[samples, 4, h, w]``.
+        Final latents ``[samples, C, h, w]``.
+
+    Raises:
+        ValueError: a layout with unconditional rows for a family without them (FLUX.1 is
+            guidance-distilled), a trajectory of the wrong length, a bad layer spec.
     """
-    scheduler = editing_scheduler(pipe)
-    scheduler.set_timesteps(num_steps, device=latents.device)
+    family = family_of(pipe)
+    if layout.has_guidance and not family.batch_guidance:
+        raise ValueError(
+            f"{family.title} is guidance-distilled: lay the batch out without unconditional rows "
+            "(BatchLayout.for_edit(n, guidance=False)); guidance_scale is its guidance input"
+        )
     latent_hw = (int(latents.shape[-2]), int(latents.shape[-1]))  # the run's layer table
+    sampler = family.sampler(pipe, num_steps, latent_hw)
     hooks = AttentionHooks(pipe, list(controllers), layout=layout, latent_hw=latent_hw)
     hooks.num_steps = num_steps
-    bind_all(controllers, hooks.layers)
-    guided = layout.has_guidance
+    hooks.bind()  # a layer spec that does not fit fails here, before any step
     rows = as_conditioning(pipe, embeddings)
     if source_trajectory is not None:
         _check_trajectory(source_trajectory, num_steps, source_branch)
         latents[0] = source_trajectory[0][0]
+    guided = layout.has_guidance
     with hooks:
-        for i, t in denoising_steps(pipe, scheduler.timesteps):
-            model_in = torch.cat([latents] * 2) if guided else latents
-            model_in = scheduler.scale_model_input(model_in, t)
+        for i, t in denoising_steps(pipe, sampler.timesteps):
             if uncond_embeddings is not None:
                 rows = _with_null_text(rows, uncond_embeddings[i], layout)
-            noise = pipe.unet(model_in, t, **rows.unet_kwargs()).sample
-            if guided:
-                uncond, cond = noise.chunk(2)
-                noise = uncond + guidance_scale * (cond - uncond)
-            latents = scheduler.step(noise, t, latents, eta=EDIT_ETA).prev_sample
+            latents = sampler.denoise_step(t, latents, rows, guided, guidance_scale)
             if source_trajectory is not None:
                 _follow_inversion(latents, source_trajectory[i + 1], source_branch == "direct")
             for c in controllers:  # e.g. Prompt-to-Prompt's LocalBlend
@@ -170,7 +184,7 @@ def _check_trajectory(trajectory: Sequence[Tensor], num_steps: int, source_branc
 
 
 def _follow_inversion(latents: Tensor, inverted: Tensor, correct_targets: bool) -> None:
-    """Put the source row (0) onto the inverted latent ``[1, 4, h, w]`` of this step, in place;
+    """Put the source row (0) onto the inverted latent ``[1, C, h, w]`` of this step, in place;
     with ``correct_targets`` add the same correction to every other row (direct inversion)."""
     correction = inverted[0] - latents[0]
     latents[0] = inverted[0]
@@ -178,8 +192,35 @@ def _follow_inversion(latents: Tensor, inverted: Tensor, correct_targets: bool) 
         latents[1:] += correction
 
 
-@torch.no_grad()
 def decode(pipe: Any, latents: Tensor) -> list[Image.Image]:
-    """Latents ``[n, 4, h, w]`` → PIL images."""
-    images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
-    return pipe.image_processor.postprocess(images, output_type="pil")
+    """Latents ``[n, C, h, w]`` → PIL images (the family's VAE scaling and shift)."""
+    return decode_latents(pipe, latents)
+
+
+def sampling_settings(
+    pipe: Any, num_steps: int | None = None, guidance_scale: float | None = None
+) -> dict[str, Any]:
+    """Everything an edit samples with, defaults resolved: for ``sweep.json`` and the like.
+
+    Returns:
+        ``num_steps``, ``guidance_scale``, ``height``, ``width``, ``defaults`` (where the
+        defaults came from, :func:`probe.models.defaults_origin`) and ``scheduler`` (the
+        family's edit sampler: class, key config, eta, the folder's own class it was built
+        from).
+
+    Example:
+        >>> sampling_settings(load_pipeline("toy"))["num_steps"]
+        20
+    """
+    gen = generation_defaults(pipe)
+    steps = num_steps or gen["num_inference_steps"]
+    scale = pipe.vae_scale_factor
+    latent_hw = (gen["height"] // scale, gen["width"] // scale)
+    return {
+        "num_steps": steps,
+        "guidance_scale": gen["guidance_scale"] if guidance_scale is None else guidance_scale,
+        "height": gen["height"],
+        "width": gen["width"],
+        "defaults": defaults_origin(pipe),
+        "scheduler": family_of(pipe).sampler(pipe, steps, latent_hw).settings(),
+    }

@@ -21,24 +21,25 @@ from typing import TYPE_CHECKING, Any
 _PUBLIC = {
     "TOY_DIR": "probe.models.loading",
     "load_pipeline": "probe.models.loading",
-    "layer_table": "probe.models.loading",
-    "run_layer_table": "probe.models.loading",
-    "generation_defaults": "probe.models.loading",
+    "layer_table": "probe.models.tables",
+    "run_layer_table": "probe.models.tables",
+    "generation_defaults": "probe.models.defaults",
+    "family_of": "probe.families",
     "check_known_words": "probe.models.vocabulary",
     "allow_unknown_words": "probe.models.vocabulary",
     "UnknownWordError": "probe.models.vocabulary",
-    "LayerInfo": "probe.attention.layers",
-    "unet_layers": "probe.attention.layers",
+    "LayerInfo": "probe.attention.layer_info",
+    "unet_layers": "probe.families.unet",
     "resolve_layers": "probe.attention.layers",
-    "format_layer_table": "probe.attention.layers",
+    "format_layer_table": "probe.attention.layer_info",
     "resolve_steps": "probe.attention.steps",
     "fraction_steps": "probe.attention.steps",
     "BatchLayout": "probe.attention.batch",
     "AttentionCall": "probe.attention.controller",
     "Controller": "probe.attention.controller",
     "AttentionHooks": "probe.attention.hooks",
-    "record_attention": "probe.recording.record",
-    "BudgetError": "probe.recording.record",
+    "record_attention": "probe.recording.recorder",
+    "BudgetError": "probe.recording.recorder",
     "AttentionMaps": "probe.recording.maps",
     "AttentionDataset": "probe.recording.store",
     "record_dataset": "probe.recording.dataset",
@@ -51,9 +52,9 @@ _PUBLIC = {
     "ProbeResults": "probe.probing.probes",
     "run_probes": "probe.probing.probes",
     "cross_validate": "probe.probing.probes",
-    "random_init_like": "probe.probing.random_control",
-    "LayerSelection": "probe.probing.select",
-    "select_layers": "probe.probing.select",
+    "random_init_like": "probe.recording.random_control",
+    "LayerSelection": "probe.probing.selection",
+    "select_layers": "probe.probing.selection",
 }
 
 __all__ = [
@@ -75,6 +76,7 @@ __all__ = [
     "build_features",
     "check_known_words",
     "cross_validate",
+    "family_of",
     "find_word",
     "format_layer_table",
     "fraction_steps",
@@ -98,25 +100,24 @@ if TYPE_CHECKING:
     from probe.attention.batch import BatchLayout
     from probe.attention.controller import AttentionCall, Controller
     from probe.attention.hooks import AttentionHooks
-    from probe.attention.layers import LayerInfo, format_layer_table, resolve_layers, unet_layers
+    from probe.attention.layer_info import LayerInfo, format_layer_table
+    from probe.attention.layers import resolve_layers
     from probe.attention.steps import fraction_steps, resolve_steps
-    from probe.models.loading import (
-        TOY_DIR,
-        generation_defaults,
-        layer_table,
-        load_pipeline,
-        run_layer_table,
-    )
+    from probe.families import family_of
+    from probe.families.unet import unet_layers
+    from probe.models.defaults import generation_defaults
+    from probe.models.loading import TOY_DIR, load_pipeline
+    from probe.models.tables import layer_table, run_layer_table
     from probe.models.vocabulary import UnknownWordError, allow_unknown_words, check_known_words
     from probe.probing.features import FeatureOptions, build_features
     from probe.probing.probes import ProbeConfig, ProbeResults, cross_validate, run_probes
-    from probe.probing.random_control import random_init_like
-    from probe.probing.select import LayerSelection, select_layers
+    from probe.probing.selection import LayerSelection, select_layers
     from probe.prompts.templates import load_edit_pairs, load_template
     from probe.prompts.words import find_word
     from probe.recording.dataset import record_dataset
     from probe.recording.maps import AttentionMaps
-    from probe.recording.record import BudgetError, record_attention
+    from probe.recording.random_control import random_init_like
+    from probe.recording.recorder import BudgetError, record_attention
     from probe.recording.store import AttentionDataset
 
 

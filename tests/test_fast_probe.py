@@ -17,9 +17,9 @@ from sklearn.preprocessing import StandardScaler
 from probe.probing.fast_linear import SpanLogisticRegression, span_basis, standardise_stats
 from probe.probing.features import build_features, synthetic_features
 from probe.probing.probes import CellFolds, ProbeConfig, make_probe, run_probes
-from probe.probing.random_control import random_init_like
 from probe.prompts.templates import load_template
 from probe.recording.dataset import record_dataset
+from probe.recording.random_control import random_init_like
 from probe.recording.store import AttentionDataset
 
 COLUMNS = ("acc_mean", "shuffled_acc", "random_model_acc")

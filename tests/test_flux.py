@@ -21,12 +21,11 @@ from editing.methods.joint_fpe import (
     JointSelfAttentionReplace,
     MaterialisedJointSelfAttentionReplace,
 )
-from probe.attention.dit_layers import dit_layers
 from probe.attention.layers import resolve_layers
 from probe.cli.main import main
+from probe.families import family_of
 from probe.models import generation_defaults, layer_table, load_pipeline
-from probe.models.family import family_of
-from probe.recording.record import record_attention
+from probe.recording.recorder import record_attention
 from tests.conftest import assert_same_edit, generate
 
 FLUX_DEV = {
@@ -62,7 +61,8 @@ def test_tiny_flux_has_flux_topology(flux):
 
 def test_flux_dev_layer_table_is_pinned(tmp_path):
     with torch.device("meta"):
-        layers = dit_layers(FluxTransformer2DModel(**FLUX_DEV))
+        transformer = FluxTransformer2DModel(**FLUX_DEV)
+        layers = family_of(transformer).layers(transformer)
     assert len(layers) == 57
     assert layers[18].name == "transformer_blocks.18" and layers[18].place == "joint"
     assert layers[19].name == "single_transformer_blocks.0" and layers[56].place == "single"

@@ -14,7 +14,7 @@ import math
 import pytest
 
 from editing import edit
-from editing.experiment.reproduce import ReproduceConfig, Reproduction
+from editing.experiment.reproduction import ReproduceConfig, Reproduction
 from editing.methods.replace import SelfAttentionReplace
 from editing.sweep.run import LAYER_TABLE, sweep
 from editing.sweep.table import FIELDS
@@ -25,16 +25,17 @@ from probe.attention.layer_files import (
     load_layer_table,
     save_layer_table,
 )
-from probe.attention.layers import LayerInfo, resolve_layers, table_at
+from probe.attention.layer_info import LayerInfo, table_at
+from probe.attention.layers import resolve_layers
 from probe.cli.main import main
 from probe.models import layer_table, run_layer_table
 from probe.probing.features import build_features
 from probe.probing.probes import ProbeConfig, ProbeResults, ProbeRow, run_probes
-from probe.probing.select import LayerSelection, select_layers
+from probe.probing.selection import LayerSelection, select_layers
 from probe.prompts.templates import load_edit_pairs
 from probe.recording.dataset import record_dataset
 from probe.recording.maps import AttentionMaps
-from probe.recording.record import BudgetError, record_attention
+from probe.recording.recorder import BudgetError, record_attention
 from probe.recording.store import AttentionDataset
 from tests.conftest import generate
 

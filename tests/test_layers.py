@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from probe.attention.fpe_rule import fpe_max_positions, fpe_rule
-from probe.attention.layers import format_layer_table, resolve_layers, unet_layers
+from probe.attention.layer_info import format_layer_table
+from probe.attention.layers import fpe_rule, resolve_layers
+from probe.families.fpe_rule import fpe_max_positions
+from probe.families.unet import unet_layers
 from probe.models.loading import TOY_DIR
 from tests.conftest import empty_unet
 
@@ -160,7 +162,7 @@ def test_fpe_rule_on_the_toy_is_the_official_rule_carried_to_its_size():
 
 def test_fpe_preset_needs_a_table_that_knows_its_model():
     from probe.attention.layer_files import layers_from_json
-    from probe.attention.layers import LayerInfo
+    from probe.attention.layer_info import LayerInfo
 
     old = [{k: v for k, v in row.items() if k != "native_latent"}
            for row in [layer.to_json() for layer in unet_layers(empty_unet("sd15"))]]  # fmt: skip

@@ -26,9 +26,9 @@ from editing.methods.registry import (
 )
 from editing.methods.replace import SelfAttentionReplace
 from probe.attention.controller import Controller
-from probe.attention.layers import unet_layers
 from probe.attention.steps import as_step_fraction, fraction_steps, resolve_steps
 from probe.cli.main import build_parser, main
+from probe.families.unet import unet_layers
 
 DOCS = Path(__file__).parents[1] / "docs" / "editing.md"
 

@@ -14,11 +14,11 @@ from editing.scoring.images import mean_abs_diff, psnr, ssim, to_array
 from editing.scoring.toy_metrics import EditScore, judge_kind, score_edit, summarise
 from probe.models import TOY_DIR
 from probe.prompts.templates import load_edit_pairs
-from probe.toy.world import Scene, render_scene
+from probe.toy.world.world import Scene, render_scene
 
 
 def category_judge_ready() -> bool:
-    from probe.toy import judge
+    from probe.toy.judges import judge
 
     return (judge.WEIGHTS_DIR / "category.safetensors").is_file()
 
@@ -49,7 +49,7 @@ def test_scores_judge_in_the_world_of_the_model(tmp_path):
     import pickle
 
     from editing.sweep.run import toy_scorer
-    from probe.toy.world import get_world
+    from probe.toy.world.world import get_world
 
     grey, white = (render_scene(Scene("car", c, "street", x=0.45, world="v2")).image
                    for c in ("grey", "white"))  # fmt: skip
@@ -71,7 +71,7 @@ def test_scores_judge_in_the_world_of_the_model(tmp_path):
 
 
 def test_source_shift_places_the_edit_between_the_two_palette_colours():
-    from probe.toy.judge import colour_shift
+    from probe.toy.judges.judge import colour_shift
 
     red, blue = (render_scene(Scene("car", c, x=0.45)).image for c in ("red", "blue"))
     assert abs(colour_shift(blue, "red", "blue")) < 0.02
@@ -119,7 +119,7 @@ def test_other_category_scores_low_structure():
 
 
 def test_an_empty_edit_is_not_found_and_not_a_success():
-    from probe.toy.world import _background
+    from probe.toy.world.world import _background
 
     source = render_scene(Scene("car", "red", "park")).image
     empty = _background("park", 64).astype(np.uint8)  # the park without the car
@@ -179,7 +179,7 @@ def tiny_folders(tmp_path_factory):
     )
 
     from probe.models.clip_tokenizer import load_clip_tokenizer, write_clip_tokenizer
-    from probe.models.loading import tiny_words
+    from probe.models.tiny import tiny_words
 
     root = tmp_path_factory.mktemp("metric_models")
     tok = load_clip_tokenizer(write_clip_tokenizer(tiny_words(), root / "tokenizer"))
@@ -298,7 +298,7 @@ needs_toy = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def toy_renders():
     from probe.models import generation_defaults, load_pipeline
-    from probe.toy.world import scene_for_prompt
+    from probe.toy.world.world import scene_for_prompt
 
     pipe = load_pipeline("toy")
     size = generation_defaults(pipe)["height"]

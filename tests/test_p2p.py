@@ -26,8 +26,8 @@ from editing.methods.p2p_align import (
 from editing.methods.p2p_options import parse_cross_steps, parse_words
 from probe.attention.batch import BatchLayout
 from probe.attention.controller import AttentionCall, Controller
-from probe.attention.layers import unet_layers
 from probe.cli.main import build_parser, main
+from probe.families.unet import unet_layers
 
 L = 77
 

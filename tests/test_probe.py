@@ -13,9 +13,9 @@ from matplotlib.figure import Figure
 from probe.attention.layers import resolve_layers
 from probe.probing.features import FeatureOptions, FeatureSet, build_features, synthetic_features
 from probe.probing.probes import ProbeConfig, ProbeResults, ProbeRow, cross_validate, run_probes
-from probe.probing.random_control import random_init_like
-from probe.probing.select import LayerSelection, select_layers
+from probe.probing.selection import LayerSelection, select_layers
 from probe.recording.dataset import record_dataset
+from probe.recording.random_control import random_init_like
 from probe.recording.store import AttentionDataset
 from probe.viz.probe_figures import plot_accuracy_by_layer, plot_accuracy_heatmap
 
@@ -136,7 +136,7 @@ def test_select_rules_and_round_trip_through_resolve_layers(tiny_pipe, tmp_path)
 
 
 def test_layer_scores_count_steps_by_the_one_step_fraction_rule():
-    from probe.probing.select import layer_scores
+    from probe.probing.selection import layer_scores
 
     rows = [ProbeRow(0, step, 999.0 - step, "self", "linear", 0.5, 0.01, 0.1, math.nan,
                      float(step), 0.1, 320, 64) for step in range(5)]  # fmt: skip

@@ -157,7 +157,7 @@ def test_inversion_reconstructs_toy_renders_without_forcing():
     36-40 dB with the source prompt at guidance 1, 19-25 dB at guidance 7.5. A forced source
     reaches the round trip by construction, so it is no measure of the inversion."""
     from probe.models import generation_defaults, load_pipeline
-    from probe.toy.world import render_scene, scene_for_prompt
+    from probe.toy.world.world import render_scene, scene_for_prompt
 
     pipe = load_pipeline("toy")
     size = generation_defaults(pipe)["height"]

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from probe.attention.layers import unet_layers
+from probe.families.unet import unet_layers
 from probe.recording.maps import AttentionMaps
-from probe.recording.record import DEFAULT_BUDGET, BudgetError, record_attention
+from probe.recording.recorder import DEFAULT_BUDGET, BudgetError, record_attention
 from tests.conftest import generate
 
 

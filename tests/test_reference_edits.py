@@ -21,7 +21,7 @@ from editing import edit
 from editing.inversion import ddim_invert
 from editing.methods.masactrl import MutualSelfAttention, WordMask
 from editing.null_text import null_text_invert
-from probe.toy.world import Scene, render_scene
+from probe.toy.world.world import Scene, render_scene
 from tests.conftest import assert_same_edit
 
 STEPS, SEED, GUIDANCE, L = 5, 3, 4.0, 77

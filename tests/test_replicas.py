@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from probe.attention.layers import unet_layers
 from probe.cli.main import main
+from probe.families.unet import unet_layers
 from probe.models import layer_table, load_pipeline
-from probe.recording.record import record_attention
+from probe.recording.recorder import record_attention
 from tests.conftest import empty_unet
 from tests.replicas.build import HERE, NAMES, SD_REPLICAS, real_config
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from editing.experiment.claims import HELD, INCONCLUSIVE, NOT_HELD, check_claims
-from editing.experiment.reproduce import SETTINGS, STAGES, ReproduceConfig, pick_pairs
+from editing.experiment.reproduction import SETTINGS, STAGES, ReproduceConfig, pick_pairs
 from probe.probing.probes import ProbeResults, ProbeRow
 from probe.prompts.templates import load_edit_pairs
 from probe.recording.folders import SettingsMismatchError, check_folder_settings
@@ -138,9 +138,9 @@ def test_reproduce_sweeps_animal_edits_and_reports_them(tmp_path):
     from dataclasses import replace
 
     from editing.experiment.report import write_report_html
-    from editing.experiment.reproduce import Reproduction
+    from editing.experiment.reproduction import Reproduction
     from editing.sweep.table import read_rows
-    from probe.probing.select import LayerSelection
+    from probe.probing.selection import LayerSelection
 
     config = replace(ReproduceConfig.preset("tiny", quick=True), num_steps=2, sources=1,
                      animal_pairs=2, animal_ranges=("none", "fpe"))  # fmt: skip

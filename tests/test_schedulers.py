@@ -19,12 +19,12 @@ from diffusers import (
 from editing import edit
 from editing.inversion import ddim_invert
 from editing.null_text import null_text_invert
-from editing.scheduler import editing_scheduler
 from probe.attention.batch import BatchLayout
 from probe.attention.controller import Controller
 from probe.attention.hooks import AttentionHooks
+from probe.families.sampler import ddim_scheduler as editing_scheduler
 from probe.models.schedulers import loop_length
-from probe.recording.record import record_attention
+from probe.recording.recorder import record_attention
 
 # the scheduler_config.json of the folders as downloaded
 SD15_PNDM = {

@@ -7,7 +7,7 @@ import torch
 
 from probe.attention.batch import BatchLayout
 from probe.attention.hooks import AttentionHooks
-from probe.recording.record import record_attention
+from probe.recording.recorder import record_attention
 from tests.conftest import unet_config
 
 

@@ -22,13 +22,12 @@ from editing.methods.joint_fpe import (
     JointSelfAttentionReplace,
     MaterialisedJointSelfAttentionReplace,
 )
-from probe.attention.dit_layers import dit_layers
 from probe.attention.hooks import AttentionHooks
 from probe.attention.layers import resolve_layers
 from probe.cli.main import main
+from probe.families import family_of
 from probe.models import generation_defaults, layer_table, load_pipeline
-from probe.models.family import family_of
-from probe.recording.record import SelfReduce, plan_recording, record_attention
+from probe.recording.recorder import SelfReduce, plan_recording, record_attention
 from tests.conftest import assert_same_edit, generate
 
 SD3_MEDIUM = {
@@ -49,7 +48,7 @@ def sd3():
 def sd3_medium_table(latent: int | None = None):
     with torch.device("meta"):
         transformer = SD3Transformer2DModel(**SD3_MEDIUM)
-    return dit_layers(transformer, latent, latent)
+    return family_of(transformer).layers(transformer, latent, latent)
 
 
 # --- models and layers -----------------------------------------------------------------------
@@ -157,7 +156,7 @@ def test_hooks_restore_the_joint_processors_after_an_exception(sd3):
     before = dict(sd3.transformer.attn_processors)
     with pytest.raises(RuntimeError, match="boom"), AttentionHooks(sd3) as hooks:
         assert len(hooks.layers) == 3
-        assert "HookedJointAttnProcessor" in repr(sd3.transformer.attn_processors)
+        assert "HookedSD3AttnProcessor" in repr(sd3.transformer.attn_processors)
         raise RuntimeError("boom")
     after = sd3.transformer.attn_processors
     assert all(after[name] is proc for name, proc in before.items())

@@ -21,11 +21,12 @@ from editing.inversion import ddim_invert
 from editing.methods.replace import MaterialisedSelfAttentionReplace, SelfAttentionReplace
 from editing.sampling import denoise, encode_prompts
 from probe.attention.batch import BatchLayout
-from probe.attention.layers import resolve_layers, unet_layers
+from probe.attention.layers import resolve_layers
 from probe.cli.main import main
+from probe.families import MicroConditioning, family_of
+from probe.families.unet import unet_layers
 from probe.models import generation_defaults, layer_table, load_pipeline
-from probe.models.family import MicroConditioning, family_of
-from probe.recording.record import DEFAULT_BUDGET, record_attention
+from probe.recording.recorder import DEFAULT_BUDGET, record_attention
 from tests.conftest import empty_unet, generate
 
 STEPS, SEED, GUIDANCE = 3, 3, 7.5
@@ -170,7 +171,7 @@ def test_memory_plan_at_sdxl_size_fits_the_default_budget_with_svd():
     """SDXL base at 1024 px, every layer x 50 steps, one conditional row, fp16: whole
     self-attention maps (4096 x 4096 at the finest level) do not fit the default budget,
     svd:8 does, cross-attention per token included."""
-    from probe.recording.record import plan_recording
+    from probe.recording.recorder import plan_recording
     from probe.recording.reduce import SelfReduce
 
     layers = unet_layers(empty_unet("sdxl-base"))

@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from editing.experiment.reproduce import SKIPPED, STAGES, ReproduceConfig, Reproduction
+from editing.experiment.reproduction import SKIPPED, STAGES, ReproduceConfig, Reproduction
 from editing.sweep.ranges import drop_refused
 from editing.sweep.table import read_rows
 from probe.attention.layer_files import load_layer_table
@@ -24,7 +24,7 @@ from probe.attention.layers import resolve_layers
 from probe.cli.main import main
 from probe.models import layer_table, load_pipeline
 from probe.probing.probes import ProbeResults
-from probe.probing.select import LayerSelection, select_layers
+from probe.probing.selection import LayerSelection, select_layers
 from tests.test_metrics import tiny_folders  # noqa: F401  (a tiny CLIP folder for --clip)
 
 XL_FPE = list(range(4, 22))  # tiny-xl's fpe: its 2x2 layers (tests/test_sdxl.py)
@@ -44,7 +44,7 @@ def test_random_control_on_sdxl_reinitialises_both_text_encoders():
     (the second encoder's pooled embedding conditions every row), the rest as it was."""
     import torch
 
-    from probe.probing.random_control import random_init_like
+    from probe.recording.random_control import random_init_like
 
     xl = load_pipeline("tiny-xl")
     control = random_init_like(xl, seed=1)

@@ -16,7 +16,7 @@ import torch
 from probe.prompts.templates import load_template
 from probe.recording.dataset import parse_bytes, record_dataset
 from probe.recording.folders import SettingsMismatchError, check_folder_settings
-from probe.recording.record import BudgetError
+from probe.recording.recorder import BudgetError
 from probe.recording.store import (
     INDEX,
     AttentionDataset,

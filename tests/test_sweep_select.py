@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from editing.sweep.select import layer_leaks, select_from_sweep
+from editing.sweep.leaks import layer_leaks, select_from_sweep
 from editing.sweep.table import FIELDS
 from probe.attention.layers import resolve_layers
 from probe.cli.main import main

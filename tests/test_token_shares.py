@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probe.recording.record import record_attention
+from probe.recording.recorder import record_attention
 from probe.recording.token_shares import token_shares
 
 

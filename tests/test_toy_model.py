@@ -42,7 +42,7 @@ def test_smoke_training_exports_a_loadable_pipeline(smoke_run):
 
 
 def test_smoke_training_logs_every_stage_and_resumes_as_done(smoke_run):
-    from probe.toy.train import TrainConfig, train
+    from probe.toy.training.train import TrainConfig, train
 
     lines = [json.loads(x) for x in (smoke_run / "work" / "loss.jsonl").read_text().splitlines()]
     assert {x["stage"] for x in lines} >= {"export"}
@@ -58,7 +58,7 @@ def test_smoke_training_logs_every_stage_and_resumes_as_done(smoke_run):
 def test_model_card_from_the_exported_model_or_from_facts(smoke_run, tmp_path):
     from PIL import Image
 
-    from probe.toy.model_card import main
+    from probe.toy.evaluation.model_card import main
 
     evaluation = tmp_path / "eval"
     evaluation.mkdir()
@@ -87,7 +87,7 @@ def test_model_card_from_the_exported_model_or_from_facts(smoke_run, tmp_path):
 
 
 def test_interrupted_unet_stage_resumes_where_it_stopped(tmp_path, monkeypatch):
-    from probe.toy import train as train_mod
+    from probe.toy.training import train as train_mod
 
     cfg = train_mod.TrainConfig.smoke(tmp_path)
     cfg.max_unet_steps = 4
@@ -123,8 +123,8 @@ def test_shipped_toy_draws_the_colour_it_is_asked_for():
     """20 prompts, one seed: the judged colour matches the prompt in at least 80%."""
     from probe.models import generation_defaults, load_pipeline
     from probe.prompts.templates import load_template
-    from probe.toy.evaluate import expected_labels, generate
-    from probe.toy.judge import judge_colour
+    from probe.toy.evaluation.evaluate import expected_labels, generate
+    from probe.toy.judges.judge import judge_colour
 
     pipe = load_pipeline("toy")
     prompts = [i.prompt for i in load_template("colour_car")]
@@ -145,7 +145,7 @@ def test_smoke_training_trains_every_stage_of_v2_and_freezes_the_text_encoder(sm
     from transformers import CLIPTextModel
 
     from probe.models import load_pipeline
-    from probe.toy.world import world_of
+    from probe.toy.world.world import world_of
 
     lines = [json.loads(x) for x in (smoke_run / "work" / "loss.jsonl").read_text().splitlines()]
     assert {"judge", "text", "vae", "export"} <= {x["stage"] for x in lines}
@@ -171,7 +171,7 @@ def test_smoke_training_trains_every_stage_of_v2_and_freezes_the_text_encoder(sm
 
 
 def test_model_card_draws_a_curve_for_every_stage(smoke_run):
-    from probe.toy.model_card import _training_record, loss_curves
+    from probe.toy.evaluation.model_card import _training_record, loss_curves
 
     _, lines = _training_record(smoke_run / "model")
     fig = loss_curves(lines)
@@ -184,7 +184,7 @@ def test_model_card_draws_a_curve_for_every_stage(smoke_run):
 def test_contrastive_loss_is_clips_when_every_caption_is_its_own():
     import torch.nn.functional as F
 
-    from probe.toy.train_text import contrastive_loss
+    from probe.toy.training.train_text import contrastive_loss
 
     logits = torch.randn(6, 6, generator=torch.Generator().manual_seed(0)) * 3
     clip = (F.cross_entropy(logits, torch.arange(6)) + F.cross_entropy(logits.T, torch.arange(6))) / 2
@@ -198,12 +198,12 @@ def test_contrastive_loss_is_clips_when_every_caption_is_its_own():
 
 
 def test_interrupted_text_stage_resumes_where_it_stopped(tmp_path, monkeypatch):
-    from probe.toy import train_text
+    from probe.toy.training import train_text
 
     cfg = train_text.TrainConfig.smoke(tmp_path, max_text_steps=4)
     tok_dir = tmp_path / "tok"
     from probe.models.clip_tokenizer import load_clip_tokenizer, write_clip_tokenizer
-    from probe.toy.train import toy_words
+    from probe.toy.training.train import toy_words
 
     tokenizer = load_clip_tokenizer(write_clip_tokenizer(toy_words("v2"), tok_dir, closed=True))
     calls = {"n": 0}
@@ -227,7 +227,7 @@ def test_interrupted_text_stage_resumes_where_it_stopped(tmp_path, monkeypatch):
 
 
 def test_positions_per_layer_at_16_and_32_latents():
-    from probe.toy.sizes import positions_per_layer
+    from probe.toy.training.sizes import positions_per_layer
 
     small = positions_per_layer(16)
     assert small == [256, 256, 64, 64, 16, 16, 4, 16, 16, 16, 64, 64, 64, 256, 256, 256]
@@ -235,7 +235,7 @@ def test_positions_per_layer_at_16_and_32_latents():
 
 
 def test_train_config_refuses_sizes_the_unet_cannot_halve():
-    from probe.toy.train import TrainConfig
+    from probe.toy.training.train import TrainConfig
 
     assert TrainConfig(image_size=128).latent_size == 32
     assert TrainConfig(image_size=256, vae_factor=8).latent_size == 32

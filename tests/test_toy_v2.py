@@ -6,7 +6,7 @@ import pytest
 
 from probe.models import load_pipeline
 from probe.models.vocabulary import UnknownWordError, check_known_words, known_words
-from probe.toy.world import get_world, world_of
+from probe.toy.world.world import get_world, world_of
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_toy_v2_loads_by_name_with_its_world_and_words(toy_v2) -> None:
 @pytest.mark.slow
 def test_toy_v2_draws_the_colours_the_v1_toy_never_learned(toy_v2) -> None:
     """One held-out seed of every colour_car prompt: the new colours are drawn and read back."""
-    from probe.toy.evaluate import evaluate
+    from probe.toy.evaluation.evaluate import evaluate
 
     report = evaluate(toy_v2, ["colour_car"], seeds=[1007])
     assert len(report.rows) == len(get_world("v2").colours)
@@ -43,7 +43,7 @@ def test_reproduce_and_sweep_by_name_take_the_v2_lists(tmp_path) -> None:
     """``--model toy-v2`` (a name, not a folder) still probes and edits on v2's sixteen colours."""
     from dataclasses import replace
 
-    from editing.experiment.reproduce import Reproduction
+    from editing.experiment.reproduction import Reproduction
     from editing.experiment.settings import ReproduceConfig
     from probe.prompts.templates import load_template
 

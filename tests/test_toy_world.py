@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from probe.cli.main import main
 from probe.prompts.templates import TemplateError, list_templates, load_template, template_words
-from probe.toy.judge import (
+from probe.toy.judges.judge import (
     NoObjectError,
     find_object,
     judge,
@@ -23,8 +23,8 @@ from probe.toy.judge import (
     mask_iou,
     shape_distance,
 )
-from probe.toy.train_judge import degrade
-from probe.toy.world import (
+from probe.toy.training.train_judge import degrade
+from probe.toy.world.world import (
     BACKGROUNDS,
     CATEGORIES,
     PALETTE,
@@ -176,7 +176,7 @@ def test_judges_on_1000_held_out_noisy_renders():
 
 
 def test_world_v2_judges_on_500_held_out_noisy_renders():
-    """The shipped v2 judge (probe/toy/judge_weights_v2) on v2's 16 colours and backgrounds."""
+    """The shipped v2 judge (probe/toy/judges/weights_v2) on v2's 16 colours and backgrounds."""
     torch.set_num_threads(1)
     rng = np.random.default_rng(HELD_OUT_SEED + 1)
     colour_ok = category_ok = 0
@@ -271,7 +271,7 @@ def test_toy_render_command_errors(tmp_path, capsys):
 
 
 def test_world_v2_has_sixteen_colours_far_apart_and_far_from_its_backgrounds():
-    from probe.toy.world import BACKGROUNDS_V2, get_world
+    from probe.toy.world.world import BACKGROUNDS_V2, get_world
 
     v1, v2 = get_world("v1"), get_world("v2")
     assert dict(v1.palette) == PALETTE and dict(v1.backgrounds) == BACKGROUNDS  # v1 unchanged
@@ -288,7 +288,7 @@ def test_world_v2_has_sixteen_colours_far_apart_and_far_from_its_backgrounds():
 
 
 def test_scenes_know_their_world():
-    from probe.toy.world import get_world, scene_for_prompt
+    from probe.toy.world.world import get_world, scene_for_prompt
 
     with pytest.raises(ValueError, match="unknown colour 'white' in world v1.*world='v2'"):
         Scene("car", "white")
@@ -322,7 +322,7 @@ def test_v2_templates_and_edit_sets_take_the_v2_lists():
 
 
 def test_captions_fit_the_scenes_they_are_true_of():
-    from probe.toy.world import caption, caption_fits
+    from probe.toy.world.world import caption, caption_fits
 
     dog = Scene("dog", "red", "park", world="v2")
     assert caption_fits("a dog standing in the park", dog)
@@ -338,7 +338,7 @@ def test_captions_fit_the_scenes_they_are_true_of():
 @pytest.mark.parametrize("background", ["park", "street"])
 def test_v2_colour_judge_reads_every_colour_on_noisy_renders(background):
     """White and grey included: 3 layouts per colour, blur 1 px, shift ±15, noise 8."""
-    from probe.toy.world import get_world
+    from probe.toy.world.world import get_world
 
     rng = np.random.default_rng(HELD_OUT_SEED)
     ok, ious = 0, []
@@ -359,8 +359,8 @@ def test_v2_colour_judge_reads_every_colour_on_noisy_renders(background):
 def test_a_model_folder_judges_with_its_own_judge_of_its_own_world(tmp_path):
     import shutil
 
-    from probe.toy.category import WEIGHTS_DIR
-    from probe.toy.world import world_of
+    from probe.toy.judges.category import WEIGHTS_DIR
+    from probe.toy.world.world import world_of
 
     (tmp_path / "attnprobe.json").write_text(json.dumps({"world": "v1"}))
     assert world_of(tmp_path).judge_dir == WEIGHTS_DIR  # no judge of its own: the shipped one
@@ -381,7 +381,7 @@ def test_a_model_of_world_v2_is_probed_and_edited_on_the_v2_lists(tmp_path, caps
     import shutil
     from dataclasses import replace
 
-    from editing.experiment.reproduce import Reproduction
+    from editing.experiment.reproduction import Reproduction
     from editing.experiment.settings import ReproduceConfig
     from probe.models import TOY_DIR
     from probe.models.vocabulary import UnknownWordError

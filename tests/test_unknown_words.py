@@ -11,12 +11,12 @@ import shutil
 import pytest
 
 from editing import edit
-from editing.experiment.reproduce import ReproduceConfig, reproduce
+from editing.experiment.reproduction import ReproduceConfig, reproduce
 from editing.sweep.run import sweep
 from probe.cli.main import main
 from probe.models import load_pipeline
 from probe.models.clip_tokenizer import WORD_LIST_KEY, load_clip_tokenizer, write_clip_tokenizer
-from probe.models.loading import tiny_words
+from probe.models.tiny import tiny_words
 from probe.models.vocabulary import (
     UnknownWordError,
     allow_unknown_words,
@@ -27,7 +27,7 @@ from probe.models.vocabulary import (
 )
 from probe.prompts.templates import load_edit_pairs, load_template, template_dir
 from probe.recording.dataset import record_dataset
-from probe.recording.record import record_attention
+from probe.recording.recorder import record_attention
 
 TOY_COLOURS = "colours: black, blue, brown, cyan, green, orange, pink, purple, red, yellow"
 
@@ -88,8 +88,8 @@ def test_a_closed_tokenizer_keeps_its_words_through_save_pretrained(tmp_path):
 
 
 def test_an_exported_toy_declares_its_words_and_refuses_others(tmp_path):
-    from probe.models.loading import build_tiny_pipeline
-    from probe.toy.train import TrainConfig, export
+    from probe.models.tiny import build_tiny_pipeline
+    from probe.toy.training.train import TrainConfig, export
 
     parts = build_tiny_pipeline()  # its own copy: export writes the VAE's scaling into its config
     tok = load_clip_tokenizer(write_clip_tokenizer(tiny_words(), tmp_path / "tok", closed=True))

@@ -12,12 +12,12 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from probe.attention.layers import LayerInfo
+from probe.attention.layer_info import LayerInfo
 from probe.models import TOY_DIR
 from probe.probing.probes import ProbeResults, ProbeRow
 from probe.recording.maps import AttentionMaps, tensor_name
 from probe.recording.reduce import svd_self
-from probe.toy.world import Scene, render_scene
+from probe.toy.world.world import Scene, render_scene
 from probe.viz import (
     heatmap,
     heatmaps_by_layer,
@@ -238,7 +238,7 @@ def test_image_grid_leaves_missing_cells_empty_and_wraps_long_titles():
 
 
 def test_toy_sample_grid_is_categories_by_colours():
-    from probe.toy.evaluate import EvalReport, EvalRow, sample_grid
+    from probe.toy.evaluation.evaluate import EvalReport, EvalRow, sample_grid
 
     prompts = [("red", "car"), ("blue", "car"), ("red", "dog")]
     rows = [EvalRow("t", f"a {c} {k}", 7, c, k, True, c, k) for c, k in prompts]
@@ -286,12 +286,12 @@ def test_sweep_tradeoff_places_each_range():
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not (TOY_DIR / "model_index.json").is_file(), reason="toy weights not in probe/toy/weights"
+    not (TOY_DIR / "model_index.json").is_file(), reason="toy weights not in probe/toy/models/toy_v1"
 )
 def test_toy_car_heatmap_peaks_on_the_drawn_car():
     from probe.models import load_pipeline
-    from probe.recording.record import record_attention
-    from probe.toy.judge import find_object
+    from probe.recording.recorder import record_attention
+    from probe.toy.judges.judge import find_object
 
     pipe = load_pipeline("toy")
     with record_attention(pipe, kinds=("cross",)) as maps:

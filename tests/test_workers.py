@@ -80,7 +80,7 @@ def test_recording_in_shards_on_a_pool_equals_one_process(tiny_pipe, pool, tmp_p
 def test_reproduce_on_two_workers_gives_the_serial_run(tmp_path, one_thread):
     import json
 
-    from editing.experiment.reproduce import ReproduceConfig, reproduce
+    from editing.experiment.reproduction import ReproduceConfig, reproduce
 
     config = ReproduceConfig.preset("tiny", quick=True)
     reproduce(tmp_path / "serial", config, progress=False, workers=1)

@@ -31,6 +31,30 @@ def method_arguments(args: argparse.Namespace) -> dict[str, Any]:
     return {k: resolved[k] for k in given}
 
 
+def check_layer_specs(model: str, kwargs: dict[str, Any]) -> None:
+    """Resolve every layer spec among the method's arguments (``layers``, ``mask_layers``,
+    ``blend_layers``, ...) against the model's layer table built from its config alone, so
+    that a typo fails in a second, before the weights load or an image is inverted.
+
+    Raises:
+        ValueError: a spec that names no layer of this model; the message lists what it has.
+        FileNotFoundError: the model is neither built in nor a folder.
+    """
+    specs = {k: v for k, v in kwargs.items() if k == "layers" or k.endswith("_layers")}
+    if not specs:
+        return
+    from probe.attention.layers import resolve_layers
+    from probe.models import layer_table
+
+    table = layer_table(model)
+    for name, spec in specs.items():
+        try:
+            resolve_layers(table, spec)
+        except ValueError as err:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} {spec}: {err}") from err
+
+
 def _cmd_edit(args: argparse.Namespace) -> int:
     from editing.editor import edit
     from probe.models import load_pipeline, resolve_device
@@ -38,6 +62,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     from probe.viz.grid import image_grid
 
     kwargs = method_arguments(args) | _source_branch_arguments(args)
+    check_layer_specs(args.model or default_model(), kwargs)  # before the model loads
     pipe = load_pipeline(args.model or default_model(), device=resolve_device(args.device))
     check_known_words(pipe, [args.source, *args.target])  # before an inversion is spent
     inversion = _invert(pipe, args) if args.image else None

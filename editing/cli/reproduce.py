@@ -10,7 +10,7 @@ from probe.cli.args import add_model_arg, default_model
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from editing.experiment.reproduce import ReproduceConfig, reproduce
+    from editing.experiment.reproduction import ReproduceConfig, reproduce
 
     model = args.model or default_model()
     config = ReproduceConfig.preset(model, quick=args.quick)

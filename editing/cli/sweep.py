@@ -18,7 +18,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from probe.models import load_pipeline, resolve_device
     from probe.prompts.templates import load_edit_pairs
     from probe.recording.store import parse_seeds
-    from probe.toy.world import lists_name, world_of
+    from probe.toy.world.world import lists_name, world_of
 
     seeds = parse_seeds(args.seeds)
     model = args.model or default_model()
@@ -49,8 +49,8 @@ def _scorer(clip: str | None, dino: str | None, device: Any) -> Any:
 def _cmd_select_from_sweep(args: argparse.Namespace) -> int:
     import json
 
+    from editing.sweep.leaks import select_from_sweep
     from editing.sweep.run import LAYER_TABLE
-    from editing.sweep.select import select_from_sweep
     from editing.sweep.table import read_rows
     from probe.attention.layer_files import load_layer_table
     from probe.models import layer_table

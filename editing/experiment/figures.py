@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
-from probe.attention.layers import LayerInfo
+from probe.attention.layer_info import LayerInfo
+from probe.families import family_of
 
 SAMPLE_PROMPT, SAMPLE_WORDS = "a red car", ("red", "car")
 EDIT_SOURCE, EDIT_TARGETS = "a red car", ("a blue car", "a green car")
@@ -51,14 +52,14 @@ def attention_figures(pipe: Any, figs: FigureWriter, num_steps: int) -> None:
     Self-attention is recorded whole where every step fits the default budget (toy, tiny), else
     as its top 8 SVD components (``auto``: SDXL at 1024 px and 50 steps needs ~21 GiB whole).
     """
-    from probe.recording.record import record_attention
+    from probe.recording.recorder import record_attention
     from probe.viz import heatmaps_by_layer, heatmaps_by_step, word_heatmaps
     from probe.viz.svd import self_attention_components
 
     with record_attention(pipe, self_reduce="auto") as maps:
         image = pipe(
             SAMPLE_PROMPT, num_inference_steps=num_steps,
-            generator=torch.Generator().manual_seed(0),
+            generator=torch.Generator().manual_seed(0), **family_of(pipe).call_kwargs,
         ).images[0]  # fmt: skip
     image.save(figs.folder / "sample.png")
     section = "attention"

@@ -41,7 +41,7 @@ from torch import Tensor
 from editing.methods.replace import RowEditor, SelfAttentionReplace
 from probe.attention.controller import AttentionCall, Controller, attention_probs
 from probe.attention.joint import JointEditor
-from probe.attention.layers import LayerSpec
+from probe.attention.layer_info import LayerSpec
 from probe.attention.steps import StepSpec
 
 TEXT_MASSES = ("source", "target")

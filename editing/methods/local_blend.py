@@ -38,7 +38,7 @@ from editing.methods.p2p_options import parse_unit, parse_words
 from editing.methods.replace import RowEditor
 from probe.attention.batch import BatchLayout
 from probe.attention.controller import AttentionCall, HookState, Kind
-from probe.attention.layers import LayerInfo, LayerSpec, one_resolution
+from probe.attention.layer_info import LayerInfo, LayerSpec, one_resolution
 from probe.attention.steps import as_step_fraction
 
 

@@ -12,7 +12,7 @@ hooks:
 - ``MutualSelfAttentionControl``: in the transformer blocks ``start_layer`` … last (execution
   order; 10 of SD's 16: ``up_blocks.2``-``3``; on SDXL 44 of 70, the first start layer of the
   authors' SDXL script, ``up_blocks.0.attentions.1`` on: the ``masactrl`` layer preset,
-  :mod:`probe.attention.presets`) and the steps ``start_step`` … N−1, self-attention
+  :mod:`probe.families`) and the steps ``start_step`` … N−1, self-attention
   only, in *each* guidance half: every target query attends to the source's keys and values
   (``softmax(q_tgt k_srcᵀ) v_src``); the source row attends to itself. Runs on the fused kernel.
 - ``MutualSelfAttentionControlMask`` (:class:`ImageMask`): a source mask ``M_s`` and a target
@@ -51,7 +51,8 @@ from editing.methods.p2p_options import parse_unit
 from editing.methods.replace import RowEditor
 from probe.attention.batch import BatchLayout
 from probe.attention.controller import AttentionCall, HookState, Kind
-from probe.attention.layers import LayerInfo, LayerSpec, one_resolution, resolve_layers
+from probe.attention.layer_info import LayerInfo, LayerSpec, one_resolution
+from probe.attention.layers import resolve_layers
 
 MaskLike = str | Path | Image.Image | np.ndarray | Tensor
 Regions = tuple[Tensor, Tensor]  # (source keys [K] bool, per target queries [targets, Q] bool)

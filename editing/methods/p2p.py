@@ -43,7 +43,7 @@ from editing.methods.p2p_options import DEFAULT_KEY, CrossSteps, parse_cross_ste
 from editing.methods.replace import RowEditor, SelfAttentionReplace
 from probe.attention.batch import BatchLayout
 from probe.attention.controller import AttentionCall, HookState, Kind
-from probe.attention.layers import LayerInfo, LayerSpec
+from probe.attention.layer_info import LayerInfo, LayerSpec
 
 MODES = ("replace", "refine", "reweight")
 

@@ -36,7 +36,7 @@ from probe.attention.steps import as_step_fraction
 
 if TYPE_CHECKING:
     from probe.attention.controller import Controller
-    from probe.attention.layers import LayerSpec
+    from probe.attention.layer_info import LayerSpec
 
 # keywords of edit() itself and of the command line: no method option may take these names
 RESERVED = frozenset(

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from probe.attention.controller import AttentionCall, Controller, HookState, Kind
-from probe.attention.layers import LayerInfo, LayerSpec, resolve_layers
+from probe.attention.layer_info import LayerInfo, LayerSpec
+from probe.attention.layers import resolve_layers
 from probe.attention.steps import StepSpec, as_step_fraction, fraction_steps, resolve_steps
 
 Rows = tuple[list[int], list[int]]  # (source rows, target rows), paired per guidance half
@@ -163,11 +164,3 @@ class CrossAttentionReplace(SelfAttentionReplace):
     """
 
     kind: Kind = "cross"
-
-
-def bind_all(controllers: Sequence[Controller], layers: list[LayerInfo]) -> None:
-    """Resolve every editor's layers against the run's layer table (errors surface before the
-    run; an editor bound for another run is bound again)."""
-    for c in controllers:
-        if isinstance(c, RowEditor):
-            c.bind(layers)

@@ -58,7 +58,7 @@ class EditScore:
         background_diff: mean absolute difference (0-255) outside both masks.
         source_shift: colour edits only (else NaN): where the edited object's colour sits
             between the target's palette colour (0) and the source's (1), see
-            :func:`probe.toy.judge.colour_shift`. A leak of the source's colour shows here
+            :func:`probe.toy.judges.judge.colour_shift`. A leak of the source's colour shows here
             before it flips the judged colour.
     """
 
@@ -85,14 +85,14 @@ def judge_kind(slot: str, target: str | None = None, world: Any = None) -> str:
         slot: the editing template's slot (``colour``, ``animal``, ...).
         target: the target word, used when the slot name is not known.
         world: the toy world whose colours and categories the target is looked up in (a
-            :class:`~probe.toy.world.World` or its name; default the shipped toy's).
+            :class:`~probe.toy.world.world.World` or its name; default the shipped toy's).
 
     Raises:
         ValueError: neither the slot nor the target word tells.
     """
     if slot in SLOT_JUDGES:
         return SLOT_JUDGES[slot]
-    from probe.toy.world import get_world
+    from probe.toy.world.world import get_world
 
     w = get_world(world)
     if target in w.palette:
@@ -116,7 +116,7 @@ def score_edit(
     edge: int = 1,
     world: Any = None,
 ) -> EditScore:
-    """Score one toy-world edit with the judges of :mod:`probe.toy.judge`.
+    """Score one toy-world edit with the judges of :mod:`probe.toy.judges.judge`.
 
     Args:
         source: the source image.
@@ -127,8 +127,8 @@ def score_edit(
         target: the target label when no pair is given.
         source_label: the source's label when no pair is given (for ``source_shift``).
         edge: pixels the object masks are grown by before the background is compared.
-        world: the toy world the images are drawn in (a :class:`~probe.toy.world.World` or its
-            name; default the shipped toy's; a model's: :func:`~probe.toy.world.world_of`).
+        world: the toy world the images are drawn in (a :class:`~probe.toy.world.world.World` or its
+            name; default the shipped toy's; a model's: :func:`~probe.toy.world.world.world_of`).
 
     Returns:
         :class:`EditScore`.
@@ -141,7 +141,7 @@ def score_edit(
         >>> score.success, round(score.iou, 2)
         (True, 0.91)
     """
-    from probe.toy import judge as judges
+    from probe.toy.judges import judge as judges
 
     if pair is not None:
         slot, target, source_label = pair.slot, pair.target_word, pair.source_word

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from probe.attention.layers import LayerSpec
-from probe.attention.presets import PRESET_NAMES, preset_rule
+from probe.attention.layer_info import LayerSpec
+from probe.attention.layers import preset_rule
+from probe.families import PRESET_NAMES
 
 PRESETS = ("none", "fpe", "paper", "all")
 GROUPS_WITH_PRESETS = ("default", "presets")
@@ -87,7 +88,7 @@ def parse_ranges(items: Iterable[str], num_layers: int = 16) -> list[LayerRange]
 
 def refused_presets(table: Sequence[Any]) -> dict[str, str]:
     """Preset name → why this table's family gives it no meaning (SDXL: ``paper``, SD 1.5's
-    "layers 4-14"; :func:`probe.attention.presets.preset_rule`); empty on SD 1.x/2.x."""
+    "layers 4-14"; :func:`probe.attention.layers.preset_rule`); empty on SD 1.x/2.x."""
     refused = {}
     for name in PRESET_NAMES:
         try:

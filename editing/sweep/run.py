@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from editing.scheduler import sampling_settings
+from editing.sampling import sampling_settings
 from editing.scoring.toy_metrics import score_edit
 from editing.sweep.jobs import KIND_METHODS, EditSettings, run_jobs
 from editing.sweep.plots import sweep_tradeoff, sweep_windows
@@ -205,14 +205,15 @@ def toy_scorer(pipe: Any) -> Callable[..., Any]:
     """:func:`~editing.scoring.toy_metrics.score_edit` with the judges of ``pipe``'s toy world
     (v1 for the shipped toy, the world in a trained folder's ``attnprobe.json`` otherwise);
     it pickles, so worker processes score with the same world."""
-    from probe.toy.world import world_of
+    from probe.toy.world.world import world_of
 
     return partial(score_edit, world=world_of(pipe))
 
 
 def _default_ranges(table: list[Any]) -> list[LayerRange]:
     """:func:`default_ranges` without the presets this model's family gives no meaning
-    (SDXL: ``paper``, SD 1.5's "layers 4-14"; :mod:`probe.attention.presets`)."""
+    (SDXL: ``paper``, SD 1.5's "layers 4-14"; see
+    :meth:`probe.families.base.ModelFamily.preset_rule`)."""
     return _without_refused(default_ranges(len(table)), table)
 
 

@@ -6,7 +6,7 @@
 
 The columns are :data:`FIELDS`; :func:`row_key` says which edit a row is, so a sweep resumes
 where it stopped. :mod:`editing.sweep.run` writes the table, :mod:`editing.sweep.plots` and
-:mod:`editing.sweep.select` read it.
+:mod:`editing.sweep.leaks` read it.
 """
 
 from __future__ import annotations

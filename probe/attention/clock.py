@@ -27,7 +27,7 @@ import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
-from probe.attention.dit_layers import denoiser_of
+from probe.families import family_of
 
 Driver = Literal["loop", "scheduler", "timestep"]
 
@@ -164,7 +164,7 @@ def denoising_steps(model: Any, timesteps: Sequence[Any]) -> Iterator[tuple[int,
         ...     noise = pipe.unet(latents, t, encoder_hidden_states=emb).sample
         ...     latents = scheduler.step(noise, t, latents).prev_sample
     """
-    hooks = getattr(denoiser_of(model), "_attnprobe_hooks", None)  # on the UNet or transformer
+    hooks = getattr(family_of(model).denoiser(model), "_attnprobe_hooks", None)
     if hooks is not None:
         hooks.restart()
         hooks.clock.reset("loop", len(timesteps))

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from probe.attention.batch import BatchLayout
-from probe.attention.layers import Kind, LayerInfo
+from probe.attention.layer_info import Kind, LayerInfo
 
 __all__ = [
     "AttentionCall",
@@ -59,6 +59,11 @@ class HookState(Protocol):
     the processor and every controller name its type without importing the hooks module
     (which imports the processor).
     """
+
+    @property
+    def family(self) -> Any:
+        """The model's family (:class:`probe.families.base.ModelFamily`)."""
+        ...
 
     @property
     def layers(self) -> list[LayerInfo]:
@@ -106,6 +111,11 @@ class Controller:
     Probabilities have shape ``[batch, heads, queries, keys]``; queries, keys and values
     ``[batch, heads, tokens, head_dim]``.
     """
+
+    def bind(self, layers: list[LayerInfo]) -> None:
+        """Resolve layer specs against the run's layer table (default: nothing to resolve).
+        :class:`~probe.attention.hooks.AttentionHooks` binds its controllers when it is made,
+        so that a bad spec fails before the first step."""
 
     def claims(self, layer: LayerInfo, kind: Kind) -> bool:
         """Whether this controller may act on (layer, kind) at some step."""

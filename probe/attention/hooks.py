@@ -20,24 +20,9 @@ from torch import Tensor
 from probe.attention.batch import BatchLayout
 from probe.attention.clock import SchedulerWatch, StepClock
 from probe.attention.controller import AttentionCall, Controller, Kind
-from probe.attention.dit_layers import (
-    JOINT_KINDS,
-    denoiser_of,
-    dit_layers,
-    is_dit,
-    is_flux,
-    joint_modules,
-    native_latent,
-)
-from probe.attention.flux_joint import HookedFluxAttnProcessor
-from probe.attention.joint import HookedJointAttnProcessor
-from probe.attention.layers import (
-    LayerInfo,
-    attention_modules,
-    table_at,
-    unet_layers,
-)
+from probe.attention.layer_info import LayerInfo, table_at
 from probe.attention.processor import HookedAttnProcessor
+from probe.families import family_of
 
 # processors whose math is plain attention: we may replace them without changing the model
 STANDARD_PROCESSORS = {
@@ -56,8 +41,9 @@ class AttentionHooks:
 
     Args:
         model: a diffusers pipeline (batch roles are then read from it) or a bare UNet; an
-            SD3 or Flux pipeline or transformer too (one joint processor per block,
-            :mod:`probe.attention.joint`, :mod:`probe.attention.flux_joint`).
+            DiT pipeline or transformer (SD3, Flux: one joint processor per block,
+            :mod:`probe.attention.joint`); the model's family (:mod:`probe.families`) says
+            which modules are hooked and how a call of its denoiser reads.
         controllers: recorders and editors to consult; more can be added with :meth:`add`.
         layout: explicit batch roles; by default derived at each UNet call from the pipeline's
             guidance setting (unconditional rows first), or all-conditional for a bare UNet.
@@ -95,18 +81,17 @@ class AttentionHooks:
         replace_foreign: bool = False,
         latent_hw: tuple[int, int] | None = None,
     ) -> None:
-        self.unet: Any = denoiser_of(model)  # the UNet, or a DiT's transformer
+        self.family = family_of(model)  # what only the model's family knows
+        self.unet: Any = self.family.denoiser(model)  # the UNet, or a DiT's transformer
         self.pipe = None if self.unet is model else model
-        self.dit = is_dit(self.unet)
         self.controllers: list[Controller] = list(controllers)
         self.layout = layout
         self.replace_foreign = replace_foreign
-        self.flux = is_flux(self.unet)
-        self.latent_hw: tuple[int, int] = latent_hw or native_latent(self.unet)
-        table = dit_layers if self.dit else unet_layers
-        self.layers: list[LayerInfo] = table(self.unet, *self.latent_hw)
+        self.latent_hw: tuple[int, int] = latent_hw or self.family.native_latent(self.unet)
+        self.layers: list[LayerInfo] = self.family.layers(self.unet, *self.latent_hw)
         self.clock = StepClock()
         self._watch = SchedulerWatch(lambda: self.clock.end_step("scheduler"), self.restart)
+        self._guidance: Any = None  # the family's watch of the pipeline's guidance, while open
         self.batch_layout: BatchLayout | None = None
         self._saved: dict[str, Any] | None = None
         self._handle: Any = None
@@ -115,6 +100,13 @@ class AttentionHooks:
         self.num_steps: int | None = None  # set by loops that know their length
 
     # -- controllers -------------------------------------------------------------------------
+    def bind(self) -> None:
+        """Resolve every controller's layer specs against this run's table (``self.layers``):
+        a spec that does not fit the model fails here, before the first step. Controllers
+        bind again at the run's first call, at the size it generates."""
+        for c in self.controllers:
+            c.bind(self.layers)
+
     def add(self, controller: Controller) -> Controller:
         """Add a controller (also while the block is open) and return it."""
         if self._saved is not None:
@@ -141,6 +133,8 @@ class AttentionHooks:
             self._install(saved)
             self._handle = self.unet.register_forward_pre_hook(self._pre_forward, with_kwargs=True)
             self._watch.attach(getattr(self.pipe, "scheduler", None))
+            if self.pipe is not None:
+                self._guidance = self.family.watch_guidance(self.pipe)
             self.unet._attnprobe_hooks = self
         except BaseException:
             self._restore()
@@ -153,30 +147,16 @@ class AttentionHooks:
         self._restore()
 
     def _install(self, saved: dict[str, Any]) -> None:
-        if self.dit:  # SD3.5's dual-attention attn2 modules keep their own processors
-            cls = HookedFluxAttnProcessor if self.flux else HookedJointAttnProcessor
-            joint = {
-                name: cls(self, self.layers[index], "self", saved[name])
-                for name, index in joint_modules(self.unet).items()
-            }
-            self.unet.set_attn_processor({**saved, **joint})
-            return
-        modules = attention_modules(self.unet)
-        missing = set(saved) - set(modules)
-        if missing:
-            raise RuntimeError(
-                "attention modules outside transformer blocks are not supported: "
-                f"{sorted(missing)[:3]}"
-            )
-        new = {
-            name: HookedAttnProcessor(self, self.layers[index], kind, saved[name])
-            for name, (index, kind) in modules.items()
-        }
-        self.unet.set_attn_processor(dict(new))  # diffusers empties the dict it is given
+        """attnprobe's processor on every module the family hooks; modules it does not hook
+        (SD3.5's dual-attention attn2) keep theirs."""
+        hooked = self.family.hooked_processors(self, self.unet, saved)
+        self.unet.set_attn_processor({**saved, **hooked})  # diffusers empties the dict it gets
 
     def _restore(self) -> None:
         try:
             self._watch.detach()
+            if self._guidance is not None:
+                self._guidance.detach()
             if self._handle is not None:
                 self._handle.remove()
             if self._saved is not None:
@@ -184,6 +164,7 @@ class AttentionHooks:
         finally:
             self._handle = None
             self._saved = None
+            self._guidance = None
             if getattr(self.unet, "_attnprobe_hooks", None) is self:
                 del self.unet._attnprobe_hooks
 
@@ -195,7 +176,7 @@ class AttentionHooks:
             if type(proc).__name__ in STANDARD_PROCESSORS or isinstance(proc, HookedAttnProcessor):
                 continue
             if name not in modules:
-                continue  # not hooked (SD3.5's attn2): it keeps running its own processor
+                continue  # not hooked: it keeps running its own processor
             index, kinds = modules[name]
             for c in controllers:
                 kind = next((k for k in kinds if c.claims(self.layers[index], k)), None)
@@ -209,22 +190,20 @@ class AttentionHooks:
 
     def _module_kinds(self) -> dict[str, tuple[int, tuple[Kind, ...]]]:
         """Processor name → (layer index, the kinds it computes)."""
-        if self.dit:
-            return {n: (i, JOINT_KINDS) for n, i in joint_modules(self.unet).items()}
-        return {n: (i, (kind,)) for n, (i, kind) in attention_modules(self.unet).items()}
+        return self.family.attention_modules(self.unet)
 
     # -- per call ----------------------------------------------------------------------------
     def _pre_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
-        sample, t, context = _forward_inputs(self.dit, args, kwargs)
-        latent = _flux_latent(kwargs) if self.flux else (sample.shape[-2], sample.shape[-1])
+        call = self.family.call_inputs(args, kwargs)
+        t = call.timestep
         timestep = float(t.flatten()[0]) if isinstance(t, Tensor) else float(t)
         self._watch.attach(getattr(self.pipe, "scheduler", None))  # also a swapped-in one
         if self.clock.starts_new_run(timestep):
             self.restart()  # the run's first timestep again: a new generation
         self.clock.tick(timestep)
-        self.encoder_hidden_states = context
-        self._set_latent((int(latent[0]), int(latent[1])))
-        self.batch_layout = self._layout_for(int(sample.shape[0]))
+        self.encoder_hidden_states = call.context
+        self._set_latent((int(call.latent_hw[0]), int(call.latent_hw[1])))
+        self.batch_layout = self._layout_for(call.batch)
         first, self._first_call = self._first_call, False
         for c in self.controllers:
             c.on_unet_call(self, first)
@@ -264,7 +243,7 @@ class AttentionHooks:
                     "(BatchLayout.for_samples or BatchLayout.for_edit)"
                 )
             return self.layout
-        guidance = bool(self.pipe is not None and _pipe_guidance(self.pipe))
+        guidance = self._guidance is not None and self._guidance.guidance()
         if guidance and batch % 2:
             raise RuntimeError(f"guidance is on but the UNet batch ({batch}) is odd: pass layout=")
         return BatchLayout.for_samples(batch // 2 if guidance else batch, guidance)
@@ -287,33 +266,3 @@ class AttentionHooks:
             query_hw=(h, w),
             keys=keys,
         )
-
-
-def _forward_inputs(dit: bool, args: tuple, kwargs: dict) -> tuple[Tensor, Any, Tensor | None]:
-    """(sample, timestep, text embeddings) of a UNet call ``unet(sample, timestep,
-    encoder_hidden_states)`` or an SD3 or Flux transformer call ``transformer(hidden_states,
-    encoder_hidden_states, pooled_projections, timestep)``."""
-    if dit:
-        sample = args[0] if args else kwargs["hidden_states"]
-        context = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
-        return sample, args[3] if len(args) > 3 else kwargs["timestep"], context
-    sample = args[0] if args else kwargs["sample"]
-    t = args[1] if len(args) > 1 else kwargs["timestep"]
-    return sample, t, args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
-
-
-def _flux_latent(kwargs: dict) -> tuple[int, int]:
-    """The VAE latent (height, width) of a Flux call: its packed tokens carry no grid, their
-    ``img_ids`` do (``(0, row, col)`` per 2×2-packed token)."""
-    ids = kwargs.get("img_ids")
-    if ids is None:
-        raise RuntimeError("a Flux transformer call without img_ids: call it as FluxPipeline does")
-    ids = ids[0] if ids.ndim == 3 else ids
-    return 2 * (int(ids[:, 1].max()) + 1), 2 * (int(ids[:, 2].max()) + 1)
-
-
-def _pipe_guidance(pipe: Any) -> bool:
-    try:
-        return bool(pipe.do_classifier_free_guidance)
-    except AttributeError:  # the pipeline has not been called yet
-        return False

@@ -1,5 +1,5 @@
-"""The processor attnprobe installs on a DiT's joint attention (SD3), and the editor protocol
-for it.
+"""The processors attnprobe installs on a DiT's joint attention (their base, and SD3's), and the
+editor protocol for them.
 
     with AttentionHooks(sd3_pipe, [recorder]) as hooks:   # the same hooks as on a UNet
         sd3_pipe("a red car")
@@ -43,9 +43,10 @@ from probe.attention.controller import (
     hand_out,
     rows_to_materialise,
 )
-from probe.attention.dit_layers import JOINT_KINDS
 from probe.attention.processor import HookedAttnProcessor
 
+JOINT_KINDS: tuple[Kind, ...] = ("self", "cross", "text_image", "text_text")
+"""The four parts of a joint map: image→image, image→text, text→image, text→text."""
 IMAGE_QUERY_KINDS = ("self", "cross")
 TEXT_QUERY_KINDS = ("text_image", "text_text")
 
@@ -72,11 +73,14 @@ class JointEditor(Controller):
         return out
 
 
-class HookedJointAttnProcessor(HookedAttnProcessor):
-    """Processor for one joint attention module (one DiT block, all four kinds)."""
+class HookedJointProcessor(HookedAttnProcessor):
+    """The base of the processors of joint attention (SD3's, Flux's): one DiT block, all four
+    kinds. Subclasses say how many image and text tokens a call has (:meth:`token_counts`) and
+    how the block attends (:meth:`attend`); the preamble is here, once: the calls of the four
+    kinds, the active controllers, the fallback when none is, the refusal of masks."""
 
     def __repr__(self) -> str:
-        return f"HookedJointAttnProcessor(layer={self.layer.index})"
+        return f"{type(self).__name__}(layer={self.layer.index})"
 
     def __call__(  # type: ignore[override]
         self,
@@ -87,28 +91,50 @@ class HookedJointAttnProcessor(HookedAttnProcessor):
         *args: Any,
         **kwargs: Any,
     ) -> Any:
-        if encoder_hidden_states is None:  # not a joint call (no text tokens): nothing to split
-            return self.fallback(
-                attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs
-            )
-        calls = joint_calls(self, hidden_states.shape[1], encoder_hidden_states.shape[1])
-        active = {c: [k for k in JOINT_KINDS if c.active(calls[k])] for c in self.hooks.controllers}
-        active = {c: kinds for c, kinds in active.items() if kinds}
+        counts = self.token_counts(hidden_states, encoder_hidden_states)
+        active: dict[Controller, list[Kind]] = {}
+        if counts is not None:
+            calls = joint_calls(self, *counts)
+            found = {
+                c: [k for k in JOINT_KINDS if c.active(calls[k])] for c in self.hooks.controllers
+            }
+            active = {c: kinds for c, kinds in found.items() if kinds}
         if not active:
             return self.fallback(
                 attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs
             )
         refuse_mask(attention_mask, self.layer.index)
-        return self._attend_joint(attn, hidden_states, encoder_hidden_states, calls, active)
+        return self.attend(
+            attn, hidden_states, encoder_hidden_states, calls, active, *args, **kwargs
+        )
 
-    def _attend_joint(
-        self,
-        attn: Any,
-        hidden_states: Tensor,
-        context: Tensor,
-        calls: dict[str, AttentionCall],
-        active: dict[Controller, list[Kind]],
-    ) -> tuple[Tensor, Tensor] | Tensor:
+    def token_counts(self, hidden_states: Tensor, context: Tensor | None) -> tuple[int, int] | None:
+        """(image tokens, text tokens) of this call, or None when it is not a joint call."""
+        raise NotImplementedError
+
+    def attend(
+        self, attn: Any, hidden_states: Tensor, context: Tensor | None,
+        calls: dict[str, AttentionCall], active: dict[Controller, list[Kind]], *args: Any,
+        **kwargs: Any,
+    ) -> Any:  # fmt: skip
+        """The block's attention with the active controllers (observers and joint editors)."""
+        raise NotImplementedError
+
+
+class HookedSD3AttnProcessor(HookedJointProcessor):
+    """SD3's joint attention (diffusers' ``JointAttnProcessor2_0``): image tokens first."""
+
+    def token_counts(self, hidden_states: Tensor, context: Tensor | None) -> tuple[int, int] | None:
+        if context is None:  # not a joint call (no text tokens): nothing to split
+            return None
+        return int(hidden_states.shape[1]), int(context.shape[1])
+
+    def attend(
+        self, attn: Any, hidden_states: Tensor, context: Tensor | None,
+        calls: dict[str, AttentionCall], active: dict[Controller, list[Kind]], *args: Any,
+        **kwargs: Any,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        assert context is not None  # token_counts returned None without text tokens
         batch, n_image = hidden_states.shape[0], hidden_states.shape[1]
         q, k, v = joint_qkv(attn, hidden_states, context)
         out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)

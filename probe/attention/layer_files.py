@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from probe.attention.layers import LayerInfo
+from probe.attention.layer_info import LayerInfo
 
 
 def layers_to_json(layers: Sequence[LayerInfo]) -> list[dict[str, Any]]:

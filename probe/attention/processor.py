@@ -22,7 +22,7 @@ from probe.attention.controller import (
     hand_out,
     rows_to_materialise,
 )
-from probe.attention.layers import LayerInfo
+from probe.attention.layer_info import LayerInfo
 
 
 class HookedAttnProcessor:

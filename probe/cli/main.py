@@ -21,7 +21,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def _cmd_layers(args: argparse.Namespace) -> int:
-    from probe.attention.layers import format_layer_table, resolve_layers
+    from probe.attention.layer_info import format_layer_table
+    from probe.attention.layers import resolve_layers
     from probe.models import layer_table
 
     # no run here: the table from the model's config, at the image size asked for (pixels)

@@ -28,7 +28,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from probe.probing.probes import ProbeConfig, table_path
     from probe.probing.stream import plan_features, probe_dataset
     from probe.recording.dataset import parse_bytes
-    from probe.recording.record import format_bytes
+    from probe.recording.recorder import format_bytes
     from probe.recording.store import AttentionDataset
     from probe.viz.probe_figures import save_probe_figures
 
@@ -84,7 +84,7 @@ def _layers(data: Any, spec: str) -> list[int] | None:
 def _cmd_select(args: argparse.Namespace) -> int:
     from probe.attention.layer_files import layers_from_json
     from probe.probing.probes import ProbeResults
-    from probe.probing.select import select_layers
+    from probe.probing.selection import select_layers
 
     probe_dir = Path(args.probe)
     csv = probe_dir / "results.csv" if probe_dir.is_dir() else probe_dir

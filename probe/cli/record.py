@@ -20,7 +20,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
     from probe.models.schedulers import scheduler_settings
     from probe.models.vocabulary import check_known_words
     from probe.recording.dataset import parse_bytes
-    from probe.recording.record import DEFAULT_BUDGET, record_attention
+    from probe.recording.recorder import DEFAULT_BUDGET, record_attention
 
     budget = parse_bytes(args.budget) or DEFAULT_BUDGET
     pipe = load_pipeline(args.model or default_model(), device=resolve_device(args.device))
@@ -54,7 +54,7 @@ def _cmd_record_dataset(args: argparse.Namespace) -> int:
     from probe.prompts.templates import load_template
     from probe.recording.dataset import parse_bytes, record_dataset
     from probe.recording.store import parse_seeds, parse_shard
-    from probe.toy.world import lists_name, world_of
+    from probe.toy.world.world import lists_name, world_of
 
     seeds = parse_seeds(args.seeds)
     shard = parse_shard(args.shard)
@@ -62,7 +62,7 @@ def _cmd_record_dataset(args: argparse.Namespace) -> int:
     pipe = load_pipeline(model, device=resolve_device(args.device))
     prompts = load_template(args.template, lists_name(world_of(pipe)))  # a v2 toy: v2's lists
     if args.random_init is not None:
-        from probe.probing.random_control import random_init_like
+        from probe.recording.random_control import random_init_like
 
         pipe = random_init_like(pipe, seed=args.random_init)
     report = record_dataset(

@@ -13,7 +13,7 @@ from typing import Any
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from probe.toy.renders import write_renders
+    from probe.toy.world.renders import write_renders
 
     labels = write_renders(args.template, args.n, Path(args.out), args.seed, args.size, args.world)
     print(f"wrote {args.n} images to {labels.parent}\nlabels: {labels}")
@@ -39,7 +39,7 @@ def _add_train(toy_sub: argparse._SubParsersAction) -> None:
         "category judge, a contrastive image-text model whose text encoder is then frozen, the "
         "VAE, and the UNet on the frozen text encoder. Rerun the same command after an "
         "interruption: every stage resumes from OUT/work. Options left out take the defaults "
-        "of probe.toy.train_config.TrainConfig (world v2, about 2.5 hours on 2 cores).",
+        "of probe.toy.training.train_config.TrainConfig (world v2, about 2.5 hours on 2 cores).",
     )
     p.add_argument("--out", required=True, type=Path, help="run folder (model lands in OUT/model)")
     p.add_argument("--world", choices=["v1", "v2"], help="toy world (default v2: 16 colours)")
@@ -78,7 +78,7 @@ def _add_sizes(toy_sub: argparse._SubParsersAction) -> None:
         help="measure a training step of the toy at 16×16 and 32×32 latents",
         description="Time UNet and VAE training steps of the toy built at 64 px (16×16 "
         "latents), 128 px with the factor-4 VAE and 256 px with a factor-8 VAE (both 32×32), "
-        "and print the query positions of every attention layer (probe.toy.sizes).",
+        "and print the query positions of every attention layer (probe.toy.training.sizes).",
     )
     p.add_argument("--steps", type=int, default=20, help="UNet steps timed per latent size")
     p.add_argument("--vae-steps", type=int, default=5, help="VAE steps timed per build")
@@ -89,7 +89,7 @@ def _add_sizes(toy_sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sizes(args: argparse.Namespace) -> int:
-    from probe.toy.sizes import main
+    from probe.toy.training.sizes import main
 
     argv = ["--steps", str(args.steps), "--vae-steps", str(args.vae_steps)]
     argv += ["--batch", str(args.batch), "--threads", str(args.threads)]
@@ -97,7 +97,7 @@ def _cmd_sizes(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from probe.toy.train import TrainConfig, train
+    from probe.toy.training.train import TrainConfig, train
 
     names = ["text_minutes", "vae_minutes", "unet_minutes", "batch", "pool", "seed", "threads"]
     names += ["world", "image_size", "vae_factor"]
@@ -114,7 +114,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from probe.models import load_pipeline
     from probe.recording.store import parse_seeds
-    from probe.toy.evaluate import evaluate
+    from probe.toy.evaluation.evaluate import evaluate
 
     pipe = load_pipeline(args.model)
     report = evaluate(

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from probe.attention.layers import LayerInfo
+from probe.attention.layer_info import LayerInfo
 from probe.recording.maps import AttentionMaps, tensor_name
 from probe.recording.reduce import SelfReduce, pool_self
 from probe.recording.store import AttentionDataset

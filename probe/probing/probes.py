@@ -16,7 +16,7 @@ Controls:
   labels permuted once (fixed seed);
   ``selectivity = acc_mean − shuffled_acc`` (Hewitt & Liang's control task, in its simplest form).
 - **random model**: the same probe on a dataset recorded from a randomly initialised model of the
-  same architecture (:mod:`probe.probing.random_control`): what token identity alone gives.
+  same architecture (:mod:`probe.recording.random_control`): what token identity alone gives.
 
 Example:
     >>> results = run_probes(build_features(AttentionDataset("runs/colour_car"), "colour"))

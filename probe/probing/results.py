@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from probe.attention.layer_files import load_layer_table, save_layer_table
-from probe.attention.layers import LayerInfo
+from probe.attention.layer_info import LayerInfo
 
 
 @dataclass

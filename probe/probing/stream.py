@@ -28,7 +28,7 @@ from probe.probing.features import (
 )
 from probe.probing.probes import ProbeConfig, run_probes
 from probe.probing.results import ProbeResults
-from probe.recording.record import format_bytes
+from probe.recording.recorder import format_bytes
 from probe.recording.store import AttentionDataset, CorruptSampleError, verify_file
 
 BYTES_PER_FEATURE = 4  # float32

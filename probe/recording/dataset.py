@@ -21,14 +21,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from probe.attention.layers import LayerSpec, resolve_layers
+from probe.attention.layer_info import LayerSpec
+from probe.attention.layers import resolve_layers
 from probe.attention.steps import StepSpec, resolve_steps
+from probe.families import family_of
 from probe.models import generation_defaults, run_layer_table
 from probe.models.schedulers import loop_length
 from probe.models.vocabulary import check_known_words
 from probe.prompts.words import prompt_tokens
 from probe.recording.maps import AttentionMaps
-from probe.recording.record import (
+from probe.recording.recorder import (
     AUTO_SVD,
     DEFAULT_BUDGET,
     BudgetError,
@@ -109,12 +111,10 @@ def dataset_settings(
 
 
 def text_keys(pipe: Any) -> int:
-    """Text keys of every attention call: 77 CLIP tokens; SD3 adds T5's 256 (diffusers'
-    ``max_sequence_length``, zeros without T5) to its joint tokens; Flux's are T5's 512."""
-    from probe.models.family import FLUX_T5_TOKENS, SD3_T5_TOKENS, family_of
-
-    keys = {"sd3": 77 + SD3_T5_TOKENS, "flux": FLUX_T5_TOKENS}
-    return keys.get(family_of(pipe).name, 77)
+    """Text keys of every attention call (the family's ``text_keys``): 77 CLIP tokens; SD3
+    adds T5's 256 (diffusers' ``max_sequence_length``, zeros without T5) to its joint tokens;
+    Flux's are T5's 512; PixArt-Σ's T5's 300."""
+    return family_of(pipe).text_keys
 
 
 def check_budget(
@@ -137,8 +137,6 @@ def check_budget(
     """
     table = run_layer_table(pipe, settings["height"], settings["width"])
     layers = [table[i] for i in settings["layers"]]
-    from probe.models.family import family_of
-
     tokenizer = getattr(pipe, family_of(pipe).words[0])  # whose tokens the text keys are
     n_tokens = max((len(prompt_tokens(tokenizer, s.prompt)) for s in specs), default=77)
     tokens = n_tokens if settings["cross_tokens"] == "prompt" else 77
@@ -233,7 +231,7 @@ def record_dataset(
         out: the dataset folder (created; a rerun resumes it).
         model: the model's name, stored with every sample.
         layers, steps, kinds, heads, self_reduce: what to record (see
-            :func:`probe.recording.record.record_attention`); ``auto`` is resolved once for the
+            :func:`probe.recording.recorder.record_attention`); ``auto`` is resolved once for the
             dataset.
         num_steps, guidance: sampling settings (default: the model's, see
             :func:`probe.models.loading.generation_defaults`).
@@ -246,7 +244,7 @@ def record_dataset(
         max_disk: bytes the new files may take (default: the free disk).
         images: also save each generated image as PNG.
         random_init: the seed the model's weights were re-initialised with, if they were (a
-            control dataset; see :mod:`probe.probing.random_control`), stored in the settings.
+            control dataset; see :mod:`probe.recording.random_control`), stored in the settings.
         progress: show a tqdm bar.
         on_sample: called with each new index entry (after it is on disk).
 
@@ -331,6 +329,7 @@ def _generate(
             width=settings["width"],
             generator=[torch.Generator().manual_seed(s.seed) for s in batch],
             output_type="pil" if images else "latent",
+            **family_of(pipe).call_kwargs,
         )
     if len(maps.tokens) != len(batch):
         raise RuntimeError(f"recorded {len(maps.tokens)} samples for a batch of {len(batch)}")

@@ -5,7 +5,7 @@
     append_line(out / "index.jsonl", record)   # one O_APPEND write, then fsync
 
 A recorded dataset (:mod:`probe.recording.store`), a sweep (:mod:`editing.sweep.run`) and a
-``reproduce`` run (:mod:`editing.experiment.reproduce`) each resume in their folder, and each
+``reproduce`` run (:mod:`editing.experiment.reproduction`) each resume in their folder, and each
 refuses, through :func:`check_folder_settings`, to resume one made with other settings.
 """
 

@@ -26,7 +26,7 @@ from safetensors.torch import load, load_file, save, save_file
 from torch import Tensor
 
 from probe.attention.layer_files import layers_from_json, layers_to_json
-from probe.attention.layers import LayerInfo, table_at
+from probe.attention.layer_info import LayerInfo, table_at
 from probe.prompts.words import find_word
 
 

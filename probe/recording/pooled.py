@@ -35,9 +35,9 @@ def record_shard(
     """Record shard ``shard`` of ``template`` × ``seeds`` into ``out`` (in a worker); with
     ``random_init``, on the randomly initialised copy of the model with that seed; ``lists``:
     the word lists the template is read with (``None``: the default lists)."""
-    from probe.probing.random_control import random_init_like
     from probe.prompts.templates import load_template
     from probe.recording.dataset import record_dataset
+    from probe.recording.random_control import random_init_like
 
     if random_init is not None:
         cache = worker_cache()

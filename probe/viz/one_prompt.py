@@ -10,8 +10,9 @@ from pathlib import Path
 
 import torch
 
+from probe.families import family_of
 from probe.models import generation_defaults, load_pipeline
-from probe.recording.record import record_attention
+from probe.recording.recorder import record_attention
 from probe.viz import word_heatmaps
 
 DEMO_PROMPT = "a red car"
@@ -38,6 +39,7 @@ def run_demo(model: str, out: Path, steps: int | None = None, seed: int = 0) -> 
             height=defaults["height"],
             width=defaults["width"],
             generator=torch.Generator().manual_seed(seed),
+            **family_of(pipe).call_kwargs,
         ).images[0]
     files = {
         "image": out / "image.png",

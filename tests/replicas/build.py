@@ -23,7 +23,7 @@ and ``special_tokens_map.json``. Every weight file is safetensors, fp32 and its 
 ``toy-sd15``: SD 1.5's ``model_index.json`` (safety checker and feature extractor listed), its
 PNDM ``scheduler_config.json``, feature extractor and tokenizer configs and a tiny random safety
 checker, around the toy's UNet, VAE and text encoder (configs and weights copied from
-``probe/toy/weights``) and the toy's vocabulary. It has no ``attnprobe.json``: it is read as a
+``probe/toy/models/toy_v1``) and the toy's vocabulary. It has no ``attnprobe.json``: it is read as a
 downloaded folder would be.
 """
 
@@ -45,7 +45,8 @@ if str(HERE.parents[1]) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(HERE.parents[1]))
 
 from probe.models.clip_tokenizer import write_clip_tokenizer  # noqa: E402
-from probe.models.loading import TOY_DIR, tiny_words  # noqa: E402
+from probe.models.loading import TOY_DIR  # noqa: E402
+from probe.models.tiny import tiny_words  # noqa: E402
 
 SD_REPLICAS = ("sd15", "sd21-base", "sd21", "sdxl-base")
 TOY_REPLICA = "toy-sd15"

@@ -1,0 +1,377 @@
+"""``attnprobe reproduce``: the paper's experiment end to end, into one folder and one report.
+
+Stages, in order (each skipped when a previous run in the same folder finished it)::
+
+    record   probe datasets (colour_car, animal_park; a random-model control)  data/<set>/
+    probe    linear probes per (layer, step, kind) with controls               probe/<set>/
+    select   layers for FPE from the colour probes                             selection.json
+    sweep    colour edits over layer ranges, self- and cross-replacement      sweep/, sampling.json
+             animal edits over the presets (a category edit changes shape)  sweep_animal/
+    figures  token heat maps, SVD components, probe maps, edit grid           figures/
+    report   one self-contained page                                          report.html
+
+``record`` and ``sweep`` resume inside a stage too (the dataset store and ``sweep.csv`` skip
+what is on disk). A folder keeps its settings in ``reproduce.json``; rerunning with other
+settings is refused, so a report never mixes two runs. ``sampling.json`` says what the edits
+sampled with (DDIM from the model's scheduler config, eta 0; defaults resolved) and which
+scheduler recording ran on (the model's own).
+
+    from editing.experiment.reproduction import ReproduceConfig, reproduce
+    reproduce("runs/demo", ReproduceConfig.preset("toy", quick=True))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from editing.experiment.settings import ReproduceConfig, RunState
+from probe.recording.folders import check_folder_settings
+
+__all__ = ["ReproduceConfig", "Reproduction", "RunState", "pick_pairs", "reproduce"]
+
+log = logging.getLogger(__name__)
+
+STAGES = ("record", "probe", "select", "sweep", "figures", "report")
+MODEL_STAGES = ("record", "sweep", "figures")  # the stages that run the model
+PROBE_SETS = {"colour_car": "colour", "animal_park": "animal"}
+SETTINGS = "reproduce.json"
+SAMPLING = "sampling.json"  # the schedulers and sampling defaults the run used
+SKIPPED = "skipped_ranges.json"  # range presets the model's family refuses, and why
+
+
+class Reproduction:
+    """The stages of one ``reproduce`` run in folder ``out``.
+
+    Args:
+        out: the run's folder (created; a rerun resumes it).
+        config: what to run.
+        progress: show progress bars.
+    """
+
+    def __init__(
+        self, out: str | Path, config: ReproduceConfig, progress: bool = True,
+        workers: int | None = None,
+    ) -> None:  # fmt: skip
+        self.out = Path(out)
+        self.config = config
+        self.progress = progress
+        self.workers = workers
+        self._pipe: Any = None
+        self._pool: Any = None
+
+    def pool(self) -> Any:
+        """Worker processes holding the model (:class:`probe.workers.ModelPool`), started at
+        first use, or ``None``: one worker (``workers=1``, one CPU core) or a model not on the
+        CPU runs in this process."""
+        from probe.workers import ModelPool
+
+        workers = self.worker_count()
+        if self._pool is None and workers > 1 and self.pipe.device.type == "cpu":
+            self._pool = ModelPool(self.config.model, workers)
+        return self._pool
+
+    def worker_count(self) -> int:
+        """``workers``, or by default one per CPU core that the model's copies fit in half the
+        memory with (1 for a ``quick`` run: starting the workers takes longer than its work)."""
+        from probe.workers import affordable_workers, cpu_workers
+
+        if self.workers is not None:
+            return cpu_workers(self.workers)
+        if self.config.quick:
+            return 1
+        return affordable_workers(self.pipe)
+
+    @property
+    def pipe(self) -> Any:
+        """The model, loaded at first use (a finished run never loads it)."""
+        if self._pipe is None:
+            from probe.models import load_pipeline
+
+            self._pipe = load_pipeline(self.config.model)
+        return self._pipe
+
+    def lists(self) -> str | None:
+        """The word lists of the model's toy world (:func:`probe.toy.world.world.lists_name`): a toy
+        trained on world v2 is probed and edited on v2's sixteen colours; ``None`` (the default
+        lists) for the shipped toy and for real checkpoints."""
+        from probe.toy.world.world import lists_name, world_of
+
+        return lists_name(world_of(self.pipe))
+
+    def num_steps(self) -> int:
+        from probe.models import generation_defaults
+
+        return self.config.num_steps or int(generation_defaults(self.pipe)["num_inference_steps"])
+
+    def save_sampling(self) -> None:
+        """Write ``sampling.json``: what the edits sample with (DDIM from the model's config,
+        eta 0, defaults resolved) and the model's own scheduler, which recording runs on."""
+        from editing.sampling import sampling_settings
+        from probe.models.schedulers import scheduler_settings
+
+        said = {
+            "editing": sampling_settings(self.pipe, self.num_steps()),
+            "recording_scheduler": scheduler_settings(self.pipe.scheduler),
+        }
+        (self.out / SAMPLING).write_text(json.dumps(said, indent=2) + "\n")
+
+    def probe_sets(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Set name → (label, seeds), for the sets this run records."""
+        seeds = {"colour_car": self.config.colour_seeds, "animal_park": self.config.animal_seeds}
+        return {name: (label, seeds[name]) for name, label in PROBE_SETS.items() if seeds[name]}
+
+    # -- stages --------------------------------------------------------------------------------
+    def record(self) -> None:
+        """Record every probe set (and the random-model control of the colour set)."""
+        from probe.prompts.templates import load_template
+        from probe.recording.dataset import record_dataset
+        from probe.recording.pooled import record_on_pool
+        from probe.recording.random_control import random_init_like
+
+        steps = list(range(0, self.num_steps(), self.config.step_stride))
+        jobs: list[tuple[str, Any, tuple[int, ...], int | None]] = [
+            (name, self.pipe, seeds, None) for name, (_, seeds) in self.probe_sets().items()
+        ]
+        if self.config.random_control and self.config.colour_seeds:
+            control = None if self.pool() is not None else random_init_like(self.pipe, seed=0)
+            jobs.append(("colour_car_random", control, self.config.colour_seeds, 0))
+        if self.pool() is not None:
+            record_on_pool(self.pool(), self.out / "data", jobs, self._record_args(steps),
+                           self.progress, self.lists())  # fmt: skip
+            return
+        for name, pipe, seeds, random_init in jobs:
+            record_dataset(
+                pipe, load_template(name.removesuffix("_random"), self.lists()), list(seeds),
+                self.out / "data" / name, random_init=random_init, progress=self.progress,
+                **self._record_args(steps),
+            )  # fmt: skip
+
+    def _record_args(self, steps: list[int]) -> dict[str, Any]:
+        return {"model": self.config.model, "steps": steps, "self_reduce": "svd:8",
+                "num_steps": self.num_steps()}  # fmt: skip
+
+    def probe(self) -> None:
+        """Probe every recorded set; write ``probe/<set>/results.csv`` and its figures."""
+        from probe.probing.features import build_features
+        from probe.probing.probes import ProbeConfig, run_probes
+        from probe.recording.store import AttentionDataset
+        from probe.viz.probe_figures import save_probe_figures
+
+        config = ProbeConfig(folds=self.config.folds, max_iter=self.config.probe_max_iter)
+        for name, (label, _) in self.probe_sets().items():
+            features = build_features(
+                AttentionDataset(self.out / "data" / name), label, progress=self.progress
+            )
+            control = None
+            control_dir = self.out / "data" / f"{name}_random"
+            if (control_dir / "index.jsonl").is_file():
+                control = build_features(
+                    AttentionDataset(control_dir), label, progress=self.progress
+                )
+            results = run_probes(
+                features, config, control, jobs=self.worker_count(), progress=self.progress
+            )  # probes fit on the CPU, whatever the model's device
+            results.to_csv(self.out / "probe" / name / "results.csv")
+            save_probe_figures(results, self.out / "probe" / name)
+
+    def select(self) -> None:
+        """Choose FPE's layers from the colour probes (low-leak rule); fall back to ``fpe``.
+
+        Layer specs resolve against the table the probes ran on (saved with their results), so
+        this stage never loads the model.
+        """
+        from probe.attention.layers import resolve_layers
+        from probe.probing.probes import ProbeResults
+        from probe.probing.selection import LayerSelection, select_layers
+
+        results = ProbeResults.from_csv(self.out / "probe" / "colour_car" / "results.csv")
+        if not results.layer_table:  # probed before tables were saved: the dataset has it
+            from probe.recording.store import AttentionDataset
+
+            results.layer_table = AttentionDataset(self.out / "data" / "colour_car").load(0).layers
+        table = results.layer_table
+        within = None if self.config.within == "all" else self.config.within
+        try:
+            selection = select_layers(results, within=within, model=self.config.model)
+        except ValueError as err:
+            log.warning("no probe selection (%s); using the 'fpe' preset", err)
+            selection = LayerSelection(
+                resolve_layers(table, "fpe"), rule="fallback: fpe preset",
+                evidence={"reason": str(err)}, model=self.config.model, layer_table=list(table),
+            )  # fmt: skip
+        selection.save(self.out / "selection.json")
+
+    def edit_pairs(self) -> tuple[list[Any], list[Any]]:
+        """The colour and the animal edit pairs of the sweep (no animal pairs: ``[]``)."""
+        from editing.sweep.ranges import select_pairs
+        from probe.prompts.templates import load_edit_pairs
+
+        colours = pick_pairs(
+            load_edit_pairs("colour_edits", self.lists()).pairs, self.config.sources,
+            self.config.targets_per_source,
+        )  # fmt: skip
+        if self.config.animal_pairs <= 0:
+            return colours, []
+        pairs = load_edit_pairs("animal_edits", self.lists()).pairs
+        animals = select_pairs(pairs, self.config.animal_pairs)
+        return colours, animals
+
+    def check_words(self) -> None:
+        """Refuse the run before anything is written if one of its prompts (probe sets, edit
+        pairs, figures) has a word the model does not know (the toy's closed vocabulary)."""
+        from editing.experiment.figures import EDIT_SOURCE, EDIT_TARGETS, SAMPLE_PROMPT
+        from probe.models.vocabulary import check_known_words
+        from probe.prompts.templates import load_template
+
+        prompts = [item.prompt for name in self.probe_sets()
+                   for item in load_template(name, self.lists()).items]  # fmt: skip
+        colours, animals = self.edit_pairs()
+        prompts += [p for pair in [*colours, *animals] for p in (pair.source, pair.target)]
+        check_known_words(self.pipe, [*prompts, SAMPLE_PROMPT, EDIT_SOURCE, *EDIT_TARGETS])
+
+    def sweep(self) -> None:
+        """Colour edits with self-attention replaced in each range, and cross in a few; then
+        animal edits over the presets, self-attention and cross ``all``."""
+        from editing.scoring.clip_scorer import clip_scorer
+        from editing.sweep.run import sweep
+
+        self.save_sampling()
+        pairs, animals = self.edit_pairs()
+        ranges = self.sweep_ranges(bool(animals))
+        scorer = clip_scorer(self.config.clip, self.config.dino, self.pipe.device)
+        common: dict[str, Any] = {
+            "seeds": list(self.config.sweep_seeds), "out": self.out / "sweep",
+            "num_steps": self.num_steps(), "model_name": self.config.model,
+            "progress": self.progress, **({"scorer": scorer} if scorer is not None else {}),
+            "pool": self.pool() if scorer is None else None,  # a CLIP scorer stays here
+        }  # fmt: skip
+        selection = str(self.out / "selection.json")
+        sweep(self.pipe, pairs, [*ranges["self_ranges"], selection], kinds=("self",), **common)
+        sweep(self.pipe, pairs, ranges["cross_ranges"], kinds=("cross",), **common)
+        if animals:
+            common["out"] = self.out / "sweep_animal"
+            sweep(self.pipe, animals, ranges["animal_ranges"], kinds=("self",), **common)
+            sweep(self.pipe, animals, ["all"], kinds=("cross",), **common)
+
+    def sweep_ranges(self, animals: bool) -> dict[str, list[str]]:
+        """The configured ranges without the presets the model's family refuses (``paper`` on
+        SDXL); writes those presets and the reason to ``skipped_ranges.json`` (for the report)."""
+        from editing.sweep.ranges import drop_refused
+        from probe.models import run_layer_table
+
+        table = run_layer_table(self.pipe)
+        names = ("self_ranges", "cross_ranges", *(("animal_ranges",) if animals else ()))
+        kept: dict[str, list[str]] = {"animal_ranges": []}
+        skipped: dict[str, dict[str, Any]] = {}
+        for name in names:
+            kept[name], left_out = drop_refused(getattr(self.config, name), table)
+            for preset, why in left_out.items():
+                skipped.setdefault(preset, {"reason": why, "sweeps": []})["sweeps"].append(name)
+        (self.out / SKIPPED).write_text(json.dumps(skipped, indent=2) + "\n")
+        return kept
+
+    def figures(self) -> None:
+        """Token heat maps, SVD components and an edit grid into ``figures/``."""
+        from editing.experiment.figures import make_figures
+
+        if self.pool() is not None:  # one torch thread there: no waiting on a busy machine
+            self.pool().submit(make_figures, self.out, self.num_steps()).result()
+        else:
+            make_figures(self.pipe, self.out, self.num_steps())
+
+    def report(self) -> None:
+        """Write ``report.html``."""
+        from editing.experiment.report import write_report_html
+
+        write_report_html(self.out, self.config, RunState.load(self.out).done)
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, say: Callable[[str], None] = print) -> Path:
+        """Run the unfinished stages in order; returns the report's path."""
+        state = RunState.load(self.out)
+        if any(stage not in state.done for stage in MODEL_STAGES):
+            self.check_words()
+        check_folder_settings(self.out, SETTINGS, self.config.to_json(), "a reproduce run")
+        for i, stage in enumerate(STAGES, start=1):
+            if stage in state.done and stage != "report":
+                say(
+                    f"[{i}/{len(STAGES)}] {stage}: done before ({state.done[stage]:.0f} s), skipped"
+                )
+                continue
+            say(f"[{i}/{len(STAGES)}] {stage} ...")
+            start = time.perf_counter()
+            try:
+                getattr(self, stage)()
+            except BaseException:
+                self.close()
+                raise
+            state.finish(stage, time.perf_counter() - start)
+            say(f"[{i}/{len(STAGES)}] {stage}: {state.done[stage]:.0f} s")
+        self.close()
+        return self.out / "report.html"
+
+    def close(self) -> None:
+        """Stop the worker processes (if any were started)."""
+        if self._pool is not None:
+            self._pool.close(cancel=True)
+            self._pool = None
+
+
+def pick_pairs(pairs: list[Any], sources: int, targets_per_source: int) -> list[Any]:
+    """``sources`` source prompts, evenly spread, each with ``targets_per_source`` targets.
+
+    Raises:
+        ValueError: counts below 1.
+    """
+    if sources < 1 or targets_per_source < 1:
+        raise ValueError(
+            f"sources={sources}, targets_per_source={targets_per_source}: need at least 1 each"
+        )
+    by_source: dict[str, list[Any]] = {}
+    for pair in pairs:
+        by_source.setdefault(pair.source, []).append(pair)
+    names = list(by_source)
+    step = max(1, len(names) // sources)
+    chosen = names[::step][:sources]
+    out = []
+    for k, name in enumerate(chosen):
+        group = by_source[name]
+        stride = max(1, len(group) // targets_per_source)
+        offset = k % stride  # vary the targets between sources
+        out += group[offset::stride][:targets_per_source]
+    return out
+
+
+def reproduce(
+    out: str | Path, config: ReproduceConfig, progress: bool = True, workers: int | None = None
+) -> Path:
+    """Run (or resume) the whole experiment into ``out`` and write ``report.html``.
+
+    Args:
+        out: the run's folder.
+        config: :meth:`ReproduceConfig.preset` or your own.
+        progress: show progress bars.
+        workers: processes that record, probe and edit side by side, one torch thread each
+            (:mod:`probe.workers`; default: one per CPU core, 1 for a quick run; 1: all in
+            this process).
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        SettingsMismatchError: ``out`` holds a run with other settings (a ValueError).
+        FileNotFoundError: the model does not exist.
+        UnknownWordError: a prompt of the run has a word outside the model's closed
+            vocabulary (the toy's; see :mod:`probe.models.vocabulary`), before anything is
+            written.
+
+    Example:
+        >>> reproduce("runs/demo", ReproduceConfig.preset("tiny", quick=True))
+        PosixPath('runs/demo/report.html')
+    """
+    return Reproduction(out, config, progress, workers).run()

@@ -1,0 +1,157 @@
+"""Flux (FLUX.1): double- and single-stream joint blocks, T5 text, guidance distilled.
+
+    family_of(load_pipeline("tiny-flux")).name        # 'flux'
+    load_pipeline("~/models/flux-dev")                # FluxPipeline, float32
+
+The denoiser is ``pipe.transformer`` (``FluxTransformer2DModel``): 19 double- and 38
+single-stream blocks on FLUX.1, read by :mod:`probe.families.flux_attention`. The joint text is
+T5's 512 tokens, so words are looked up with T5's tokenizer (``pipe.tokenizer_2``); every row
+needs ``pooled_projections`` (CLIP's pooled output). FLUX.1-dev is guidance-distilled: no
+unconditional rows, the guidance scale is a transformer input (default 3.5, 28 steps, 1024 px;
+FLUX.1-schnell, without a guidance embedding, ignores it).
+
+The sampler is ``FluxPipeline``'s loop, step for step: latents ``[samples, 16, h, w]`` packed
+2×2 into 64-channel tokens, image ids ``(0, row, col)`` per token and zero text ids, sigmas
+``linspace(1, 1/N, N)`` shifted by the image's token count (``mu``), the transformer called
+with ``timestep / 1000``. Controllers' ``after_step`` see unpacked latents. Only
+``FluxPipeline`` folders load (Kontext, Fill and Control take other inputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers import FluxPipeline, FluxTransformer2DModel
+from torch import Tensor
+
+from probe.attention.layer_info import Place
+from probe.families.base import DenoiserCall, meta_model
+from probe.families.conditioning import Conditioning, MicroConditioning
+from probe.families.flux_attention import HookedFluxAttnProcessor
+from probe.families.joint_dit import JointDiTFamily
+from probe.families.sampler import FlowSampler, flow_shift
+from probe.models.tiny_dit import build_tiny_flux_pipeline, tiny_flux_transformer
+
+FLUX_T5_TOKENS = 512
+"""T5 tokens of Flux's joint text sequence: ``FluxPipeline``'s ``max_sequence_length`` default."""
+
+FLUX_NATIVE_LATENT = 128
+"""The latent side Flux is sampled at by default (diffusers' ``FluxPipeline.default_sample_size``:
+1024 px); a Flux transformer's config has no ``sample_size`` (``tiny-flux`` registers one)."""
+
+
+class FluxFamily(JointDiTFamily):
+    """Flux (see the module)."""
+
+    name = "flux"
+    title = "Flux"
+    pipeline_class = "FluxPipeline"
+    processor_class = HookedFluxAttnProcessor
+    text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2")
+    added_conditioning: ClassVar[tuple[str, ...]] = ("pooled_projections",)
+    words: ClassVar[tuple[str, str]] = ("tokenizer_2", "text_encoder_2")
+    text_keys: ClassVar[int] = FLUX_T5_TOKENS
+    batch_guidance: ClassVar[bool] = False
+    generation_defaults: ClassVar[dict[str, Any]] = {
+        "num_inference_steps": 28,
+        "guidance_scale": 3.5,
+    }
+    built_in: ClassVar[dict[str, Any]] = {"tiny-flux": build_tiny_flux_pipeline}
+    built_in_denoisers: ClassVar[dict[str, Any]] = {"tiny-flux": tiny_flux_transformer}
+
+    def recognises(self, config: Any) -> bool:
+        return config.get("num_single_layers") is not None
+
+    def load(self, folder: Path, dtype: torch.dtype | None = None) -> Any:
+        pipe = FluxPipeline.from_pretrained(
+            str(folder), local_files_only=True, dtype=dtype or torch.float32
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def empty_denoiser(self, folder: Path) -> Any:
+        return meta_model(FluxTransformer2DModel, folder / "transformer")
+
+    def native_latent(self, denoiser: Any) -> tuple[int, int]:
+        size = denoiser.config.get("sample_size") or FLUX_NATIVE_LATENT
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    def patch(self, denoiser: Any) -> int:
+        return 2  # Flux packs 2x2 latents into one token
+
+    def blocks(self, denoiser: Any) -> list[tuple[str, Place, Any]]:
+        """The double-stream ``transformer_blocks`` ("joint"), then the single-stream
+        ``single_transformer_blocks`` ("single")."""
+        singles = [
+            (f"single_transformer_blocks.{i}", "single", b.attn)
+            for i, b in enumerate(denoiser.single_transformer_blocks)
+        ]
+        return [*super().blocks(denoiser), *singles]  # type: ignore[list-item]
+
+    def call_inputs(self, args: tuple, kwargs: dict) -> DenoiserCall:
+        """Its packed tokens carry no grid; their ``img_ids`` do (``(0, row, col)`` per
+        2×2-packed token)."""
+        call = super().call_inputs(args, kwargs)
+        ids = kwargs.get("img_ids")
+        if ids is None:
+            raise RuntimeError(
+                "a Flux transformer call without img_ids: call it as FluxPipeline does"
+            )
+        ids = ids[0] if ids.ndim == 3 else ids
+        latent = 2 * (int(ids[:, 1].max()) + 1), 2 * (int(ids[:, 2].max()) + 1)
+        return DenoiserCall(call.batch, call.timestep, call.context, latent)
+
+    def encode(
+        self, pipe: Any, prompts: Sequence[str], guidance: bool, size: tuple[int, int],
+        micro: MicroConditioning,
+    ) -> Conditioning:  # fmt: skip
+        if guidance:
+            raise ValueError(
+                "FLUX.1 is guidance-distilled: its guidance_scale is an input of the transformer, "
+                "not a second, unconditional batch half; encode with guidance=False"
+            )
+        embeds, pooled, _ = pipe.encode_prompt(
+            prompt=list(prompts), prompt_2=None, device=pipe.device, num_images_per_prompt=1,
+            max_sequence_length=FLUX_T5_TOKENS,
+        )  # fmt: skip
+        return Conditioning(embeds, {"pooled_projections": pooled})
+
+    def latent_channels(self, pipe: Any) -> int:
+        return int(pipe.transformer.config.in_channels) // 4
+
+    def predict(
+        self, pipe: Any, model_in: Tensor, t: Tensor, cond: Conditioning, **extra: Any
+    ) -> Tensor:
+        """The velocity of unpacked latents ``[n, 16, h, w]``, packed for the call and back."""
+        n, channels, h, w = model_in.shape
+        packed = pipe._pack_latents(model_in, n, channels, h, w)
+        img_ids = pipe._prepare_latent_image_ids(n, h // 2, w // 2, model_in.device, model_in.dtype)
+        txt_ids = torch.zeros(
+            cond.embeddings.shape[1], 3, device=model_in.device, dtype=model_in.dtype
+        )
+        guidance = None
+        if pipe.transformer.config.guidance_embeds:
+            scale = float(extra.get("guidance_scale", self.generation_defaults["guidance_scale"]))
+            guidance = torch.full([n], scale, device=model_in.device, dtype=torch.float32)
+        velocity = pipe.transformer(
+            hidden_states=packed, timestep=t.expand(n).to(packed.dtype) / 1000,
+            guidance=guidance, txt_ids=txt_ids, img_ids=img_ids, return_dict=False,
+            **cond.transformer_kwargs(),
+        )[0]  # fmt: skip
+        scale = pipe.vae_scale_factor
+        return pipe._unpack_latents(velocity, h * scale, w * scale, scale)
+
+    def sampler(self, pipe: Any, num_steps: int, latent_hw: tuple[int, int]) -> FlowSampler:
+        config = pipe.scheduler.config
+        mu = flow_shift(config, self.image_tokens(pipe.transformer, latent_hw), 1.15)
+        sigmas = (
+            None if config.get("use_flow_sigmas") else np.linspace(1.0, 1 / num_steps, num_steps)
+        )
+        return FlowSampler(self, pipe, num_steps, latent_hw, mu=mu, sigmas=sigmas)
+
+
+FLUX = FluxFamily()

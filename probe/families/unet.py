@@ -1,0 +1,180 @@
+"""What SD 1.x/2.x and SDXL share: a UNet of transformer blocks, DDIM editing, ε-prediction.
+
+    unet_layers(pipe.unet)               # one LayerInfo per transformer block, execution order
+    attention_modules(pipe.unet)         # {"down_blocks.0...attn1.processor": (0, "self")}
+
+A *layer* is one transformer block: a pair of ``Attention`` modules, ``attn1`` (self) and
+``attn2`` (cross). SD 1.x/2.x UNets have 16: two in each of ``down_blocks.0-2``, one in the
+mid block and three in each of ``up_blocks.1-3``. SDXL base has 70: its attention blocks hold
+1, 2 or 10 transformer blocks each (``down_blocks.1-2``, the mid block, ``up_blocks.0-1``), and
+each transformer block is a layer (``...attentions.0.transformer_blocks.3``). Layers are
+numbered 0-based in the order the UNet runs them (down → mid → up), by walking the model; the
+order of ``unet.attn_processors`` (down, up, mid) is never used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from diffusers import UNet2DConditionModel
+from torch import Tensor, nn
+
+from probe.attention.layer_info import Kind, LayerInfo, Place, halve
+from probe.attention.processor import HookedAttnProcessor
+from probe.families.base import DenoiserCall, ModelFamily, meta_model
+from probe.families.conditioning import Conditioning
+from probe.families.fpe_rule import positions_rule
+from probe.families.sampler import DDIMSampler
+
+
+def _transformer_blocks(block: nn.Module, prefix: str) -> list[tuple[str, Any]]:
+    found = []
+    for i, attention in enumerate(getattr(block, "attentions", None) or []):
+        tblocks = list(getattr(attention, "transformer_blocks", []))
+        for j, tb in enumerate(tblocks):
+            name = f"{prefix}.attentions.{i}"
+            if len(tblocks) > 1:
+                name += f".transformer_blocks.{j}"
+            found.append((name, tb))
+    return found
+
+
+def _walk(unet: UNet2DConditionModel) -> list[tuple[str, Place, int, Any]]:
+    """(name, place, level, transformer block) for every layer, in execution order."""
+    out: list[tuple[str, Place, int, Any]] = []
+    level = 0
+    for i, block in enumerate(unet.down_blocks):
+        out += [(n, "down", level, tb) for n, tb in _transformer_blocks(block, f"down_blocks.{i}")]
+        if getattr(block, "downsamplers", None) is not None:
+            level += 1
+    if unet.mid_block is not None:
+        out += [(n, "mid", level, tb) for n, tb in _transformer_blocks(unet.mid_block, "mid_block")]
+    for i, block in enumerate(unet.up_blocks):
+        out += [(n, "up", level, tb) for n, tb in _transformer_blocks(block, f"up_blocks.{i}")]
+        if getattr(block, "upsamplers", None) is not None:
+            level -= 1
+    return out
+
+
+def unet_layers(
+    unet: UNet2DConditionModel,
+    latent_height: int | None = None,
+    latent_width: int | None = None,
+    family: str | None = None,
+) -> list[LayerInfo]:
+    """Every attention layer of ``unet``, in execution order.
+
+    Args:
+        unet: a diffusers ``UNet2DConditionModel`` (SD 1.x/2.x or similar).
+        family: the family's name for ``LayerInfo.family`` (default: read from the config).
+        latent_height: latent height in positions, not pixels (pixels / ``vae_scale_factor``,
+            8 for SD's VAE); default the UNet's ``sample_size`` (64 for SD 1.5, i.e. 512 px).
+        latent_width: latent width in positions; default ``latent_height``.
+
+    Returns:
+        One :class:`LayerInfo` per transformer block, indexed 0..N-1.
+
+    Example:
+        >>> [layer.resolution[0] for layer in unet_layers(pipe.unet)]  # SD 1.5
+        [64, 64, 32, 32, 16, 16, 8, 16, 16, 16, 32, 32, 32, 64, 64, 64]
+    """
+    size = unet.config.sample_size
+    native = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    height = latent_height or native[0]
+    width = latent_width or height
+    if family is None:  # a bare UNet: SDXL's takes its added text-time conditioning
+        family = "sdxl" if unet.config.get("addition_embed_type") == "text_time" else "sd"
+    layers = []
+    for index, (name, place, level, tb) in enumerate(_walk(unet)):
+        attn1, attn2 = tb.attn1, getattr(tb, "attn2", None)
+        layers.append(
+            LayerInfo(
+                index=index,
+                name=name,
+                place=place,
+                level=level,
+                heads=attn1.heads,
+                channels=attn1.to_q.in_features,
+                cross_dim=attn2.to_k.in_features if attn2 is not None else 0,
+                resolution=(halve(height, level), halve(width, level)),
+                native_latent=native,
+                family=family,
+            )
+        )
+    return layers
+
+
+def attention_modules(unet: UNet2DConditionModel) -> dict[str, tuple[int, Kind]]:
+    """Map each attention processor name (``...attn1.processor``) to (layer index, kind)."""
+    out: dict[str, tuple[int, Kind]] = {}
+    for index, (name, _place, _level, tb) in enumerate(_walk(unet)):
+        tb_name = name if ".transformer_blocks." in name else f"{name}.transformer_blocks.0"
+        out[f"{tb_name}.attn1.processor"] = (index, "self")
+        if getattr(tb, "attn2", None) is not None:
+            out[f"{tb_name}.attn2.processor"] = (index, "cross")
+    return out
+
+
+class UNetFamily(ModelFamily):
+    """A family whose denoiser is a ``UNet2DConditionModel`` (SD 1.x/2.x, SDXL): separate
+    self- and cross-attention modules per transformer block, ε-prediction, DDIM editing."""
+
+    denoiser_attr: ClassVar[str] = "unet"
+    addition_embed_type: ClassVar[str | None] = None
+
+    def recognises(self, config: Any) -> bool:
+        return (
+            config.get("joint_attention_dim") is None
+            and config.get("num_single_layers") is None
+            and config.get("addition_embed_type") == self.addition_embed_type
+            and "down_block_types" in config
+        )
+
+    def empty_denoiser(self, folder: Path) -> Any:
+        return meta_model(UNet2DConditionModel, folder / "unet")
+
+    def layers(
+        self, denoiser: Any, latent_height: int | None = None, latent_width: int | None = None
+    ) -> list[LayerInfo]:
+        return unet_layers(denoiser, latent_height, latent_width, family=self.name)
+
+    def attention_modules(self, denoiser: Any) -> dict[str, tuple[int, tuple[Kind, ...]]]:
+        return {name: (i, (kind,)) for name, (i, kind) in attention_modules(denoiser).items()}
+
+    def hooked_processors(self, hooks: Any, denoiser: Any, saved: dict[str, Any]) -> dict:
+        modules = attention_modules(denoiser)
+        missing = set(saved) - set(modules)
+        if missing:
+            raise RuntimeError(
+                "attention modules outside transformer blocks are not supported: "
+                f"{sorted(missing)[:3]}"
+            )
+        return {
+            name: HookedAttnProcessor(hooks, hooks.layers[index], kind, saved[name])
+            for name, (index, kind) in modules.items()
+        }
+
+    def call_inputs(self, args: tuple, kwargs: dict) -> DenoiserCall:
+        sample = args[0] if args else kwargs["sample"]
+        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        context = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
+        return DenoiserCall(int(sample.shape[0]), t, context, tuple(sample.shape[-2:]))
+
+    def fpe_rule(self, layers: Any) -> str:
+        return positions_rule(layers)
+
+    def predict(
+        self, pipe: Any, model_in: Tensor, t: Tensor, cond: Conditioning, **extra: Any
+    ) -> Tensor:
+        return pipe.unet(model_in, t, **cond.unet_kwargs()).sample
+
+    def sampler(self, pipe: Any, num_steps: int, latent_hw: tuple[int, int]) -> DDIMSampler:
+        return DDIMSampler(self, pipe, num_steps, latent_hw)
+
+
+def _dtype_or_float32(dtype: torch.dtype | None) -> torch.dtype:
+    """Folders record their save dtype (float16 for SD 2.x and SDXL), which transformers would
+    load the text encoders in next to a float32 UNet: load float32 unless asked."""
+    return dtype or torch.float32
