@@ -70,3 +70,25 @@ def test_settings_files_print_every_default(tmp_path):
     assert said["scheduler"]["class"] == "DDIMScheduler" and said["scheduler"]["eta"] == 0.0
     assert said["scheduler"]["config"]["steps_offset"] == 1
     assert said["defaults"]["family"] == "tiny"
+
+
+def test_a_bad_layer_spec_on_edit_image_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """--layers is resolved against the table built from the model's config (meta device),
+    so a layer the model does not have fails before the weights load or the image is
+    inverted: load_pipeline and ddim_invert must never be called."""
+    import probe.models.loading as loading
+    from PIL import Image
+
+    called = []
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: called.append("load"))
+    image = tmp_path / "car.png"
+    Image.new("RGB", (64, 64), "red").save(image)
+    args = ["edit", "--model", "toy", "--source", "a red car", "--target", "a blue car",
+            "--image", str(image), "--out", str(tmp_path / "e")]  # fmt: skip
+    assert main([*args, "--layers", "4-40"]) == 2
+    err = capsys.readouterr().err
+    assert called == [] and "Traceback" not in err and err.strip().count("\n") == 0
+    assert "--layers 4-40" in err and "layer 16 does not exist" in err and "0-15" in err
+    assert main([*args, "--method", "masactrl", "--mask-layers", "up_blocks.9"]) == 2
+    err = capsys.readouterr().err
+    assert called == [] and "--mask-layers up_blocks.9" in err and "unknown layer spec" in err

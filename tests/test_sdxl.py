@@ -80,9 +80,10 @@ def test_sdxl_replica_loads_as_sdxl_with_its_scheduler(xl_replica):
 
 
 def test_a_pixart_folder_is_refused_naming_what_loads(tmp_path):
-    # SD3 and Flux folders load since issue 15 (tests/test_sd3.py, tests/test_flux.py)
+    # SD3 and Flux folders load since issue 15 (tests/test_sd3.py, tests/test_flux.py), PixArt-Σ
+    # since issue 26 (tests/test_pixart.py); PixArt-α is not a family yet
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "PixArtAlphaPipeline"}))
-    with pytest.raises(NotImplementedError, match="loads SD 1.x/2.x, SDXL, SD3 and Flux"):
+    with pytest.raises(NotImplementedError, match="loads SD 1.x/2.x, SDXL, PixArt-Σ, SD3, Flux"):
         load_pipeline(tmp_path)
 
 

@@ -118,8 +118,9 @@ def family_of_folder(folder: Path) -> ModelFamily:
     if pipeline_class.startswith(NOT_LOADED):
         raise NotImplementedError(
             f"{folder} is a {pipeline_class} folder (model_index.json): attnprobe loads "
-            f"{', '.join(f.pipeline_class for f in FAMILIES)} folders so far; use one of "
-            "those, or --model toy"
+            f"{', '.join(f.title for f in reversed(FAMILIES))} folders so far "
+            f"({', '.join(f.pipeline_class for f in reversed(FAMILIES))}); use one of those, "
+            "or --model toy"
         )
     return SD
 

@@ -20,7 +20,9 @@ from probe.toy.weight_folders import TOY_DIR as TOY_DIR
 from probe.toy.weight_folders import TOY_FOLDERS as TOY_FOLDERS
 from probe.toy.weight_folders import TOY_V2_DIR as TOY_V2_DIR
 
-BUILT_IN: dict[str, Any] = {name: build for f in FAMILIES for name, build in f.built_in.items()}
+BUILT_IN: dict[str, Any] = {
+    name: build for f in reversed(FAMILIES) for name, build in f.built_in.items()
+}
 """The random models built in memory, by name (each family's ``built_in``)."""
 
 HOW_TO_GET_WEIGHTS = (
@@ -100,8 +102,8 @@ def resolve_folder(spec: str | Path) -> Path:
     folder = Path(spec).expanduser()
     if not folder.exists():
         raise FileNotFoundError(
-            f"model {str(spec)!r} is not a built-in model "
-            f"({', '.join(['toy', 'toy-v2', *BUILT_IN])}) or a folder on disk. "
+            f"model {str(spec)!r} is not "
+            f"{', '.join(repr(n) for n in ['toy', 'toy-v2', *BUILT_IN])} or a folder on disk. "
             f"{HOW_TO_GET_WEIGHTS}"
         )
     if not (folder / "model_index.json").is_file():
