@@ -181,16 +181,19 @@ def test_recording_leaves_the_image_unchanged_and_reads_the_conditional_row(pixa
 
 
 def test_the_guidance_of_each_call_is_read_from_the_pipeline(pixart):
-    with record_attention(pixart, kinds=("cross",), rows="all", dtype=torch.float32) as maps:
-        generate(pixart, guidance_scale=4.5)
-    both = maps[0, 0, "cross"]
-    assert both.shape[0] == 2  # [uncond; cond]
-    assert (both[0, ..., 0] - 1).abs().max() <= 1e-5  # "" attends to its </s> only
-    assert both[1, ..., 1:4].sum(-1).min() > 1e-3
-    with record_attention(pixart, kinds=("cross",), rows="all", dtype=torch.float32) as maps:
-        generate(pixart, guidance_scale=1.0)  # no guidance: one conditional row
-    assert maps[0, 0, "cross"].shape[0] == 1
-    assert maps[0, 0, "cross"][..., 1:4].sum(-1).min() > 1e-3
+    """PixArt's pipeline keeps its guidance flag a local of its call: the family's watch reads it
+    from ``encode_prompt``. Guided, the unconditional "" row comes first; unguided there is one
+    row; either way the recorded conditional row is the one that reads the words."""
+    for guidance_scale, rows in ((4.5, 2), (1.0, 1)):
+        with record_attention(pixart, kinds=("cross",), rows="all", dtype=torch.float32) as every:
+            generate(pixart, guidance_scale=guidance_scale)
+        with record_attention(pixart, kinds=("cross",), dtype=torch.float32) as cond:
+            generate(pixart, guidance_scale=guidance_scale)
+        assert every[0, 0, "cross"].shape[0] == rows and cond[0, 0, "cross"].shape[0] == 1
+        assert torch.equal(every[0, 0, "cross"][-1:], cond[0, 0, "cross"])
+        assert cond[0, 0, "cross"][..., 1:4].sum(-1).min() > 1e-3
+        if rows == 2:  # "" attends to its </s> (key 0) only
+            assert (every[0, 0, "cross"][0, ..., 0] - 1).abs().max() <= 1e-5
 
 
 # --- record → probe → select ----------------------------------------------------------------
@@ -249,10 +252,10 @@ def test_record_probe_select_on_the_replica(replica, replica_folder, colours3, t
     from probe.recording.store import AttentionDataset
 
     record_dataset(replica, load_template(colours3), range(3), tmp_path / "ds",
-                   model=str(replica_folder), num_steps=2, self_reduce="svd:8", progress=False,
-                   **SIZE)  # fmt: skip
+                   model=str(replica_folder), num_steps=2, steps="0", self_reduce="svd:8",
+                   batch_size=9, progress=False, **SIZE)  # fmt: skip
     data = AttentionDataset(tmp_path / "ds")
-    assert len(data) == 9 and data.meta["latent_hw"] == [8, 8]
+    assert len(data) == 9 and data.meta["latent_hw"] == [8, 8] and data.meta["steps"] == [0]
     assert type(replica.scheduler) is DPMSolverMultistepScheduler
     features = build_features(data, "colour", steps=[0], progress=False)
     results = run_probes(features, ProbeConfig(folds=2, max_iter=50), progress=False)
@@ -302,7 +305,8 @@ def test_p2p_and_masactrl_edit_the_target(pixart):
                 start_step=1, **kwargs)  # fmt: skip
     assert "start_layer=2" in masa.settings["controllers"][0]
     assert torch.equal(masa.latents[0], plain.latents[0])
-    assert (masa.latents[1] - plain.latents[1]).abs().max() > 1e-4 * z
+    # steps 1-2 only: far smaller than the first step's (÷√ᾱ₉₉₉) changes, above rounding
+    assert (masa.latents[1] - plain.latents[1]).abs().max() > 1e-5 * z
     earlier = edit(pixart, "a red car", ["a blue car"], method="masactrl", start_layer=0,
                    start_step=1, **kwargs)  # fmt: skip
     assert not torch.equal(earlier.latents[1], masa.latents[1])  # start_layer is honoured

@@ -57,8 +57,8 @@ def resolve_layers(unet_or_layers: Any, spec: LayerSpec) -> list[int]:
             positions, height × width (``"positions<=1024"`` or ``"positions<=32x32"``: maps of
             at most 32×32 positions); a preset (``fpe`` = the
             official FPE rule, ``"positions<=1024"`` on SD 1.x/2.x and SDXL, carried to smaller
-            models, see :mod:`probe.attention.fpe_rule`; ``paper``, SD only; ``masactrl``, per
-            family, see :mod:`probe.families`; ``all``); ``"none"``; or
+            models, see :func:`probe.families.unet.positions_rule`; ``paper``, SD only;
+            ``masactrl``, per family, see :mod:`probe.families`; ``all``); ``"none"``; or
             the path of a saved layer-selection JSON file (with a ``"layers"`` key). Rules
             mean the latent size of the table: pass the run's table.
 
@@ -198,7 +198,7 @@ def preset_rule(layers: Sequence[LayerInfo], preset: str) -> str:
 
 def fpe_rule(layers: Sequence[LayerInfo]) -> str:
     """The rule the ``fpe`` preset stands for on this table's model
-    (:mod:`probe.families.fpe_rule`; every block on SD3 and Flux).
+    (UNets: :func:`probe.families.unet.positions_rule`; every block on the DiTs).
 
     Example:
         >>> fpe_rule(layer_table("toy")), fpe_rule(layer_table("~/models/sd15"))

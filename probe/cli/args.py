@@ -20,8 +20,9 @@ def add_model_arg(parser: argparse.ArgumentParser, device: bool = False) -> None
         "--model",
         default=None,
         help="'toy' (default; the embedded model), 'toy-v2' (the toy of world v2), 'tiny' / "
-        "'tiny-xl' / 'tiny-sd3' / 'tiny-flux' (random weights, SD / SDXL / SD3 / Flux topology) "
-        "or a diffusers SD 1.x/2.x, SDXL, SD3 or Flux folder",
+        "'tiny-xl' / 'tiny-sd3' / 'tiny-flux' / 'tiny-pixart' (random weights, SD / SDXL / SD3 "
+        "/ Flux / PixArt-Σ topology) or a diffusers SD 1.x/2.x, SDXL, SD3, Flux or PixArt-Σ "
+        "folder",
     )
     if device:
         parser.add_argument(

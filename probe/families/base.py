@@ -212,7 +212,8 @@ class ModelFamily:
         )
 
     def fpe_rule(self, layers: Sequence[LayerInfo]) -> str:
-        """The rule the ``fpe`` preset stands for here (:mod:`probe.families.fpe_rule`)."""
+        """The rule the ``fpe`` preset stands for here: every block by default (a DiT's blocks
+        all see one query size); UNets: :func:`probe.families.unet.positions_rule`."""
         return "all"
 
     # -- sampling --------------------------------------------------------------------------------

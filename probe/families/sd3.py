@@ -13,8 +13,14 @@ also needs ``pooled_projections`` (the two CLIP pooled embeddings, 768+1280); un
 are the empty prompt's; a step is one iteration of the flow-match Euler loop. Generation:
 diffusers' ``StableDiffusion3Pipeline`` defaults (28 steps, guidance 7.0, as on the SD3 medium
 model card), at 1024 px. Presets: ``fpe`` = every block, ``paper`` and ``masactrl`` refused.
-SD3.5 Large loads as SD3; SD3.5 Medium's dual-attention blocks (``attn2``, image-only
-self-attention in its first blocks) keep their own processor (docs/joint_attention.md).
+
+SD3.5 Large loads as SD3 (38 joint blocks, q/k RMS norms). SD3.5 Medium's first 13 blocks
+(``dual_attention_layers`` in its config) add a second attention, ``attn2``: image tokens only,
+after the joint one. It is hooked as a kind of its own, ``image_only`` (``[queries, queries]``
+as ``self``; diffusers runs it with ``JointAttnProcessor2_0`` and no text tokens, which is plain
+attention with q/k norms: attnprobe's :class:`~probe.attention.processor.HookedAttnProcessor`),
+recorded with ``kinds=("image_only",)`` and left alone by the DiT FPE, which edits the joint
+attention only (docs/joint_attention.md).
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ import torch
 from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 from torch import Tensor
 
-from probe.attention.joint import HookedSD3AttnProcessor
+from probe.attention.joint import JOINT_KINDS, HookedSD3AttnProcessor
+from probe.attention.layer_info import Kind
+from probe.attention.processor import HookedAttnProcessor
 from probe.families.base import meta_model, read_model_index
 from probe.families.conditioning import Conditioning, MicroConditioning
 from probe.families.joint_dit import JointDiTFamily
@@ -37,6 +45,8 @@ from probe.models.tiny_dit import build_tiny_sd3_pipeline, tiny_sd3_transformer
 SD3_T5_TOKENS = 256
 """T5 tokens of SD3's joint text sequence: diffusers' ``max_sequence_length`` default (zeros
 when the folder has no T5); they follow the 77 CLIP tokens."""
+IMAGE_ONLY: tuple[Kind, ...] = ("image_only",)
+"""The kind of SD3.5 Medium's ``attn2``: image queries reading image keys, its own softmax."""
 
 
 class SD3Family(JointDiTFamily):
@@ -49,6 +59,7 @@ class SD3Family(JointDiTFamily):
     text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2", "text_encoder_3")
     added_conditioning: ClassVar[tuple[str, ...]] = ("pooled_projections",)
     text_keys: ClassVar[int] = 77 + SD3_T5_TOKENS
+    kinds: ClassVar[tuple[Kind, ...]] = (*JOINT_KINDS, *IMAGE_ONLY)
     generation_defaults: ClassVar[dict[str, Any]] = {
         "num_inference_steps": 28,
         "guidance_scale": 7.0,
@@ -61,6 +72,29 @@ class SD3Family(JointDiTFamily):
 
     def recognises(self, config: Any) -> bool:
         return config.get("joint_attention_dim") is not None and "num_single_layers" not in config
+
+    def attention_modules(self, denoiser: Any) -> dict[str, tuple[int, tuple[Kind, ...]]]:
+        """Every block's joint ``attn`` (the four joint kinds), each followed, in a dual-attention
+        block (SD3.5 Medium's first 13), by its image-only ``attn2`` (``image_only``)."""
+        modules: dict[str, tuple[int, tuple[Kind, ...]]] = {}
+        for name, (index, kinds) in super().attention_modules(denoiser).items():
+            modules[name] = (index, kinds)
+            if getattr(denoiser.transformer_blocks[index], "attn2", None) is not None:
+                modules[f"transformer_blocks.{index}.attn2.processor"] = (index, IMAGE_ONLY)
+        return modules
+
+    def hooked_processors(self, hooks: Any, denoiser: Any, saved: dict[str, Any]) -> dict:
+        """:class:`HookedSD3AttnProcessor` on every joint ``attn``; on every ``attn2`` the plain
+        :class:`HookedAttnProcessor` of kind ``image_only`` (what diffusers'
+        ``JointAttnProcessor2_0`` computes when called without text tokens)."""
+        hooked = {}
+        for name, (index, kinds) in self.attention_modules(denoiser).items():
+            layer, fallback = hooks.layers[index], saved[name]
+            if kinds == IMAGE_ONLY:
+                hooked[name] = HookedAttnProcessor(hooks, layer, "image_only", fallback)
+            else:
+                hooked[name] = self.processor_class(hooks, layer, "self", fallback)
+        return hooked
 
     def load(self, folder: Path, dtype: torch.dtype | None = None) -> Any:
         """In float32 unless asked (its configs record float16); a folder without T5

@@ -41,29 +41,30 @@ def load_pipeline(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> Any:
-    """Load a Stable Diffusion pipeline, offline.
+    """Load a pipeline, offline.
 
     Args:
         spec: ``"toy"`` (the embedded trained toy model), ``"toy-v2"`` (the toy of world v2,
-            sixteen colours), ``"tiny"`` (random weights, SD 1.x
-            topology, for tests), ``"tiny-xl"``, ``"tiny-sd3"``, ``"tiny-flux"`` (random weights,
-            SDXL / SD3 / Flux topology, for tests) or the path of a diffusers SD 1.x/2.x, SDXL,
-            SD3 or Flux folder (told apart by the ``_class_name`` of its model_index.json).
+            sixteen colours), a random model built in memory for tests (``"tiny"``,
+            ``"tiny-xl"``, ``"tiny-sd3"``, ``"tiny-flux"``, ``"tiny-pixart"``: SD 1.x, SDXL,
+            SD3, Flux, PixArt-Σ topology) or the path of a diffusers folder of a family
+            attnprobe knows, told apart by the ``_class_name`` of its model_index.json
+            (:func:`probe.families.family_of_folder`).
         device: where to put it (default: CPU).
-        dtype: weights' dtype (default: float32).
+        dtype: weights' dtype (default: float32); a folder is loaded in it.
 
     Returns:
-        A ``StableDiffusionPipeline`` (safety checker off) or, for an SDXL folder and
-        ``tiny-xl``, a ``StableDiffusionXLPipeline`` (its invisible watermark off); a
-        ``StableDiffusion3Pipeline`` or ``FluxPipeline`` for those folders and models. A model
-        with a closed vocabulary (the toy) refuses prompts with a word it never learned
+        The family's pipeline (``StableDiffusionPipeline`` with the safety checker off,
+        ``StableDiffusionXLPipeline`` without the invisible watermark,
+        ``StableDiffusion3Pipeline``, ``FluxPipeline``, ``PixArtSigmaPipeline``). A model with
+        a closed vocabulary (the toy) refuses prompts with a word it never learned
         (:mod:`probe.models.vocabulary`); real checkpoints and ``tiny`` take any word.
 
     Raises:
         FileNotFoundError: the spec is neither a built-in model nor a folder on disk, or the
             folder is not a diffusers pipeline.
-        NotImplementedError: a folder of a family attnprobe does not load yet (PixArt, Flux
-            Kontext, ...).
+        NotImplementedError: a folder of a family attnprobe does not load yet (PixArt-α, Sana,
+            Flux Kontext, ...).
 
     Example:
         >>> pipe = load_pipeline("tiny")

@@ -1,6 +1,7 @@
 """``tiny-sd3`` and ``tiny-flux``: random DiT pipelines built in memory for tests (no network).
 
     pipe = build_tiny_sd3_pipeline()     # StableDiffusion3Pipeline: 3 joint blocks, 128 px, no T5
+    pipe35 = build_tiny_sd35_pipeline()  # the same, shaped as SD3.5 Medium: attn2 in blocks 0-1
     flux = build_tiny_flux_pipeline()    # FluxPipeline: 2 double- + 2 single-stream blocks, 128 px
 
 It keeps what makes SD3 SD3: an ``SD3Transformer2DModel`` (patch 2, 16 latent channels, joint
@@ -11,7 +12,9 @@ into ``pooled_projections`` (80; SD3: 2048), no third encoder (``text_encoder_3=
 tokens are zeros, as diffusers does), a 16-channel VAE with SD3's scaling and shift factors
 and no quant convs, and ``FlowMatchEulerDiscreteScheduler`` with SD3's shift 3.0.
 At 128 px the latent is 16×16 and every block attends over 8×8 = 64 image tokens and
-77 + 256 = 333 text tokens.
+77 + 256 = 333 text tokens. :func:`build_tiny_sd35_pipeline` keeps what SD3.5 Medium adds: q/k
+RMS norms and, in its first blocks (``dual_attention_layers``; Medium: 0-12 of 24, here 0-1 of
+3), a second, image-only attention ``attn2``. It is built directly by tests, not a built-in name.
 
 ``tiny-flux`` keeps Flux's: a ``FluxTransformer2DModel`` (latents packed 2×2 into 64-channel
 tokens, rotary embeddings, double-stream then single-stream blocks, a guidance embedding as
@@ -25,6 +28,7 @@ Flux-dev's dynamically shifted flow-match Euler schedule. It is sampled at 128 p
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 
 import torch
 from diffusers import (
@@ -53,8 +57,17 @@ TINY_SD3_JOINT_DIM = 96
 """``tiny-sd3``'s ``joint_attention_dim``, the width CLIP states are padded to (SD3: 4096)."""
 
 
-def tiny_sd3_transformer(sample_size: int = 16) -> SD3Transformer2DModel:
-    """A randomly initialised SD3 transformer: 3 joint blocks of 4 heads × 8 channels."""
+TINY_SD35_DUAL_LAYERS = (0, 1)
+"""The blocks of ``build_tiny_sd35_pipeline``'s transformer with an image-only ``attn2``."""
+
+
+def tiny_sd3_transformer(
+    sample_size: int = 16,
+    dual_attention_layers: tuple[int, ...] = (),
+    qk_norm: str | None = None,
+) -> SD3Transformer2DModel:
+    """A randomly initialised SD3 transformer: 3 joint blocks of 4 heads × 8 channels
+    (``dual_attention_layers`` and ``qk_norm`` as SD3.5's config names them; SD3: none)."""
     return SD3Transformer2DModel(
         sample_size=sample_size,
         patch_size=2,
@@ -67,7 +80,15 @@ def tiny_sd3_transformer(sample_size: int = 16) -> SD3Transformer2DModel:
         pooled_projection_dim=sum(TINY_SD3_TEXT),
         out_channels=16,
         pos_embed_max_size=32,  # latents up to 64x64 (512 px)
+        dual_attention_layers=dual_attention_layers,
+        qk_norm=qk_norm,
     )
+
+
+def tiny_sd35_transformer(sample_size: int = 16) -> SD3Transformer2DModel:
+    """:func:`tiny_sd3_transformer` shaped as SD3.5 Medium: q/k RMS norms, and an image-only
+    ``attn2`` in blocks :data:`TINY_SD35_DUAL_LAYERS`."""
+    return tiny_sd3_transformer(sample_size, TINY_SD35_DUAL_LAYERS, "rms_norm")
 
 
 def tiny_sd3_vae(scaling: float = 1.5305, shift: float = 0.0609) -> AutoencoderKL:
@@ -90,10 +111,13 @@ def tiny_sd3_vae(scaling: float = 1.5305, shift: float = 0.0609) -> AutoencoderK
     )
 
 
-def build_tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
+def build_tiny_sd3_pipeline(
+    seed: int = 0, transformer: Callable[[], SD3Transformer2DModel] = tiny_sd3_transformer
+) -> StableDiffusion3Pipeline:
     """Build ``tiny-sd3``: SD3 topology, random weights, deterministic for ``seed``.
 
-    Images are 128×128 px. The global RNG state is left as it was.
+    Images are 128×128 px. The global RNG state is left as it was. ``transformer`` builds the
+    denoiser (:func:`build_tiny_sd35_pipeline` passes SD3.5 Medium's shape).
 
     Example:
         >>> pipe = build_tiny_sd3_pipeline()
@@ -111,15 +135,27 @@ def build_tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
             CLIPTextModelWithProjection(_text_config(*ids, hidden=h, projection_dim=h))
             for h in TINY_SD3_TEXT
         ]
-        transformer = tiny_sd3_transformer()
+        denoiser = transformer()
         vae = tiny_sd3_vae()
     pipe = StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        transformer=denoiser, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
         text_encoder=encoders[0], tokenizer=tokenizer, text_encoder_2=encoders[1],
         tokenizer_2=tokenizer_2, text_encoder_3=None, tokenizer_3=None,
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def build_tiny_sd35_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
+    """``tiny-sd3`` shaped as SD3.5 Medium (:func:`tiny_sd35_transformer`): the same text
+    encoders, VAE and scheduler, deterministic for ``seed``.
+
+    Example:
+        >>> pipe = build_tiny_sd35_pipeline()
+        >>> [b.attn2 is not None for b in pipe.transformer.transformer_blocks]
+        [True, True, False]
+    """
+    return build_tiny_sd3_pipeline(seed, tiny_sd35_transformer)
 
 
 TINY_FLUX_LATENT = 16

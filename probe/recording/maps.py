@@ -8,6 +8,8 @@ Stored tensors (names as on disk):
   ``[samples, heads', cells, cells]`` (``pool:R``)
 - ``self/L05/S012/u|s|v``: ``[samples, heads', queries, K]``, ``[samples, heads', K]``,
   ``[samples, heads', queries, K]`` (``svd:K``; the map is ``u diag(s) vᵀ``)
+- on a DiT also ``text_image/...``, ``text_text/...`` (whole) and, on SD3.5 Medium's
+  dual-attention blocks, ``image_only/L05/S012`` (kept as ``self``: whole, pooled or SVD)
 
 ``heads'`` is 1 for the head mean. Queries run row-major over the layer's (height, width) map.
 """
@@ -105,19 +107,20 @@ class AttentionMaps:
         raise KeyError(self._missing(layer, step, kind))
 
     def _missing(self, layer: int, step: int, kind: str) -> str:
-        if kind not in ("cross", "self", "text_image", "text_text"):
+        if kind not in ("cross", "self", "text_image", "text_text", "image_only"):
             return (
                 f"kind {kind!r} is neither 'cross' nor 'self' (nor a DiT's 'text_image' or "
-                "'text_text')"
+                "'text_text', nor SD3.5 Medium's 'image_only')"
             )
         layers, steps = self.recorded_layers(kind), self.steps
         if layer not in layers:
             return f"layer {layer} was not recorded ({kind}): recorded layers are {layers}"
         return f"step {step} was not recorded: recorded steps are {steps[0]}-{steps[-1]}"
 
-    def svd(self, layer: int, step: int) -> tuple[Tensor, Tensor, Tensor]:
-        """The stored SVD ``(u, s, v)`` of a self-attention map recorded with ``svd:K``."""
-        name = tensor_name("self", layer, step)
+    def svd(self, layer: int, step: int, kind: str = "self") -> tuple[Tensor, Tensor, Tensor]:
+        """The stored SVD ``(u, s, v)`` of a self-attention map recorded with ``svd:K`` (or of
+        SD3.5 Medium's ``image_only`` map, reduced the same way)."""
+        name = tensor_name(kind, layer, step)
         if name + "/u" not in self.data:
             raise KeyError(f"{name} was not recorded as an SVD (self_reduce='svd:K')")
         u, s, v = (self.data[f"{name}/{p}"].float() for p in "usv")

@@ -15,16 +15,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor
 
 from probe.attention.controller import AttentionCall, Controller, HookState, Kind
 from probe.attention.hooks import AttentionHooks
-from probe.attention.joint import JOINT_KINDS
 from probe.attention.layer_info import LayerInfo, LayerSpec
 from probe.attention.layers import resolve_layers
 from probe.attention.steps import StepSpec, resolve_steps
@@ -45,6 +44,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BUDGET = 4 * 2**30
 AUTO_SVD = SelfReduce("svd", 8)
+SQUARE_KINDS = ("self", "image_only")
+"""Kinds whose maps are image→image, ``[queries, queries]``: kept as ``self_reduce`` says."""
 
 
 class BudgetError(ValueError):
@@ -65,10 +66,11 @@ class RecordingPlan:
     cross_bytes: int
     self_bytes: int
     text_bytes: int = 0  # a DiT's text-query kinds, text_image and text_text
+    image_only_bytes: int = 0  # SD3.5 Medium's attn2, counted as self (self_reduce)
 
     @property
     def total_bytes(self) -> int:
-        return self.cross_bytes + self.self_bytes + self.text_bytes
+        return self.cross_bytes + self.self_bytes + self.text_bytes + self.image_only_bytes
 
 
 def plan_recording(
@@ -81,14 +83,16 @@ def plan_recording(
     self_reduce: SelfReduce,
     dtype: torch.dtype,
     tokens: int = 77,
+    image_only_layers: Collection[int] | None = None,
 ) -> RecordingPlan:
     """Count the bytes a recording will take (``self_reduce`` must not be ``auto``).
 
     ``tokens`` is the number of text keys (SD: 77; SD3: 77 CLIP + 256 T5 joint tokens); the
     DiT kinds ``text_image`` (``[tokens, queries]``) and ``text_text`` (``[tokens, tokens]``)
-    are kept whole."""
+    are kept whole; ``image_only`` (``[queries, queries]``) is reduced as ``self``, in
+    ``image_only_layers`` (the blocks that have it, SD3.5 Medium's 0-12; default every layer)."""
     size = torch.tensor([], dtype=dtype).element_size()
-    cross = selfb = text = 0
+    cross = selfb = text = image_only = 0
     for layer in layers:
         hw = layer.resolution_at(*latent_hw)
         per_map = rows * head_count(heads, layer.heads) * size * len(steps)
@@ -98,9 +102,12 @@ def plan_recording(
             selfb += per_map * self_reduce.floats_per_map(hw)
         text += per_map * tokens * (hw[0] * hw[1] * ("text_image" in kinds))
         text += per_map * tokens * (tokens * ("text_text" in kinds))
+        has_image_only = image_only_layers is None or layer.index in image_only_layers
+        if "image_only" in kinds and has_image_only:
+            image_only += per_map * self_reduce.floats_per_map(hw)
     return RecordingPlan(
         tuple(layer.index for layer in layers), tuple(kinds), tuple(steps), rows, heads,
-        self_reduce, dtype, cross, selfb, text,
+        self_reduce, dtype, cross, selfb, text, image_only,
     )  # fmt: skip
 
 
@@ -209,18 +216,42 @@ class AttentionRecorder(Controller):
             if self.self_reduce.mode != "auto"
             else [SelfReduce("full"), AUTO_SVD]
         )
+        image_only = self._image_only_layers(hooks)
         for reduce in choices:
             plan = plan_recording(*args, reduce, self.dtype, tokens)
             if plan.total_bytes <= self.budget_bytes:
                 return plan
+        square = f"self {format_bytes(plan.self_bytes)}"
+        if plan.image_only_bytes:
+            square += f", image_only {format_bytes(plan.image_only_bytes)}"
         raise BudgetError(
             f"recording needs {format_bytes(plan.total_bytes)} "
-            f"(cross {format_bytes(plan.cross_bytes)}, self {format_bytes(plan.self_bytes)} as "
-            f"'{plan.self_reduce}') for {len(layers)} layers x {len(steps)} steps x {n_rows} rows, "
+            f"(cross {format_bytes(plan.cross_bytes)}, {square} as '{plan.self_reduce}') "
+            f"for {len(layers)} layers x {len(steps)} steps x {n_rows} rows, "
             f"over budget_bytes={format_bytes(self.budget_bytes)}: "
             "use self_reduce='svd:8' or 'pool:8', heads='mean', fewer layers= or steps=, "
             "kinds=('cross',), or raise budget_bytes"
         )
+
+    def _image_only_layers(self, hooks: HookState) -> set[int] | None:
+        """The layers with an image-only attention (SD3.5 Medium's ``attn2``), from the family's
+        hooked modules; None (count every layer) when not recorded or the denoiser is unknown.
+
+        Raises:
+            ValueError: ``image_only`` is asked for but none of the recorded layers has it."""
+        denoiser = getattr(hooks, "unet", None)  # AttentionHooks: the UNet or transformer
+        if "image_only" not in self.kinds or denoiser is None:
+            return None
+        modules = hooks.family.attention_modules(denoiser).values()
+        found = {index for index, kinds in modules if "image_only" in kinds}
+        if not found & self.layers:
+            where = f"only layers {sorted(found)} have one" if found else "this model has none"
+            raise ValueError(
+                f"kind 'image_only' is the image-only attn2 of SD3.5 Medium's dual-attention "
+                f"blocks, and none of the layers recorded has it ({where}): drop 'image_only' "
+                "from kinds= or choose those layers"
+            )
+        return found
 
     def _row_ids(self, layout: Any) -> list[int]:
         return layout.indices(guidance="cond") if self.rows == "cond" else list(range(len(layout)))
@@ -281,7 +312,7 @@ class AttentionRecorder(Controller):
         self.maps.timesteps[call.step] = call.timestep
         plan = self.plan
         reduce = plan.self_reduce if plan is not None else AUTO_SVD
-        if call.kind != "self" or reduce.mode == "full":
+        if call.kind not in SQUARE_KINDS or reduce.mode == "full":
             self._put(name, p)
         elif reduce.mode == "pool":
             self._put(name, pool_self(p, call.query_hw, reduce.k))
@@ -323,7 +354,8 @@ def record_attention(
             ``res<=16`` means 16 query positions per side at the size the pipeline generates.
         kinds: ``"cross"``, ``"self"`` or both; on a DiT (SD3) also ``"text_image"`` and
             ``"text_text"``: the four parts of its joint map (:mod:`probe.attention.joint`),
-            ``self`` = image→image, ``cross`` = image→text.
+            ``self`` = image→image, ``cross`` = image→text; on SD3.5 Medium ``"image_only"``,
+            its blocks' second, image-only attention (``attn2``; reduced as ``self``).
         steps: ``"all"``, an int, ``"0-9"``, a list, or ``"first:0.5"`` / ``"last:0.25"``.
         heads: ``"mean"`` (default), ``"all"`` or a list of head indices.
         self_reduce: ``"auto"`` (whole maps if they fit the budget, else ``svd:8``), ``"full"``,
@@ -352,10 +384,11 @@ def record_attention(
         torch.Size([8, 8])
     """
     for kind in kinds:
-        if kind not in JOINT_KINDS:
+        if kind not in get_args(Kind):
             raise ValueError(
                 f"kind {kind!r} is neither 'cross' nor 'self' (nor, on SD3 and Flux, one of the "
-                "text-query parts of their joint map, 'text_image' or 'text_text')"
+                "text-query parts of their joint map, 'text_image' or 'text_text', nor SD3.5 "
+                "Medium's 'image_only')"
             )
     if prompts is not None:  # without prompts, load_pipeline's text encoder refuses them
         check_known_words(model, prompts)
