@@ -76,8 +76,9 @@ def test_a_bad_layer_spec_on_edit_image_fails_before_the_model_loads(tmp_path, c
     """--layers is resolved against the table built from the model's config (meta device),
     so a layer the model does not have fails before the weights load or the image is
     inverted: load_pipeline and ddim_invert must never be called."""
-    import probe.models.loading as loading
     from PIL import Image
+
+    import probe.models.loading as loading
 
     called = []
     monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: called.append("load"))

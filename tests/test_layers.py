@@ -6,8 +6,7 @@ import pytest
 
 from probe.attention.layer_info import format_layer_table
 from probe.attention.layers import fpe_rule, resolve_layers
-from probe.families.unet import fpe_max_positions
-from probe.families.unet import unet_layers
+from probe.families.unet import fpe_max_positions, unet_layers
 from probe.models.loading import TOY_DIR
 from tests.conftest import empty_unet
 

@@ -15,11 +15,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    PixArtSigmaPipeline,
+    PixArtTransformer2DModel,
+)
 
 from editing import edit
 from editing.inversion import ddim_invert
 from editing.methods.replace import MaterialisedSelfAttentionReplace, SelfAttentionReplace
+from probe.attention.controller import Controller
 from probe.attention.hooks import AttentionHooks
 from probe.attention.layers import resolve_layers
 from probe.attention.processor import HookedAttnProcessor
@@ -196,6 +202,24 @@ def test_the_guidance_of_each_call_is_read_from_the_pipeline(pixart):
             assert (every[0, 0, "cross"][0, ..., 0] - 1).abs().max() <= 1e-5
 
 
+class LayoutSpy(Controller):
+    """A one-off observer: the batch layout of every transformer call."""
+
+    def __init__(self) -> None:
+        self.guided: list[bool] = []
+
+    def on_unet_call(self, hooks, first: bool) -> None:
+        self.guided.append(hooks.batch_layout.has_guidance)
+
+
+def test_the_guidance_is_read_anew_for_every_call_in_one_block(pixart):
+    spy = LayoutSpy()
+    with AttentionHooks(pixart, [spy]):
+        for guidance_scale in (4.5, 1.0, 4.5):
+            generate(pixart, guidance_scale=guidance_scale)
+    assert spy.guided == [True, True, False, False, True, True]  # 2 steps per call
+
+
 # --- record → probe → select ----------------------------------------------------------------
 
 
@@ -268,6 +292,23 @@ def test_record_probe_select_on_the_replica(replica, replica_folder, colours3, t
 
 
 # --- editing --------------------------------------------------------------------------------
+
+
+def test_the_edit_loop_is_the_pipelines_on_ddim(pixart):
+    """No control: the source row is what diffusers' own PixArt-Σ loop makes on DDIM (trailing
+    timesteps, from the folder's betas) from the same noise: the T5 mask, the guidance rows and
+    the noise half of the learned-sigma output all line up."""
+    ddim = DDIMScheduler.from_config(pixart.scheduler.config, timestep_spacing="trailing",
+                                     clip_sample=False)  # fmt: skip
+    run = PixArtSigmaPipeline(**{**pixart.components, "scheduler": ddim})
+    run.set_progress_bar_config(disable=True)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    ref = run("a red car", num_inference_steps=STEPS, guidance_scale=4.5, latents=noise,
+              output_type="latent", **SIZE, **family_of(pixart).call_kwargs).images  # fmt: skip
+    ours = edit(pixart, "a red car", ["a blue car"], method="none", num_steps=STEPS, seed=1,
+                guidance_scale=4.5)  # fmt: skip
+    # measured: 2e-4 at |z| ≈ 600 (3e-7 relative)
+    assert (ours.latents[0] - ref[0]).abs().max() <= 1e-5 * scale(ref)
 
 
 def test_identity_fpe_returns_the_source(pixart):

@@ -66,6 +66,11 @@ class HookState(Protocol):
         ...
 
     @property
+    def unet(self) -> Any:
+        """The denoiser the hooks are on: the UNet, or a DiT's transformer."""
+        ...
+
+    @property
     def layers(self) -> list[LayerInfo]:
         """The run's layer table, at the latent size the UNet is called with."""
         ...

@@ -147,8 +147,8 @@ class AttentionHooks:
         self._restore()
 
     def _install(self, saved: dict[str, Any]) -> None:
-        """attnprobe's processor on every module the family hooks; modules it does not hook
-        (SD3.5's dual-attention attn2) keep theirs."""
+        """attnprobe's processor on every module the family hooks (its ``attention_modules``);
+        any other keeps its own."""
         hooked = self.family.hooked_processors(self, self.unet, saved)
         self.unet.set_attn_processor({**saved, **hooked})  # diffusers empties the dict it gets
 

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from probe.attention.layer_info import LayerInfo
 from probe.recording.maps import AttentionMaps, tensor_name
+from probe.recording.plan import SQUARE_KINDS
 from probe.recording.reduce import SelfReduce, pool_self
 from probe.recording.store import AttentionDataset
 
@@ -121,12 +122,18 @@ def cross_feature(maps: AttentionMaps, layer: int, step: int, positions: list[in
     return m.reshape(-1)
 
 
-def self_feature(maps: AttentionMaps, layer: int, step: int, options: FeatureOptions) -> Tensor:
-    """Self-attention features of one sample (see the module docstring)."""
-    name = tensor_name("self", layer, step)
+def self_feature(
+    maps: AttentionMaps, layer: int, step: int, options: FeatureOptions, kind: str = "self"
+) -> Tensor:
+    """Self-attention features of one sample (see the module docstring); ``kind`` another
+    square map reduced the same way (SD3.5 Medium's ``image_only``), or a DiT's text-query
+    map (``text_image``, ``text_text``: the head-reduced map itself)."""
+    if kind not in SQUARE_KINDS:
+        return _head_reduce(maps[layer, step, kind][0].float(), options.heads).reshape(-1)
+    name = tensor_name(kind, layer, step)
     spec = options.self_features
     if name + "/u" in maps.data and spec != "map":
-        u, s, _ = maps.svd(layer, step)  # [1, heads', q, k], [1, heads', k]
+        u, s, _ = maps.svd(layer, step, kind)  # [1, heads', q, k], [1, heads', k]
         k = u.shape[-1] if spec == "auto" else SelfReduce.parse(spec).k
         if spec.startswith("pool"):
             raise ValueError(
@@ -135,7 +142,7 @@ def self_feature(maps: AttentionMaps, layer: int, step: int, options: FeatureOpt
                 "--self-reduce full"
             )
         return (u[0, :, :, :k] * s[0, :, None, :k]).reshape(-1)
-    m = maps[layer, step, "self"][0].float()  # [heads', q, q] or pooled [heads', c, c]
+    m = maps[layer, step, kind][0].float()  # [heads', q, q] or pooled [heads', c, c]
     pooled = maps.settings.get("self_reduce", "full").startswith("pool")
     if spec == "map" or (spec == "auto" and pooled):
         return _head_reduce(m, options.heads).reshape(-1)
@@ -148,17 +155,18 @@ def self_feature(maps: AttentionMaps, layer: int, step: int, options: FeatureOpt
     return top_components(m, reduce.k).reshape(-1)
 
 
-def _batched_self_svd(maps: AttentionMaps, layer: int, steps: list[int],
-                      options: FeatureOptions) -> dict[Key, Tensor]:  # fmt: skip
+def _batched_self_svd(
+    maps: AttentionMaps, layer: int, steps: list[int], options: FeatureOptions, kind: str = "self"
+) -> dict[Key, Tensor]:
     """SVD features of whole maps for all ``steps`` of one layer in one batched call."""
     k = (
         AUTO_SELF_K
         if options.self_features == "auto"
         else SelfReduce.parse(options.self_features).k
     )
-    stack = torch.stack([maps[layer, s, "self"][0].float() for s in steps])  # [S, heads', q, q]
+    stack = torch.stack([maps[layer, s, kind][0].float() for s in steps])  # [S, heads', q, q]
     feats = top_components(_head_reduce_batch(stack, options.heads), k).reshape(len(steps), -1)
-    return {(layer, s, "self"): feats[i] for i, s in enumerate(steps)}
+    return {(layer, s, kind): feats[i] for i, s in enumerate(steps)}
 
 
 def top_components(m: Tensor, k: int) -> Tensor:
@@ -192,16 +200,16 @@ def sample_features(maps: AttentionMaps, word: str, keys: Iterable[Key],
     """Every requested cell's feature vector from one sample's maps."""
     positions = maps.word_positions(word, 0)
     out: dict[Key, Tensor] = {}
-    batched: dict[int, list[int]] = {}
+    batched: dict[tuple[int, str], list[int]] = {}
     for layer, step, kind in keys:
         if kind == "cross":
             out[layer, step, kind] = cross_feature(maps, layer, step, positions, options)
-        elif _whole_self(maps, options):
-            batched.setdefault(layer, []).append(step)
+        elif kind in SQUARE_KINDS and _whole_self(maps, options):
+            batched.setdefault((layer, kind), []).append(step)
         else:
-            out[layer, step, kind] = self_feature(maps, layer, step, options)
-    for layer, steps in batched.items():
-        out.update(_batched_self_svd(maps, layer, steps, options))
+            out[layer, step, kind] = self_feature(maps, layer, step, options, kind)
+    for (layer, kind), steps in batched.items():
+        out.update(_batched_self_svd(maps, layer, steps, options, kind))
     return out
 
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from typing import Any, get_args
 
 import torch
@@ -31,89 +30,24 @@ from probe.families import family_of
 from probe.models.vocabulary import check_known_words
 from probe.prompts.words import prompt_tokens
 from probe.recording.maps import AttentionMaps, tensor_name
+from probe.recording.plan import (
+    AUTO_SVD,
+    DEFAULT_BUDGET,
+    SQUARE_KINDS,
+    BudgetError,
+    RecordingPlan,
+    format_bytes,
+    plan_recording,
+)
 from probe.recording.reduce import (
     HeadSpec,
     SelfReduce,
-    head_count,
     pool_self,
     reduce_heads,
     svd_self,
 )
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BUDGET = 4 * 2**30
-AUTO_SVD = SelfReduce("svd", 8)
-SQUARE_KINDS = ("self", "image_only")
-"""Kinds whose maps are image→image, ``[queries, queries]``: kept as ``self_reduce`` says."""
-
-
-class BudgetError(ValueError):
-    """A recording would not fit its memory budget."""
-
-
-@dataclass(frozen=True)
-class RecordingPlan:
-    """What a recording will store, and how many bytes that takes."""
-
-    layers: tuple[int, ...]
-    kinds: tuple[str, ...]
-    steps: tuple[int, ...]
-    rows: int
-    heads: HeadSpec
-    self_reduce: SelfReduce
-    dtype: torch.dtype
-    cross_bytes: int
-    self_bytes: int
-    text_bytes: int = 0  # a DiT's text-query kinds, text_image and text_text
-    image_only_bytes: int = 0  # SD3.5 Medium's attn2, counted as self (self_reduce)
-
-    @property
-    def total_bytes(self) -> int:
-        return self.cross_bytes + self.self_bytes + self.text_bytes + self.image_only_bytes
-
-
-def plan_recording(
-    layers: Sequence[LayerInfo],
-    latent_hw: tuple[int, int],
-    steps: Sequence[int],
-    rows: int,
-    kinds: Sequence[str],
-    heads: HeadSpec,
-    self_reduce: SelfReduce,
-    dtype: torch.dtype,
-    tokens: int = 77,
-    image_only_layers: Collection[int] | None = None,
-) -> RecordingPlan:
-    """Count the bytes a recording will take (``self_reduce`` must not be ``auto``).
-
-    ``tokens`` is the number of text keys (SD: 77; SD3: 77 CLIP + 256 T5 joint tokens); the
-    DiT kinds ``text_image`` (``[tokens, queries]``) and ``text_text`` (``[tokens, tokens]``)
-    are kept whole; ``image_only`` (``[queries, queries]``) is reduced as ``self``, in
-    ``image_only_layers`` (the blocks that have it, SD3.5 Medium's 0-12; default every layer)."""
-    size = torch.tensor([], dtype=dtype).element_size()
-    cross = selfb = text = image_only = 0
-    for layer in layers:
-        hw = layer.resolution_at(*latent_hw)
-        per_map = rows * head_count(heads, layer.heads) * size * len(steps)
-        if "cross" in kinds:
-            cross += per_map * hw[0] * hw[1] * tokens
-        if "self" in kinds:
-            selfb += per_map * self_reduce.floats_per_map(hw)
-        text += per_map * tokens * (hw[0] * hw[1] * ("text_image" in kinds))
-        text += per_map * tokens * (tokens * ("text_text" in kinds))
-        has_image_only = image_only_layers is None or layer.index in image_only_layers
-        if "image_only" in kinds and has_image_only:
-            image_only += per_map * self_reduce.floats_per_map(hw)
-    return RecordingPlan(
-        tuple(layer.index for layer in layers), tuple(kinds), tuple(steps), rows, heads,
-        self_reduce, dtype, cross, selfb, text, image_only,
-    )  # fmt: skip
-
-
-def format_bytes(n: float) -> str:
-    """A byte count for messages: ``"1.50 GiB"`` from 256 MiB up, else ``"12.0 MiB"``."""
-    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
 class AttentionRecorder(Controller):
@@ -218,7 +152,7 @@ class AttentionRecorder(Controller):
         )
         image_only = self._image_only_layers(hooks)
         for reduce in choices:
-            plan = plan_recording(*args, reduce, self.dtype, tokens)
+            plan = plan_recording(*args, reduce, self.dtype, tokens, image_only)
             if plan.total_bytes <= self.budget_bytes:
                 return plan
         square = f"self {format_bytes(plan.self_bytes)}"
@@ -235,14 +169,13 @@ class AttentionRecorder(Controller):
 
     def _image_only_layers(self, hooks: HookState) -> set[int] | None:
         """The layers with an image-only attention (SD3.5 Medium's ``attn2``), from the family's
-        hooked modules; None (count every layer) when not recorded or the denoiser is unknown.
+        hooked modules; None (count every layer) when it is not recorded.
 
         Raises:
             ValueError: ``image_only`` is asked for but none of the recorded layers has it."""
-        denoiser = getattr(hooks, "unet", None)  # AttentionHooks: the UNet or transformer
-        if "image_only" not in self.kinds or denoiser is None:
+        if "image_only" not in self.kinds:
             return None
-        modules = hooks.family.attention_modules(denoiser).values()
+        modules = hooks.family.attention_modules(hooks.unet).values()
         found = {index for index, kinds in modules if "image_only" in kinds}
         if not found & self.layers:
             where = f"only layers {sorted(found)} have one" if found else "this model has none"
@@ -392,7 +325,6 @@ def record_attention(
             )
     if prompts is not None:  # without prompts, load_pipeline's text encoder refuses them
         check_known_words(model, prompts)
-    unet = family_of(model).denoiser(model)
     own = hooks is None
     hooks = hooks or AttentionHooks(model)
     maps = AttentionMaps(layers=hooks.layers, latent_hw=hooks.latent_hw)
@@ -413,7 +345,6 @@ def record_attention(
             handle.remove()
         if recorder in hooks.controllers:
             hooks.remove(recorder)
-    del unet
 
 
 def word_side(model: Any) -> tuple[str, str]:
