@@ -42,10 +42,21 @@ def _add_train(toy_sub: argparse._SubParsersAction) -> None:
         "of probe.toy.training.train_config.TrainConfig (world v2, about 2.5 hours on 2 cores).",
     )
     p.add_argument("--out", required=True, type=Path, help="run folder (model lands in OUT/model)")
+    p.add_argument(
+        "--arch",
+        choices=["sd", "flux"],
+        default="sd",
+        help="sd (default): the UNet toy; flux: toy-flux, a FluxTransformer2DModel trained by "
+        "rectified flow on toy-v2's frozen CLIP and VAE and a contrastive T5 "
+        "(probe.toy.training.flux_train, about 2 h 50 min on 2 cores)",
+    )
     p.add_argument("--world", choices=["v1", "v2"], help="toy world (default v2: 16 colours)")
     p.add_argument("--text-minutes", type=float, help="wall-clock budget of the contrastive stage")
     p.add_argument("--vae-minutes", type=float, help="wall-clock budget of the VAE stage")
     p.add_argument("--unet-minutes", type=float, help="wall-clock budget of the UNet stage")
+    p.add_argument(
+        "--transformer-minutes", type=float, help="--arch flux: budget of the transformer stage"
+    )
     p.add_argument("--image-size", type=int, help="pixels per side (default 64; 128: 32² latents)")
     p.add_argument("--vae-factor", type=int, choices=[4, 8], help="VAE downsampling (default 4)")
     p.add_argument("--batch", type=int, help="UNet batch size")
@@ -96,17 +107,49 @@ def _cmd_sizes(args: argparse.Namespace) -> int:
     return main(argv + (["--json", str(args.json)] if args.json else []))
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from probe.toy.training.train import TrainConfig, train
+FLUX_REFUSES = {"vae_minutes": "--vae-minutes", "unet_minutes": "--unet-minutes",
+                "vae_factor": "--vae-factor"}  # fmt: skip
+"""Options of the UNet toy that ``--arch flux`` has no stage for (it reuses toy-v2's VAE)."""
 
+
+def _train_config(args: argparse.Namespace) -> Any:
+    """The run's settings: the smoke or full defaults of ``--arch``, with the options given."""
     names = ["text_minutes", "vae_minutes", "unet_minutes", "batch", "pool", "seed", "threads"]
-    names += ["world", "image_size", "vae_factor"]
+    names += ["world", "image_size", "vae_factor", "transformer_minutes"]
     given: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    cfg = TrainConfig.smoke(args.out) if args.smoke else TrainConfig(out=args.out)
+    config_class: Any
+    if args.arch == "flux":
+        from probe.toy.training.flux_train import FluxTrainConfig
+
+        config_class = FluxTrainConfig
+        bad = [flag for name, flag in FLUX_REFUSES.items() if name in given]
+        if bad:
+            raise SystemExit(
+                f"{', '.join(bad)}: --arch flux has no such stage (it reuses toy-v2's VAE; "
+                "its denoiser's budget is --transformer-minutes)"
+            )
+    else:
+        from probe.toy.training.train import TrainConfig
+
+        config_class = TrainConfig
+        if "transformer_minutes" in given:
+            raise SystemExit("--transformer-minutes: only with --arch flux (sd: --unet-minutes)")
+    cfg = config_class.smoke(args.out) if args.smoke else config_class(out=args.out)
     if args.smoke:  # a smoke run keeps its own step counts and batch sizes
         given = {k: v for k, v in given.items() if k in ("threads", "world", "image_size")}
-    cfg = dataclasses.replace(cfg, **given)
-    folder = train(cfg)
+    return dataclasses.replace(cfg, **given)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = _train_config(args)
+    if args.arch == "flux":
+        from probe.toy.training.flux_train import train_flux
+
+        folder = train_flux(cfg)
+    else:
+        from probe.toy.training.train import train
+
+        folder = train(cfg)
     print(f"model: {folder}  (load it with load_pipeline({str(folder)!r}))")
     return 0
 

@@ -111,13 +111,20 @@ def keep_record(out: Path, folder: Path) -> None:
         shutil.copytree(out / "judge", folder / "judge", dirs_exist_ok=True)
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Run (or resume) every stage and export the model; returns the model folder."""
-    out = Path(cfg.out)
+def save_settings(cfg: TrainConfig, out: Path) -> Path:
+    """Write the run's settings to ``out/train_config.json`` (and make ``out/work``); returns
+    the work folder."""
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     (out / "train_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return work
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) every stage and export the model; returns the model folder."""
+    out = Path(cfg.out)
+    work = save_settings(cfg, out)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:

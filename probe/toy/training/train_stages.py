@@ -8,7 +8,8 @@
   Diffusion trains on CLIP's: ε-prediction on the SD DDIM schedule, classifier-free guidance
   dropout (the empty caption), AdamW with warm-up and cosine decay over a wall-clock budget,
   gradient clipping and an EMA of the weights. The text encoder is not in the optimiser; each
-  distinct caption is encoded once.
+  distinct caption is encoded once. The loop is :class:`DenoiserTrainer`'s, which the toy
+  Flux's transformer stage shares (:mod:`probe.toy.training.flux_stages`).
 
 Each stage resumes from its checkpoint in ``work``.
 """
@@ -167,10 +168,13 @@ class FrozenCaptions:
         self.dropout, self.rng = dropout, rng
         self.cache: dict[str, torch.Tensor] = {}
 
+    def draw(self, scenes: list[Scene]) -> list[str]:
+        """A fresh caption per scene; a ``dropout`` share of empty captions (for guidance)."""
+        return ["" if self.rng.random() < self.dropout else caption(s, self.rng) for s in scenes]
+
     def embed(self, scenes: list[Scene]) -> torch.Tensor:
-        """Hidden states ``[len(scenes), 77, text_dim]``; a ``dropout`` share of empty captions."""
-        texts = ["" if self.rng.random() < self.dropout else caption(s, self.rng) for s in scenes]
-        return torch.stack([self._one(t) for t in texts])
+        """Hidden states ``[len(scenes), 77, text_dim]`` of :meth:`draw`'s captions."""
+        return torch.stack([self._one(t) for t in self.draw(scenes)])
 
     @torch.no_grad()
     def _one(self, text: str) -> torch.Tensor:
@@ -192,8 +196,62 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             e.lerp_(p, 1 - decay)
 
 
-class _UNetTrainer(Stage):
-    """The UNet stage's loop: the UNet, its EMA, the optimiser, the pool and the captions."""
+class DenoiserTrainer(Stage):
+    """A denoiser stage's loop: the denoiser (``models[0]``), its EMA, AdamW with warm-up and
+    cosine decay over ``budget`` (minutes, or a step count), gradient clipping and the latent
+    pool. Subclasses define :meth:`loss` (and keep their captions); checkpoints go to
+    ``work/<name>.pt``, loss lines are logged as ``name``."""
+
+    def __init__(
+        self, name: str, cfg: TrainConfig, work: Path, state: dict[str, Any],
+        models: torch.nn.ModuleList, latents: torch.Tensor, scenes: list[Scene],
+        budget: tuple[float, int | None],
+    ) -> None:  # fmt: skip
+        minutes, max_steps = budget
+        clock = Clock(minutes * 60, state["elapsed"])
+        super().__init__(name, work, max_steps, clock, cfg.checkpoint_minutes)
+        self.cfg, self.models = cfg, models
+        self.latents, self.scenes, self.step = latents, scenes, state["step"]
+        self.ema = copy.deepcopy(models).requires_grad_(False)
+        self.opt = torch.optim.AdamW(models.parameters(), lr=cfg.lr, weight_decay=0.01)
+        if "ema" in state:
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["opt"])
+        self.rng = np.random.default_rng([cfg.seed, 3, self.step])
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.step)
+        self.losses: list[float] = []
+
+    def loss(self, idx: np.ndarray) -> torch.Tensor:
+        """The training loss on the pool's latents ``idx`` (a scalar with its graph)."""
+        raise NotImplementedError
+
+    def train_step(self) -> dict[str, str] | None:
+        cfg = self.cfg
+        loss = self.loss(self.rng.integers(0, len(self.scenes), cfg.batch))
+        for g in self.opt.param_groups:
+            g["lr"] = cosine_lr(cfg.lr, self.step, cfg.warmup, self.max_steps, self.clock)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.models.parameters(), 1.0)
+        self.opt.step()
+        self.step += 1
+        _ema_update(self.ema, self.models, min(cfg.ema_decay, (1 + self.step) / (10 + self.step)))
+        self.losses.append(loss.item())
+        if self.step % 50 == 0 or self.step == self.max_steps:  # a short run logs its end
+            mean = float(np.mean(self.losses[-50:]))
+            lr = self.opt.param_groups[0]["lr"]
+            log_line(self.work, self.name, self.step, self.clock.elapsed, loss=mean, lr=lr)
+            return {"loss": f"{mean:.4f}", "step": str(self.step)}
+        return None
+
+    def checkpoint(self, done: bool) -> None:
+        state = {"models": self.models.state_dict(), "ema": self.ema.state_dict(), "done": done}
+        state |= {"opt": self.opt.state_dict(), "step": self.step, "elapsed": self.clock.elapsed}
+        save_atomic(state, self.work / f"{self.name}.pt")
+
+
+class _UNetTrainer(DenoiserTrainer):
+    """The UNet stage's loop: ε-prediction on the SD DDIM schedule."""
 
     def __init__(
         self,
@@ -205,49 +263,19 @@ class _UNetTrainer(Stage):
         latents: torch.Tensor,
         scenes: list[Scene],
     ) -> None:
-        clock = Clock(cfg.unet_minutes * 60, state["elapsed"])
-        super().__init__("unet", work, cfg.max_unet_steps, clock, cfg.checkpoint_minutes)
-        self.cfg, self.models, self.captions = cfg, models, captions
-        self.latents, self.scenes, self.step = latents, scenes, state["step"]
-        self.ema = copy.deepcopy(models).requires_grad_(False)
-        self.opt = torch.optim.AdamW(models.parameters(), lr=cfg.lr, weight_decay=0.01)
-        if "ema" in state:
-            self.ema.load_state_dict(state["ema"])
-            self.opt.load_state_dict(state["opt"])
-        self.scheduler = sd_ddim_scheduler()
-        self.rng = np.random.default_rng([cfg.seed, 3, self.step])
-        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.step)
-        self.losses: list[float] = []
+        budget = (cfg.unet_minutes, cfg.max_unet_steps)
+        super().__init__("unet", cfg, work, state, models, latents, scenes, budget)
+        self.captions, self.scheduler = captions, sd_ddim_scheduler()
 
-    def train_step(self) -> dict[str, str] | None:
-        unet, cfg = self.models[0], self.cfg
-        idx = self.rng.integers(0, len(self.scenes), cfg.batch)
+    def loss(self, idx: np.ndarray) -> torch.Tensor:
         z = self.latents[idx]
         hidden = self.captions.embed([self.scenes[i] for i in idx])
         noise = torch.randn(z.shape, generator=self.gen)
         steps = self.scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (len(idx),), generator=self.gen)
-        loss = F.mse_loss(unet(self.scheduler.add_noise(z, noise, t), t, hidden).sample, noise)
-        for g in self.opt.param_groups:
-            g["lr"] = cosine_lr(cfg.lr, self.step, cfg.warmup, cfg.max_unet_steps, self.clock)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.models.parameters(), 1.0)
-        self.opt.step()
-        self.step += 1
-        _ema_update(self.ema, self.models, min(cfg.ema_decay, (1 + self.step) / (10 + self.step)))
-        self.losses.append(loss.item())
-        if self.step % 50 == 0 or self.step == cfg.max_unet_steps:  # a short run logs its end
-            mean = float(np.mean(self.losses[-50:]))
-            lr = self.opt.param_groups[0]["lr"]
-            log_line(self.work, "unet", self.step, self.clock.elapsed, loss=mean, lr=lr)
-            return {"loss": f"{mean:.4f}", "step": str(self.step)}
-        return None
-
-    def checkpoint(self, done: bool) -> None:
-        state = {"models": self.models.state_dict(), "ema": self.ema.state_dict(), "done": done}
-        state |= {"opt": self.opt.state_dict(), "step": self.step, "elapsed": self.clock.elapsed}
-        save_atomic(state, self.work / "unet.pt")
+        return F.mse_loss(
+            self.models[0](self.scheduler.add_noise(z, noise, t), t, hidden).sample, noise
+        )
 
 
 def train_unet(

@@ -22,8 +22,12 @@ caption an image picks is true of it), and every 100 steps the zero-shot accurac
 held-out renders: colour and category read by picking the best of the captions
 "a <colour> <category>".
 
+The same loop trains the toy Flux's T5 encoder (:mod:`probe.toy.training.flux_stages`), whose
+caption feature is the mean of its states (``pool="mean"``: T5 has no end-token pooler)::
+
     from probe.toy.training.train_text import train_text
     text_encoder = train_text(cfg, work, tokenizer)     # resumable from work/text.pt
+    model = train_contrastive(cfg, work, ContrastiveModel(t5, 64, pool="mean"), t5_tok, "t5")
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPTextModel
+from transformers import CLIPTextModel, PreTrainedModel
 
 from probe.models.tiny import tiny_text_encoder
 from probe.toy.training.train_common import (
@@ -73,18 +77,36 @@ class ImageTower(nn.Module):
 
 
 class ContrastiveModel(nn.Module):
-    """A toy CLIP: ``text`` (a ``CLIPTextModel``), an image CNN, projections, a logit scale."""
+    """A toy CLIP: ``text`` (a ``CLIPTextModel``, or a ``T5EncoderModel`` for the toy Flux), an
+    image CNN, projections, a logit scale.
 
-    def __init__(self, text: CLIPTextModel, embed_dim: int) -> None:
+    Args:
+        text: the text tower (a transformers model with ``config.hidden_size``).
+        embed_dim: the shared embedding width.
+        pool: how a caption's feature is read from the text tower: ``"end"`` (CLIP's: the
+            final-layer-normed state at the end token, ``pooler_output``) or ``"mean"`` (a T5
+            encoder has no pooler: the mean of the final states over the non-padding tokens,
+            the end token ``</s>`` included).
+    """
+
+    def __init__(self, text: PreTrainedModel, embed_dim: int, pool: str = "end") -> None:
         super().__init__()
-        self.text = text
+        if pool not in ("end", "mean"):
+            raise ValueError(f"pool {pool!r}: use 'end' (CLIP) or 'mean' (T5)")
+        self.text, self.pool = text, pool
         self.text_projection = nn.Linear(text.config.hidden_size, embed_dim, bias=False)
         self.image = ImageTower(embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """Unit text features ``[b, embed]`` from token ids ``[b, 77]`` (the end token's state)."""
-        pooled = self.text(input_ids=ids).pooler_output
+        """Unit text features ``[b, embed]`` from token ids ``[b, tokens]`` (padded as the
+        pipeline pads them, no attention mask: the states are the ones the denoiser reads)."""
+        out = self.text(input_ids=ids)
+        if self.pool == "end":
+            pooled = out.pooler_output
+        else:
+            keep = (ids != self.text.config.pad_token_id).unsqueeze(-1).float()
+            pooled = (out.last_hidden_state * keep).sum(1) / keep.sum(1).clamp(min=1)
         return F.normalize(self.text_projection(pooled), dim=-1)
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,12 +177,13 @@ class _TextTrainer(Stage):
     """The contrastive stage's loop."""
 
     def __init__(
-        self, cfg: TrainConfig, work: Path, model: ContrastiveModel, tokens: Tokens, state: Any
-    ) -> None:
+        self, cfg: TrainConfig, work: Path, model: ContrastiveModel, tokens: Tokens, state: Any,
+        stage: str = "text",
+    ) -> None:  # fmt: skip
         clock = Clock(cfg.text_minutes * 60, state["elapsed"])
-        super().__init__("text (contrastive)", work, cfg.max_text_steps, clock,
+        super().__init__(f"{stage} (contrastive)", work, cfg.max_text_steps, clock,
                          cfg.checkpoint_minutes, state["step"])  # fmt: skip
-        self.cfg, self.model, self.tokens = cfg, model, tokens
+        self.cfg, self.model, self.tokens, self.stage = cfg, model, tokens, stage
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.text_lr, weight_decay=0.1)
         if "opt" in state:
             self.opt.load_state_dict(state["opt"])
@@ -201,7 +224,7 @@ class _TextTrainer(Stage):
         if evaluate:
             values |= zero_shot(self.model, self.tokens, self.held_out)
             self.evaluated = self.step
-        log_line(self.work, "text", self.step, self.clock.elapsed, **values)
+        log_line(self.work, self.stage, self.step, self.clock.elapsed, **values)
 
     def run(self) -> None:
         """:meth:`Stage.run`, then a last zero-shot evaluation if the last step had none."""
@@ -212,7 +235,21 @@ class _TextTrainer(Stage):
     def checkpoint(self, done: bool) -> None:
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "done": done}
         state |= {"step": self.step, "elapsed": self.clock.elapsed}
-        save_atomic(state, self.work / "text.pt")
+        save_atomic(state, self.work / f"{self.stage}.pt")
+
+
+def train_contrastive(
+    cfg: TrainConfig, work: Path, model: ContrastiveModel, tokenizer: Any, stage: str = "text"
+) -> ContrastiveModel:
+    """Train ``model`` contrastively on the world's scenes (settings ``cfg.text_*``), resumable
+    from ``work/<stage>.pt``, logged as ``stage``; returns it in eval mode."""
+    state = load_state(work / f"{stage}.pt")
+    if "model" in state:
+        model.load_state_dict(state["model"])
+    if not state["done"]:
+        model.train()
+        _TextTrainer(cfg, work, model, Tokens(tokenizer), state, stage).run()
+    return model.eval()
 
 
 def train_text(cfg: TrainConfig, work: Path, tokenizer: Any) -> CLIPTextModel:
@@ -222,11 +259,6 @@ def train_text(cfg: TrainConfig, work: Path, tokenizer: Any) -> CLIPTextModel:
     text = tiny_text_encoder(
         len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, hidden=cfg.text_dim
     )
-    model = ContrastiveModel(text, cfg.embed_dim)
-    state = load_state(work / "text.pt")
-    if "model" in state:
-        model.load_state_dict(state["model"])
-    if not state["done"]:
-        model.train()
-        _TextTrainer(cfg, work, model, Tokens(tokenizer), state).run()
-    return model.text.eval().requires_grad_(False)
+    model = train_contrastive(cfg, work, ContrastiveModel(text, cfg.embed_dim), tokenizer)
+    encoder: CLIPTextModel = model.text
+    return encoder.eval().requires_grad_(False)
