@@ -56,7 +56,7 @@ class ReproduceConfig:
     cross_ranges: tuple[str, ...] = ("fpe", "all")
     animal_pairs: int = 12
     animal_ranges: tuple[str, ...] = ("none", "fpe", "paper", "all")
-    within: str = "fpe"  # the official code's layers (probe.attention.fpe_rule)
+    within: str = "fpe"  # the official code's layers (probe.families.unet.positions_rule)
     clip: str | None = None
     dino: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)

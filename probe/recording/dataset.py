@@ -234,7 +234,7 @@ def record_dataset(
             :func:`probe.recording.recorder.record_attention`); ``auto`` is resolved once for the
             dataset.
         num_steps, guidance: sampling settings (default: the model's, see
-            :func:`probe.models.loading.generation_defaults`).
+            :func:`probe.models.defaults.generation_defaults`).
         height, width: image size in pixels (default: the model's); ``layers`` resolves at
             this size (``res<=16``: 16 query positions per side of the latent generated).
         batch_size: samples per pipeline call.
