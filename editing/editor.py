@@ -165,7 +165,7 @@ def edit(
     if inversion is not None:
         family.refuse("inversion")
     # FLUX.1 is guidance-distilled: its guidance is a transformer input, no unconditional half
-    guided = guidance_scale > 1.0 and family.batch_guidance
+    guided = guidance_scale > 1.0 and family.guides_with_rows(pipe)
     branch, branch_prompt = _source_branch(
         method_settings["method"], inversion, source_branch, source_branch_prompt, source
     )

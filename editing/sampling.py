@@ -138,7 +138,7 @@ def denoise(
             guidance-distilled), a trajectory of the wrong length, a bad layer spec.
     """
     family = family_of(pipe)
-    if layout.has_guidance and not family.batch_guidance:
+    if layout.has_guidance and not family.guides_with_rows(pipe):
         raise ValueError(
             f"{family.title} is guidance-distilled: lay the batch out without unconditional rows "
             "(BatchLayout.for_edit(n, guidance=False)); guidance_scale is its guidance input"

@@ -158,3 +158,29 @@ def test_the_edit_loop_is_the_pipelines(flux):
                output_type="latent").images  # fmt: skip
     ref = flux._unpack_latents(ref, 128, 128, flux.vae_scale_factor)
     assert (plain.latents[0] - ref[0]).abs().max() <= 1e-4
+
+
+def test_a_flux_without_guidance_embedding_guides_with_unconditional_rows(flux):
+    """FLUX.1-dev (guidance_embeds) takes guidance as a transformer input and refuses
+    unconditional rows; a Flux without a guidance embedding (the toy Flux) gets true CFG: the
+    empty prompt's rows first, and a guidance scale that changes the edit."""
+    from editing.sampling import encode_prompts
+
+    assert not family_of(flux).guides_with_rows(flux)
+    with pytest.raises(ValueError, match="guidance-distilled"):
+        encode_prompts(flux, ["a red car"], True)
+    config = {**flux.transformer.config, "guidance_embeds": False}
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel.from_config(config)
+    plain = FluxPipeline(**{**flux.components, "transformer": transformer})
+    plain.set_progress_bar_config(disable=True)
+    family = family_of(plain)
+    assert family.guides_with_rows(plain) and family.text_key_count(plain) == 512
+    cond = encode_prompts(plain, ["a red car"], True)
+    empty = encode_prompts(plain, [""], False)
+    assert cond.embeddings.shape[0] == 2 and torch.equal(cond.embeddings[0], empty.embeddings[0])
+    guided = edit(plain, "a red car", ["a red car"], method="fpe", num_steps=2, guidance_scale=4.0)
+    # identity edit under true CFG: the target row follows the source (float rounding apart)
+    torch.testing.assert_close(guided.latents[0], guided.latents[1], rtol=1e-5, atol=1e-5)
+    unguided = edit(plain, "a red car", ["a red car"], method="fpe", num_steps=2, guidance_scale=1.0)
+    assert not torch.allclose(guided.latents, unguided.latents)

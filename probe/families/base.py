@@ -82,12 +82,13 @@ class ModelFamily:
         added_conditioning: the names of :attr:`Conditioning.added` every row needs.
         words: the pipeline attributes of the tokenizer and text encoder whose tokens the
             attention's text keys are (word look-up).
-        text_keys: how many text keys every attention call has (for memory plans).
+        text_keys: how many text keys every attention call has (for memory plans; a pipeline
+            may say otherwise: :meth:`text_key_count`).
         kinds: the kinds of attention map each layer computes.
         joint_attention: one softmax over [image; text] (SD3, Flux) instead of separate self-
             and cross-attention modules (UNets, PixArt).
-        batch_guidance: classifier-free guidance as unconditional batch rows (FLUX.1 is
-            guidance-distilled: False).
+        batch_guidance: classifier-free guidance as unconditional batch rows (a pipeline may
+            say otherwise: :meth:`guides_with_rows`).
         generation_defaults: steps and guidance of a folder of this family.
         presets: preset name → layer spec (``None``: refused, :meth:`preset_rule`).
         unsupported: feature → why this family does not do it (:meth:`refuse`).
@@ -185,6 +186,15 @@ class ModelFamily:
     ) -> Conditioning:  # fmt: skip
         """Prompts → the rows' :class:`Conditioning`, unconditional rows first with guidance."""
         raise NotImplementedError
+
+    def text_key_count(self, pipe: Any) -> int:
+        """Text keys of every attention call of this pipeline (default :attr:`text_keys`)."""
+        return self.text_keys
+
+    def guides_with_rows(self, pipe: Any) -> bool:
+        """Whether this pipeline's classifier-free guidance is unconditional batch rows
+        (default :attr:`batch_guidance`)."""
+        return self.batch_guidance
 
     def prompt_limit(self, pipe: Any) -> int:
         """Tokens the word tokenizer's encoder reads (a longer prompt is refused)."""

@@ -8,7 +8,8 @@ single-stream blocks on FLUX.1, read by :mod:`probe.families.flux_attention`. Th
 T5's 512 tokens, so words are looked up with T5's tokenizer (``pipe.tokenizer_2``); every row
 needs ``pooled_projections`` (CLIP's pooled output). FLUX.1-dev is guidance-distilled: no
 unconditional rows, the guidance scale is a transformer input (default 3.5, 28 steps, 1024 px;
-FLUX.1-schnell, without a guidance embedding, ignores it).
+a Flux without a guidance embedding, such as the toy Flux trained with caption dropout, guides
+with unconditional rows instead: :meth:`FluxFamily.guides_with_rows`).
 
 The sampler is ``FluxPipeline``'s loop, step for step: latents ``[samples, 16, h, w]`` packed
 2×2 into 64-channel tokens, image ids ``(0, row, col)`` per token and zero text ids, sigmas
@@ -109,16 +110,32 @@ class FluxFamily(JointDiTFamily):
         self, pipe: Any, prompts: Sequence[str], guidance: bool, size: tuple[int, int],
         micro: MicroConditioning,
     ) -> Conditioning:  # fmt: skip
-        if guidance:
+        if guidance and not self.guides_with_rows(pipe):
             raise ValueError(
                 "FLUX.1 is guidance-distilled: its guidance_scale is an input of the transformer, "
                 "not a second, unconditional batch half; encode with guidance=False"
             )
+        texts = [""] * len(prompts) * guidance + list(prompts)  # unconditional rows first
         embeds, pooled, _ = pipe.encode_prompt(
-            prompt=list(prompts), prompt_2=None, device=pipe.device, num_images_per_prompt=1,
-            max_sequence_length=FLUX_T5_TOKENS,
+            prompt=texts, prompt_2=None, device=pipe.device, num_images_per_prompt=1,
+            max_sequence_length=self.text_key_count(pipe),
         )  # fmt: skip
         return Conditioning(embeds, {"pooled_projections": pooled})
+
+    def guides_with_rows(self, pipe: Any) -> bool:
+        """A guidance-distilled Flux (FLUX.1-dev: ``guidance_embeds``) takes its guidance scale
+        as a transformer input; one without a guidance embedding (the toy Flux, trained with
+        caption dropout) guides with unconditional rows, true classifier-free guidance, when the
+        guidance scale is above 1 (FLUX.1-schnell, timestep-distilled, is sampled at guidance 1
+        or below: pass ``guidance_scale=1``)."""
+        return not bool(self.denoiser(pipe).config.get("guidance_embeds", False))
+
+    def text_key_count(self, pipe: Any) -> int:
+        """T5 tokens of the joint text: the pipeline's ``max_sequence_length`` default (512),
+        or fewer where the T5 tokenizer says so (the toy Flux: 16)."""
+        tokenizer = getattr(pipe, "tokenizer_2", None)
+        length = int(getattr(tokenizer, "model_max_length", FLUX_T5_TOKENS))
+        return min(length, FLUX_T5_TOKENS)
 
     def latent_channels(self, pipe: Any) -> int:
         return int(pipe.transformer.config.in_channels) // 4

@@ -114,7 +114,7 @@ def text_keys(pipe: Any) -> int:
     """Text keys of every attention call (the family's ``text_keys``): 77 CLIP tokens; SD3
     adds T5's 256 (diffusers' ``max_sequence_length``, zeros without T5) to its joint tokens;
     Flux's are T5's 512; PixArt-Σ's T5's 300."""
-    return family_of(pipe).text_keys
+    return family_of(pipe).text_key_count(pipe)
 
 
 def check_budget(
