@@ -52,7 +52,7 @@ from probe.toy.training.flux_stages import (
     train_t5,
     train_transformer,
 )
-from probe.toy.training.train import keep_record, save_settings, toy_words
+from probe.toy.training.train import keep_record, sampling_defaults, save_settings, toy_words
 from probe.toy.training.train_common import log_line
 from probe.toy.training.train_stages import encode_pool
 from probe.toy.world.world import get_world, world_of
@@ -107,11 +107,7 @@ def export_flux(
     folder = out / "model"
     pipe.save_pretrained(str(folder), safe_serialization=True)
     defaults = {
-        "num_inference_steps": cfg.num_inference_steps,
-        "guidance_scale": cfg.guidance_scale,
-        "height": cfg.image_size,
-        "width": cfg.image_size,
-        "world": get_world(cfg.world).name,
+        **sampling_defaults(cfg),
         "max_sequence_length": cfg.text_tokens,
         "guidance": TRUE_CFG.format(scale=cfg.guidance_scale, tokens=cfg.text_tokens),
         "text_encoder": f"CLIP: {Path(cfg.base).name}'s, frozen; T5: contrastive, frozen "

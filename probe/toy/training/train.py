@@ -74,6 +74,17 @@ def train_world_judge(cfg: TrainConfig, out: Path) -> Path:
     return folder
 
 
+def sampling_defaults(cfg: TrainConfig) -> dict[str, Any]:
+    """What a toy's ``attnprobe.json`` says it is sampled with: steps, guidance, size, world."""
+    return {
+        "num_inference_steps": cfg.num_inference_steps,
+        "guidance_scale": cfg.guidance_scale,
+        "height": cfg.image_size,
+        "width": cfg.image_size,
+        "world": get_world(cfg.world).name,
+    }
+
+
 def export(
     cfg: TrainConfig,
     out: Path,
@@ -89,11 +100,7 @@ def export(
     folder = out / "model"
     pipe.save_pretrained(str(folder), safe_serialization=True)
     defaults = {
-        "num_inference_steps": cfg.num_inference_steps,
-        "guidance_scale": cfg.guidance_scale,
-        "height": cfg.image_size,
-        "width": cfg.image_size,
-        "world": get_world(cfg.world).name,
+        **sampling_defaults(cfg),
         "text_encoder": "contrastive, frozen (probe.toy.training.train_text)",
     }
     (folder / "attnprobe.json").write_text(json.dumps(defaults, indent=2) + "\n")
