@@ -160,6 +160,16 @@ def test_the_edit_loop_is_the_pipelines(flux):
     assert (plain.latents[0] - ref[0]).abs().max() <= 1e-4
 
 
+def true_cfg_flux(flux):
+    """tiny-flux without a guidance embedding (as the toy Flux): guided by true CFG."""
+    config = {**flux.transformer.config, "guidance_embeds": False}
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel.from_config(config)
+    plain = FluxPipeline(**{**flux.components, "transformer": transformer})
+    plain.set_progress_bar_config(disable=True)
+    return plain
+
+
 def test_a_flux_without_guidance_embedding_guides_with_unconditional_rows(flux):
     """FLUX.1-dev (guidance_embeds) takes guidance as a transformer input and refuses
     unconditional rows; a Flux without a guidance embedding (the toy Flux) gets true CFG: the
@@ -169,11 +179,7 @@ def test_a_flux_without_guidance_embedding_guides_with_unconditional_rows(flux):
     assert not family_of(flux).guides_with_rows(flux)
     with pytest.raises(ValueError, match="guidance-distilled"):
         encode_prompts(flux, ["a red car"], True)
-    config = {**flux.transformer.config, "guidance_embeds": False}
-    torch.manual_seed(0)
-    transformer = FluxTransformer2DModel.from_config(config)
-    plain = FluxPipeline(**{**flux.components, "transformer": transformer})
-    plain.set_progress_bar_config(disable=True)
+    plain = true_cfg_flux(flux)
     family = family_of(plain)
     assert family.guides_with_rows(plain) and family.text_key_count(plain) == 512
     cond = encode_prompts(plain, ["a red car"], True)
@@ -184,3 +190,40 @@ def test_a_flux_without_guidance_embedding_guides_with_unconditional_rows(flux):
     torch.testing.assert_close(guided.latents[0], guided.latents[1], rtol=1e-5, atol=1e-5)
     unguided = edit(plain, "a red car", ["a red car"], method="fpe", num_steps=2, guidance_scale=1.0)
     assert not torch.allclose(guided.latents, unguided.latents)
+
+
+def test_flux_pipeline_true_cfg_records_its_conditional_pass_only(flux):
+    """FluxPipeline's true CFG calls the transformer twice per step (conditional, then
+    unconditional): the recording keeps one step per iteration and the conditional rows. At
+    step 0 both runs see the same latents, so the guided run's maps equal the unguided run's;
+    recording the unconditional pass instead would change them."""
+    plain = true_cfg_flux(flux)
+    family = family_of(plain)
+    prompts = ["a red car"]
+    kwargs = family.pipe_kwargs(plain, prompts, 4.0)
+    assert kwargs["true_cfg_scale"] == 4.0 and kwargs["negative_prompt"] == [""]
+    assert "true_cfg_scale" not in family.pipe_kwargs(flux, prompts, 4.0)  # FLUX.1-dev-like
+    calls: list[int] = []
+    plain.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
+
+    def run(guidance: float, rows: str = "cond"):
+        with record_attention(
+            plain, layers=[0, 2], kinds=("self", "cross"), dtype=torch.float32, rows=rows,
+            prompts=prompts,
+        ) as maps:  # fmt: skip
+            plain(
+                prompts, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                output_type="latent", **family.pipe_kwargs(plain, prompts, guidance),
+            )  # fmt: skip
+        return maps
+
+    guided = run(4.0)
+    assert len(calls) == 2 * STEPS and guided.steps == list(range(STEPS))
+    unguided = run(1.0)
+    assert len(calls) == 3 * STEPS
+    assert guided[0, 0, "cross"].shape[0] == 1
+    torch.testing.assert_close(guided[0, 0, "cross"], unguided[0, 0, "cross"])
+    torch.testing.assert_close(guided[2, 0, "self"], unguided[2, 0, "self"])
+    assert not torch.allclose(guided[0, STEPS - 1, "cross"], unguided[0, STEPS - 1, "cross"])
+    with pytest.raises(ValueError, match="rows='cond'"):
+        run(4.0, rows="all")

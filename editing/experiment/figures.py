@@ -52,14 +52,18 @@ def attention_figures(pipe: Any, figs: FigureWriter, num_steps: int) -> None:
     Self-attention is recorded whole where every step fits the default budget (toy, tiny), else
     as its top 8 SVD components (``auto``: SDXL at 1024 px and 50 steps needs ~21 GiB whole).
     """
+    from probe.models.defaults import generation_defaults
     from probe.recording.recorder import record_attention
     from probe.viz import heatmaps_by_layer, heatmaps_by_step, word_heatmaps
     from probe.viz.svd import self_attention_components
 
+    defaults = generation_defaults(pipe)
+    guidance = defaults["guidance_scale"]
     with record_attention(pipe, self_reduce="auto") as maps:
         image = pipe(
-            SAMPLE_PROMPT, num_inference_steps=num_steps,
-            generator=torch.Generator().manual_seed(0), **family_of(pipe).call_kwargs,
+            SAMPLE_PROMPT, num_inference_steps=num_steps, height=defaults["height"],
+            width=defaults["width"], generator=torch.Generator().manual_seed(0),
+            **family_of(pipe).pipe_kwargs(pipe, [SAMPLE_PROMPT], guidance),
         ).images[0]  # fmt: skip
     image.save(figs.folder / "sample.png")
     section = "attention"

@@ -43,6 +43,12 @@ class BatchLayout:
         return cls(tuple(Row("uncond", i) for i in range(n)) + cond)
 
     @classmethod
+    def unconditional(cls, n: int) -> BatchLayout:
+        """``n`` unconditional rows alone: a pipeline's separate unconditional pass (FluxPipeline's
+        true CFG)."""
+        return cls(tuple(Row("uncond", i) for i in range(n)))
+
+    @classmethod
     def for_edit(cls, n_targets: int, guidance: bool) -> BatchLayout:
         """Sample 0 is the source, samples 1..n_targets the targets; uncond rows first."""
         branches = ["source"] + ["target"] * n_targets

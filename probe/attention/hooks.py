@@ -243,6 +243,8 @@ class AttentionHooks:
                     "(BatchLayout.for_samples or BatchLayout.for_edit)"
                 )
             return self.layout
+        if self._guidance is not None and self._guidance.unconditional_pass():
+            return BatchLayout.unconditional(batch)
         guidance = self._guidance is not None and self._guidance.guidance()
         if guidance and batch % 2:
             raise RuntimeError(f"guidance is on but the UNet batch ({batch}) is odd: pass layout=")

@@ -65,6 +65,12 @@ class GuidanceWatch:
         except AttributeError:  # the pipeline has not been called yet
             return False
 
+    def unconditional_pass(self) -> bool:
+        """Whether the denoiser call under way is a separate unconditional pass (FluxPipeline's
+        true CFG calls the transformer twice per step: the conditional rows, then the
+        unconditional ones); never, here."""
+        return False
+
     def detach(self) -> None:
         """Undo whatever the watch changed on the pipeline (nothing here)."""
 
@@ -97,7 +103,8 @@ class ModelFamily:
         ddim_overrides: config values of the editing DDIM scheduler that differ from the
             folder's (PixArt: ``trailing`` timesteps, which DDIM inversion can follow).
         call_kwargs: keyword arguments every ``pipe(...)`` attnprobe makes adds (PixArt:
-            no resolution binning, so the size asked is the size generated).
+            no resolution binning, so the size asked is the size generated); with the
+            guidance, they are :meth:`pipe_kwargs`.
     """
 
     name: ClassVar[str]
@@ -174,6 +181,12 @@ class ModelFamily:
         """A watch of whether the pipeline's calls guide, while the hooks are open (its
         ``detach`` undoes it when they close)."""
         return GuidanceWatch(pipe)
+
+    def pipe_kwargs(self, pipe: Any, prompts: Sequence[str], guidance_scale: float) -> dict:
+        """Keyword arguments of ``pipe(prompts, ...)`` that guide at ``guidance_scale`` as this
+        pipeline guides, with :attr:`call_kwargs` (Flux without a guidance embedding: true CFG,
+        ``true_cfg_scale`` and an empty ``negative_prompt``)."""
+        return {**self.call_kwargs, "guidance_scale": guidance_scale}
 
     def call_inputs(self, args: tuple, kwargs: dict) -> DenoiserCall:
         """Batch, timestep, text tokens and latent size of a denoiser call."""

@@ -20,7 +20,8 @@ with ``timestep / 1000``. Controllers' ``after_step`` see unpacked latents. Only
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,7 +31,7 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 from torch import Tensor
 
 from probe.attention.layer_info import Place
-from probe.families.base import DenoiserCall, meta_model
+from probe.families.base import DenoiserCall, GuidanceWatch, meta_model
 from probe.families.conditioning import Conditioning, MicroConditioning
 from probe.families.flux_attention import HookedFluxAttnProcessor
 from probe.families.joint_dit import JointDiTFamily
@@ -130,6 +131,25 @@ class FluxFamily(JointDiTFamily):
         or below: pass ``guidance_scale=1``)."""
         return not bool(self.denoiser(pipe).config.get("guidance_embeds", False))
 
+    def watch_guidance(self, pipe: Any) -> GuidanceWatch:
+        """FluxPipeline's true CFG runs the unconditional rows as a second transformer call
+        per step (under ``transformer.cache_context("uncond")``): the watch tells that call
+        from the conditional one."""
+        return _PassWatch(pipe)
+
+    def pipe_kwargs(self, pipe: Any, prompts: Sequence[str], guidance_scale: float) -> dict:
+        """FLUX.1-dev takes ``guidance_scale`` as a transformer input; a Flux without a
+        guidance embedding (the toy) guides by true CFG: ``true_cfg_scale`` with an empty
+        ``negative_prompt`` (FluxPipeline then calls the transformer twice per step). Both
+        get the T5 length of :meth:`text_key_count` where it is below 512."""
+        kwargs: dict[str, Any] = {**self.call_kwargs, "guidance_scale": guidance_scale}
+        if self.guides_with_rows(pipe) and guidance_scale > 1:
+            kwargs |= {"true_cfg_scale": guidance_scale, "negative_prompt": [""] * len(prompts)}
+        length = self.text_key_count(pipe)
+        if length < FLUX_T5_TOKENS:
+            kwargs["max_sequence_length"] = length
+        return kwargs
+
     def text_key_count(self, pipe: Any) -> int:
         """T5 tokens of the joint text: the pipeline's ``max_sequence_length`` default (512),
         or fewer where the T5 tokenizer says so (the toy Flux: 16)."""
@@ -169,6 +189,35 @@ class FluxFamily(JointDiTFamily):
             None if config.get("use_flow_sigmas") else np.linspace(1.0, 1 / num_steps, num_steps)
         )
         return FlowSampler(self, pipe, num_steps, latent_hw, mu=mu, sigmas=sigmas)
+
+
+class _PassWatch(GuidanceWatch):
+    """Which of FluxPipeline's transformer calls is under way: it names them with
+    ``transformer.cache_context("cond" | "uncond")``, which the watch wraps while the hooks
+    are open."""
+
+    def __init__(self, pipe: Any) -> None:
+        super().__init__(pipe)
+        self.name: str | None = None
+        transformer = pipe.transformer
+        original = transformer.cache_context
+
+        @contextlib.contextmanager
+        def cache_context(name: str, **kwargs: Any) -> Iterator[None]:
+            self.name = name
+            try:
+                with original(name, **kwargs):
+                    yield
+            finally:
+                self.name = None
+
+        transformer.cache_context = cache_context
+
+    def unconditional_pass(self) -> bool:
+        return self.name == "uncond"
+
+    def detach(self) -> None:
+        self.pipe.transformer.__dict__.pop("cache_context", None)  # the class's method again
 
 
 FLUX = FluxFamily()

@@ -324,12 +324,11 @@ def _generate(
         result = pipe(
             prompts,
             num_inference_steps=settings["num_inference_steps"],
-            guidance_scale=settings["guidance_scale"],
             height=settings["height"],
             width=settings["width"],
             generator=[torch.Generator().manual_seed(s.seed) for s in batch],
             output_type="pil" if images else "latent",
-            **family_of(pipe).call_kwargs,
+            **family_of(pipe).pipe_kwargs(pipe, prompts, settings["guidance_scale"]),
         )
     if len(maps.tokens) != len(batch):
         raise RuntimeError(f"recorded {len(maps.tokens)} samples for a batch of {len(batch)}")

@@ -104,6 +104,13 @@ class AttentionRecorder(Controller):
 
     # -- run start: steps, budget, tokens ----------------------------------------------------
     def on_unet_call(self, hooks: HookState, first: bool) -> None:
+        layout = hooks.batch_layout
+        if self.rows == "all" and layout is not None and not layout.indices(guidance="cond"):
+            raise ValueError(
+                "rows='all' records every row of one batch, and this pipeline runs its "
+                "unconditional rows as a separate denoiser call (FluxPipeline's true CFG): "
+                "record rows='cond'"
+            )
         if not first:
             return
         if self.maps.data:

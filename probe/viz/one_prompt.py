@@ -35,11 +35,10 @@ def run_demo(model: str, out: Path, steps: int | None = None, seed: int = 0) -> 
         image = pipe(
             DEMO_PROMPT,
             num_inference_steps=steps or defaults["num_inference_steps"],
-            guidance_scale=defaults["guidance_scale"],
             height=defaults["height"],
             width=defaults["width"],
             generator=torch.Generator().manual_seed(seed),
-            **family_of(pipe).call_kwargs,
+            **family_of(pipe).pipe_kwargs(pipe, [DEMO_PROMPT], defaults["guidance_scale"]),
         ).images[0]
     files = {
         "image": out / "image.png",

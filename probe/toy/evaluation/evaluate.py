@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from tqdm.auto import tqdm
 
+from probe.families import family_of
 from probe.models import generation_defaults
 from probe.prompts.templates import load_template
 from probe.toy.world.world import World, get_world, lists_name, world_of
@@ -120,11 +121,11 @@ def generate(
     out = pipe(
         list(prompts),
         num_inference_steps=num_steps,
-        guidance_scale=guidance_scale,
         generator=gens,
         height=size,
         width=size,
         output_type="np",
+        **family_of(pipe).pipe_kwargs(pipe, prompts, guidance_scale),
     ).images
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
