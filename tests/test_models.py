@@ -58,7 +58,7 @@ def test_saved_folder_loads_offline_and_bit_exact(tiny_pipe, tmp_path):
 def test_missing_or_wrong_model_folder(tmp_path):
     with pytest.raises(
         FileNotFoundError,
-        match="is not 'toy', 'toy-v2', 'tiny', 'tiny-xl', 'tiny-pixart', 'tiny-sd3', 'tiny-flux' or a "
+        match="is not 'toy', 'toy-v2', 'toy-flux', 'tiny', 'tiny-xl', 'tiny-pixart', 'tiny-sd3', 'tiny-flux' or a "
             "folder on disk.*"
         "never downloads",
     ):

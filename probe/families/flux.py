@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
+from diffusers.utils import logging as diffusers_logging
 from torch import Tensor
 
 from probe.attention.layer_info import Place
@@ -69,14 +70,16 @@ class FluxFamily(JointDiTFamily):
         return config.get("num_single_layers") is not None
 
     def load(self, folder: Path, dtype: torch.dtype | None = None) -> Any:
-        pipe = FluxPipeline.from_pretrained(
-            str(folder), local_files_only=True, dtype=dtype or torch.float32
-        )
+        with _quiet_sample_size():
+            pipe = FluxPipeline.from_pretrained(
+                str(folder), local_files_only=True, dtype=dtype or torch.float32
+            )
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
     def empty_denoiser(self, folder: Path) -> Any:
-        return meta_model(FluxTransformer2DModel, folder / "transformer")
+        with _quiet_sample_size():
+            return meta_model(FluxTransformer2DModel, folder / "transformer")
 
     def native_latent(self, denoiser: Any) -> tuple[int, int]:
         size = denoiser.config.get("sample_size") or FLUX_NATIVE_LATENT
@@ -189,6 +192,20 @@ class FluxFamily(JointDiTFamily):
             None if config.get("use_flow_sigmas") else np.linspace(1.0, 1 / num_steps, num_steps)
         )
         return FlowSampler(self, pipe, num_steps, latent_hw, mu=mu, sigmas=sigmas)
+
+
+@contextlib.contextmanager
+def _quiet_sample_size() -> Iterator[None]:
+    """A transformer config with ``sample_size`` (the toy Flux's native latent, read by
+    :meth:`FluxFamily.native_latent`; ``FluxTransformer2DModel`` takes no such argument and
+    keeps it in its config) loads without diffusers' "not expected" warning."""
+    logger = diffusers_logging.get_logger("diffusers.configuration_utils")
+    level = logger.level
+    logger.setLevel(diffusers_logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class _PassWatch(GuidanceWatch):

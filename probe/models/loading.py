@@ -18,6 +18,7 @@ import torch
 from probe.families import FAMILIES, family_of_folder
 from probe.toy.weight_folders import TOY_DIR as TOY_DIR
 from probe.toy.weight_folders import TOY_FOLDERS as TOY_FOLDERS
+from probe.toy.weight_folders import TOY_TRAIN_COMMANDS
 from probe.toy.weight_folders import TOY_V2_DIR as TOY_V2_DIR
 
 BUILT_IN: dict[str, Any] = {
@@ -31,7 +32,7 @@ HOW_TO_GET_WEIGHTS = (
     "`huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir ./sd15` "
     "(or `StableDiffusionPipeline.from_pretrained(...).save_pretrained('./sd15')`), copy it here "
     "and pass its path; or use a built-in model: "
-    + ", ".join(repr(n) for n in ["toy", "toy-v2", *BUILT_IN])
+    + ", ".join(repr(n) for n in [*TOY_FOLDERS, *BUILT_IN])
     + "."
 )
 
@@ -45,11 +46,11 @@ def load_pipeline(
 
     Args:
         spec: ``"toy"`` (the embedded trained toy model), ``"toy-v2"`` (the toy of world v2,
-            sixteen colours), a random model built in memory for tests (``"tiny"``,
-            ``"tiny-xl"``, ``"tiny-sd3"``, ``"tiny-flux"``, ``"tiny-pixart"``: SD 1.x, SDXL,
-            SD3, Flux, PixArt-Σ topology) or the path of a diffusers folder of a family
-            attnprobe knows, told apart by the ``_class_name`` of its model_index.json
-            (:func:`probe.families.family_of_folder`).
+            sixteen colours), ``"toy-flux"`` (world v2 on Flux's topology), a random model
+            built in memory for tests (``"tiny"``, ``"tiny-xl"``, ``"tiny-sd3"``,
+            ``"tiny-flux"``, ``"tiny-pixart"``: SD 1.x, SDXL, SD3, Flux, PixArt-Σ topology)
+            or the path of a diffusers folder of a family attnprobe knows, told apart by the
+            ``_class_name`` of its model_index.json (:func:`probe.families.family_of_folder`).
         device: where to put it (default: CPU).
         dtype: weights' dtype (default: float32); a folder is loaded in it.
 
@@ -97,14 +98,14 @@ def resolve_folder(spec: str | Path) -> Path:
         if not (toy / "model_index.json").is_file():
             raise FileNotFoundError(
                 f"the {spec} model's weights are not in {toy}: train them with "
-                "`attnprobe toy train --out <dir>` or use --model tiny"
+                f"`{TOY_TRAIN_COMMANDS[str(spec)]}` and copy <dir>/model there, or use --model tiny"
             )
         return toy
     folder = Path(spec).expanduser()
     if not folder.exists():
         raise FileNotFoundError(
             f"model {str(spec)!r} is not "
-            f"{', '.join(repr(n) for n in ['toy', 'toy-v2', *BUILT_IN])} or a folder on disk. "
+            f"{', '.join(repr(n) for n in [*TOY_FOLDERS, *BUILT_IN])} or a folder on disk. "
             f"{HOW_TO_GET_WEIGHTS}"
         )
     if not (folder / "model_index.json").is_file():

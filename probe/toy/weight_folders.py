@@ -19,9 +19,19 @@ TOY_DIR = TOY_ROOT / "models" / "toy_v1"
 """The trained toy of world v1 (ten colours), the default model ``toy``."""
 TOY_V2_DIR = TOY_ROOT / "models" / "toy_v2"
 """The trained toy of world v2 (sixteen colours, a frozen contrastive text encoder)."""
-TOY_FOLDERS: dict[str, Path] = {"toy": TOY_DIR, "toy-v2": TOY_V2_DIR}
-"""The embedded trained toys by name: ``toy`` (world v1, ten colours, the default) and
-``toy-v2`` (world v2, sixteen colours, a frozen contrastive text encoder; docs/toy_v2)."""
+TOY_FLUX_DIR = TOY_ROOT / "models" / "toy_flux"
+"""The trained toy Flux of world v2 (a ``FluxPipeline`` folder: double- and single-stream
+blocks, true classifier-free guidance; docs/toy_flux)."""
+TOY_FOLDERS: dict[str, Path] = {"toy": TOY_DIR, "toy-v2": TOY_V2_DIR, "toy-flux": TOY_FLUX_DIR}
+"""The embedded trained toys by name: ``toy`` (world v1, ten colours, the default), ``toy-v2``
+(world v2, sixteen colours, a frozen contrastive text encoder; docs/toy_v2) and ``toy-flux``
+(world v2 on Flux's topology; docs/toy_flux)."""
+TOY_TRAIN_COMMANDS: dict[str, str] = {
+    "toy": "attnprobe toy train --world v1 --out <dir>",
+    "toy-v2": "attnprobe toy train --out <dir>",
+    "toy-flux": "attnprobe toy train --arch flux --out <dir>",
+}
+"""The command that trains each embedded toy (its folder is then ``<dir>/model``)."""
 
 JUDGE_V1_DIR = TOY_ROOT / "judges" / "weights_v1"
 """The category judge of world v1 (``category.safetensors``, ``category.json``)."""

@@ -57,17 +57,27 @@ def loss_curves(lines: list[dict[str, Any]]) -> Figure:
     return fig
 
 
-def _text_panel(ax: Any, rows: list[dict[str, Any]]) -> None:
-    """The contrastive stage: loss on ``ax``, zero-shot accuracies on a twin axis."""
+ZERO_SHOT = {"zero_shot_colour": "zero-shot colour", "zero_shot_category": "zero-shot category"}
+"""The contrastive stage's held-out accuracies in the log, with their legend labels."""
+
+
+def _text_panel(
+    ax: Any,
+    rows: list[dict[str, Any]],
+    accuracies: dict[str, str] = ZERO_SHOT,
+    ylabel: str = "held-out accuracy",
+) -> None:
+    """The contrastive stage: loss on ``ax``, the ``accuracies`` (log key: label) on a twin
+    axis, each at the steps that logged it."""
     ax.plot([x["step"] for x in rows], [x["loss"] for x in rows], lw=1, color="C0", label="loss")
     ax.set(ylabel="symmetric InfoNCE")
-    evals = [x for x in rows if "zero_shot_colour" in x]
-    if evals:
+    if any(key in x for x in rows for key in accuracies):
         acc = ax.twinx()
-        for key, colour in (("zero_shot_colour", "C1"), ("zero_shot_category", "C2")):
-            acc.plot([x["step"] for x in evals], [x[key] for x in evals], lw=1, color=colour,
-                     label=key.replace("zero_shot_", "zero-shot "))  # fmt: skip
-        acc.set(ylim=(0, 1.02), ylabel="held-out accuracy")
+        for i, (key, label) in enumerate(accuracies.items()):
+            evals = [x for x in rows if key in x]
+            acc.plot([x["step"] for x in evals], [x[key] for x in evals], lw=1,
+                     color=f"C{i + 1}", label=label)  # fmt: skip
+        acc.set(ylim=(0, 1.02), ylabel=ylabel)
         acc.legend(loc="center right", fontsize=7)
 
 
