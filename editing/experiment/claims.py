@@ -224,7 +224,8 @@ def claim_cross_optional(summary: Sequence[Mapping[str, Any]]) -> Claim:
     if not ok:
         return _inconclusive_edits("cross_optional", title, share)
     if fpe is None or cross is None:
-        return Claim("cross_optional", title, INCONCLUSIVE, "The sweep lacks 'fpe' or cross 'all'.")
+        missing = "cross-attention 'all' (see the notes)" if cross is None else "self 'fpe'"
+        return Claim("cross_optional", title, INCONCLUSIVE, f"The sweep has no {missing} edits.")
     held = cross["success"] < fpe["success"]
     text = (f"FPE (self-attention, fpe layers, cross untouched): {_edit_numbers(fpe)}. "
             f"Cross-attention replaced in all layers: {_edit_numbers(cross)}.")  # fmt: skip

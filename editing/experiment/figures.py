@@ -119,6 +119,8 @@ def edit_figure(pipe: Any, out: Path, figs: FigureWriter, num_steps: int) -> Non
     }
     if not selection.is_file():
         methods.pop("FPE, probe selection")
+    if family_of(pipe).joint_attention:  # no cross-attention replacement on a DiT
+        methods.pop("cross, all layers")
     results = {
         name: edit(pipe, EDIT_SOURCE, list(EDIT_TARGETS), seed=0, num_steps=num_steps, **kw)
         for name, kw in methods.items()
@@ -127,7 +129,7 @@ def edit_figure(pipe: Any, out: Path, figs: FigureWriter, num_steps: int) -> Non
              f"Edits of '{EDIT_SOURCE}'",
              "Each row: the source (seed 0) and its edits by one method. FPE replaces the "
              "target's self-attention with the source's in the given layers for the first 80% "
-             "of steps; 'cross' replaces cross-attention instead.")  # fmt: skip
+             "of steps; 'cross' replaces cross-attention instead (UNets only).")  # fmt: skip
 
 
 def make_figures(pipe: Any, out: Path, num_steps: int) -> list[dict[str, str]]:
