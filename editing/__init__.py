@@ -28,6 +28,9 @@ _PUBLIC = {
     "ddim_invert": "editing.inversion",
     "load_image": "editing.inversion",
     "null_text_invert": "editing.null_text",
+    "FlowInversion": "editing.flow_inversion",
+    "flow_invert": "editing.flow_inversion",
+    "flowedit": "editing.methods.flowedit",
     "score_edit": "editing.scoring.toy_metrics",
     "psnr": "editing.scoring.images",
     "read_rows": "editing.sweep.table",
@@ -44,11 +47,14 @@ _PUBLIC = {
 
 __all__ = [
     "EditResult",
+    "FlowInversion",
     "Inversion",
     "ReproduceConfig",
     "ddim_invert",
     "edit",
     "edit_grid",
+    "flow_invert",
+    "flowedit",
     "format_summary",
     "load_image",
     "make_controller",
@@ -68,7 +74,9 @@ if TYPE_CHECKING:
     from editing.editor import EditResult, edit, make_controller
     from editing.experiment.edit_figures import edit_grid
     from editing.experiment.reproduction import ReproduceConfig, pick_pairs, reproduce
+    from editing.flow_inversion import FlowInversion, flow_invert
     from editing.inversion import Inversion, ddim_invert, load_image
+    from editing.methods.flowedit import flowedit
     from editing.null_text import null_text_invert
     from editing.scoring.images import psnr
     from editing.scoring.toy_metrics import score_edit

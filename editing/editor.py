@@ -116,7 +116,9 @@ def edit(
             ``step_fraction`` and the method's options (giving both is refused).
         inversion: a real image's inversion (:func:`editing.inversion.ddim_invert`, or
             :func:`editing.null_text.null_text_invert`, whose optimised embeddings the
-            unconditional rows then use): every row starts from its noisiest latent.
+            unconditional rows then use; on SD3 and Flux
+            :func:`editing.flow_inversion.flow_invert`): every row starts from its noisiest
+            latent.
         source_branch: for a real image, how the source row is sampled (see
             :data:`editing.methods.registry.SOURCE_BRANCHES`): ``"forced"`` onto the inverted
             latent after every step, ``"free"`` (denoised like the targets) or ``"direct"``
@@ -163,7 +165,7 @@ def edit(
     if family.joint_attention:  # one softmax over [image; text]: the joint editors
         chosen = for_joint_attention(chosen, method_settings["method"])
     if inversion is not None:
-        family.refuse("inversion")
+        inversion.check_pipeline(pipe)  # DDIM on a flow, a flow inversion on a UNet: refused
     # FLUX.1 is guidance-distilled: its guidance is a transformer input, no unconditional half
     guided = guidance_scale > 1.0 and family.guides_with_rows(pipe)
     branch, branch_prompt = _source_branch(

@@ -52,6 +52,15 @@ class Inversion:
     def kind(self) -> str:
         return "ddim" if self.null_embeddings is None else "null-text"
 
+    def check_pipeline(self, pipe: Any) -> None:
+        """Raise where ``pipe``'s family cannot edit from this kind of inversion.
+
+        Raises:
+            NotImplementedError: the family's reason (SD3, Flux: ``"ddim inversion"``), with
+                the way out.
+        """
+        family_of(pipe).refuse(f"{self.kind} inversion")
+
     def pixel_size(self, vae_scale_factor: int) -> tuple[int, int]:
         """(height, width) in pixels of the image inverted."""
         h, w = self.trajectory[0].shape[-2:]
@@ -102,9 +111,12 @@ def _read_image_file(path: Path) -> Image.Image:
 
 @torch.no_grad()
 def encode_image(pipe: Any, image: Image.Image) -> Tensor:
-    """The VAE posterior mean times the scaling factor: ``[1, 4, h, w]``."""
+    """The VAE posterior mean, minus the VAE's shift factor where it has one (SD3, Flux), times
+    its scaling factor, as the pipelines encode: ``[1, C, h, w]`` (C: 4 on SD, 16 on SD3, Flux)."""
     pixels = pipe.image_processor.preprocess(image).to(device=pipe.device, dtype=pipe.vae.dtype)
-    return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+    config = pipe.vae.config
+    shift = config.get("shift_factor") or 0.0
+    return (pipe.vae.encode(pixels).latent_dist.mean - shift) * config.scaling_factor
 
 
 @torch.no_grad()
@@ -131,8 +143,8 @@ def ddim_invert(
             at this size.
 
     Raises:
-        NotImplementedError: a flow model (SD3, Flux: no flow inversion yet; the family's
-            reason).
+        NotImplementedError: a flow model (SD3, Flux: invert it with
+            :func:`editing.flow_inversion.flow_invert`; the family's reason).
 
     Example:
         >>> inv = ddim_invert(pipe, "car.png")
@@ -141,7 +153,7 @@ def ddim_invert(
     from editing.sampling import encode_prompts
 
     family = family_of(pipe)
-    family.refuse("inversion")  # SD3, Flux: flow models, no flow inversion yet
+    family.refuse("ddim inversion")  # SD3, Flux: flow models, inverted by flow_invert
     defaults = generation_defaults(pipe)
     num_steps = num_steps or defaults["num_inference_steps"]
     size = (height or defaults["height"], width or defaults["width"])
@@ -169,9 +181,11 @@ def reconstruct(
 
     Args:
         pipe: the pipeline.
-        inversion: from :func:`ddim_invert` or :func:`editing.null_text.null_text_invert`.
+        inversion: from :func:`ddim_invert`, :func:`editing.null_text.null_text_invert` or
+            (SD3, Flux) :func:`editing.flow_inversion.flow_invert`.
         guidance_scale: classifier-free guidance (1: none; with the empty prompt guidance
-            changes nothing, its conditional and unconditional rows being the same).
+            changes nothing, its conditional and unconditional rows being the same); on a
+            guidance-distilled Flux (FLUX.1-dev) the transformer's guidance input.
         prompt: the prompt to denoise with (default: the one it was inverted with).
 
     Raises:
@@ -182,7 +196,8 @@ def reconstruct(
     """
     from editing.sampling import decode, denoise, encode_prompts
 
-    guided = guidance_scale > 1.0
+    # FLUX.1 is guidance-distilled: its guidance is a transformer input, no unconditional rows
+    guided = guidance_scale > 1.0 and family_of(pipe).guides_with_rows(pipe)
     if inversion.null_embeddings is not None and not guided:
         raise ValueError("null-text inversion only matters with guidance: set guidance_scale > 1")
     text = inversion.prompt if prompt is None else prompt

@@ -76,6 +76,7 @@ def null_text_invert(
     from editing.sampling import encode_prompts
     from probe.models import generation_defaults
 
+    family_of(pipe).refuse("null-text inversion")  # SD3, Flux: DDIM steps do not apply
     if inner_steps < 1:
         raise ValueError(f"inner_steps={inner_steps}: use at least 1 (the authors: 10)")
     if lr * (1 - lr_decay * (pivot.num_steps - 1)) < 0:

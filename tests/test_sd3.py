@@ -238,5 +238,5 @@ def test_the_edit_loop_is_the_pipelines(sd3):
 def test_unet_only_methods_are_refused_on_sd3(sd3):
     with pytest.raises(NotImplementedError, match="not carried to joint attention"):
         edit(sd3, "a red car", ["a blue car"], method="cross", num_steps=1)
-    with pytest.raises(NotImplementedError, match="no flow inversion yet"):
+    with pytest.raises(NotImplementedError, match="invert the image with its own ODE"):
         ddim_invert(sd3, np.zeros((128, 128, 3), dtype=np.uint8))

@@ -124,7 +124,17 @@ def _invert(pipe: Any, args: argparse.Namespace) -> Any:
     with the *source* prompt at guidance 1, then null-text optimisation at the edit's guidance
     (as ``null_text_w_ptp.ipynb``)."""
     from editing.inversion import ddim_invert
+    from probe.families import family_of
 
+    if args.inversion == "euler" or (
+        args.inversion is None and "ddim inversion" in family_of(pipe).unsupported
+    ):  # SD3, Flux: inverse Euler on the flow (editing.flow_inversion)
+        from editing.flow_inversion import flow_invert
+
+        prompt = args.source if _source_branch_prompt(args) == "source" else ""
+        return flow_invert(pipe, args.image, prompt, args.num_steps, nudge=args.nudge)
+    if args.nudge != 1.0:
+        raise ValueError("--nudge only applies to --inversion euler (SD3, Flux): leave it out")
     if args.inversion != "null-text":
         prompt = args.source if _source_branch_prompt(args) == "source" else ""
         return ddim_invert(pipe, args.image, prompt=prompt, num_steps=args.num_steps)
@@ -144,11 +154,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-steps", type=int, default=None, help="default: the model's")
     p.add_argument("--guidance", type=float, default=None, help="default: the model's")
-    p.add_argument("--image", default=None, help="a real image to edit (DDIM-inverted first)")
+    p.add_argument("--image", default=None, help="a real image to edit (inverted first)")
     p.add_argument(
-        "--inversion", default="ddim", choices=("ddim", "null-text"),
-        help="for --image: DDIM inversion with the empty prompt (FPE's official path), or "
-        "null-text inversion (Prompt-to-Prompt's: pivot = DDIM with --source, guidance 1)",
+        "--inversion", default=None, choices=("ddim", "null-text", "euler"),
+        help="for --image: DDIM inversion with the empty prompt (FPE's official path), "
+        "null-text inversion (Prompt-to-Prompt's: pivot = DDIM with --source, guidance 1), or "
+        "on SD3 and Flux inverse Euler on the flow (Stable Flow's). Default: ddim, euler on "
+        "SD3 and Flux",
+    )  # fmt: skip
+    p.add_argument(
+        "--nudge", type=float, default=1.0,
+        help="for --inversion euler: multiply the encoded image by this first (Stable Flow's "
+        "latent nudging: 1.15; default 1)",
     )  # fmt: skip
     p.add_argument(
         "--source-branch", default=None, choices=SOURCE_BRANCHES,

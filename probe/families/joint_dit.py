@@ -25,9 +25,16 @@ from probe.attention.layer_info import Kind, LayerInfo, Place
 from probe.families.base import DenoiserCall, ModelFamily
 
 JOINT_UNSUPPORTED = {
-    "inversion": (
-        "real-image editing (inversion) needs DDIM on a UNet; attnprobe has no flow inversion "
-        "yet: edit a generated image (edit(pipe, source, targets))"
+    "ddim inversion": (
+        "DDIM inversion follows a noise-predicting DDIM sampler and this is a flow model: invert "
+        "the image with its own ODE (editing.flow_inversion.flow_invert(pipe, image), then "
+        "edit(..., inversion=inv)), or edit it without inversion "
+        "(editing.methods.flowedit.flowedit(pipe, image, source, target))"
+    ),
+    "null-text inversion": (
+        "null-text inversion optimises the unconditional embedding along DDIM steps, a UNet "
+        "method not carried to flow models: invert with editing.flow_inversion.flow_invert "
+        "(inverse Euler), or edit without inversion with editing.methods.flowedit.flowedit"
     ),
 }
 """Why the joint families refuse what they refuse (:meth:`ModelFamily.refuse`)."""
