@@ -227,3 +227,16 @@ def test_flux_pipeline_true_cfg_records_its_conditional_pass_only(flux):
     assert not torch.allclose(guided[0, STEPS - 1, "cross"], unguided[0, STEPS - 1, "cross"])
     with pytest.raises(ValueError, match="rows='cond'"):
         run(4.0, rows="all")
+
+
+def test_a_joint_editor_keeps_to_its_targets(flux):
+    """The sweep edits several jobs in one batch, each editor on its own targets: carried to
+    joint attention, an FPE editor of target 1 leaves target 0 as method 'none' samples it."""
+    from editing.methods.replace import SelfAttentionReplace
+
+    fpe = SelfAttentionReplace(layers="all")
+    fpe.targets = frozenset({1})
+    both = edit(flux, "a red car", ["a blue car", "a blue car"], controllers=[fpe], num_steps=STEPS)
+    alone = edit(flux, "a red car", ["a blue car"], method="none", num_steps=STEPS)
+    torch.testing.assert_close(both.latents[1], alone.latents[1], atol=1e-4, rtol=1e-4)
+    assert (both.latents[2] - alone.latents[1]).abs().max() > 1e-3

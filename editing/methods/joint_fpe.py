@@ -144,7 +144,9 @@ def for_joint_attention(controllers: Sequence[Controller], method: str) -> list[
         if isinstance(c, JointEditor):
             out.append(c)
         elif type(c) is SelfAttentionReplace:
-            out.append(JointSelfAttentionReplace(c.layer_spec, c.step_spec, c.guidance))
+            joint = JointSelfAttentionReplace(c.layer_spec, c.step_spec, c.guidance)
+            joint.targets = c.targets  # a sweep's editor edits its own targets only
+            out.append(joint)
         else:
             raise NotImplementedError(
                 f"{type(c).__name__} (method {method!r}) edits a UNet's separate self- or "
