@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 
 from editing.inversion import Inversion, encode_image, load_image
 from probe.attention.clock import denoising_steps
@@ -149,14 +150,11 @@ def flow_invert(
 
     if nudge <= 0:
         raise ValueError(f"nudge={nudge}: use a positive factor (1: none; Stable Flow: 1.15)")
-    defaults = generation_defaults(pipe)
-    num_steps = num_steps or int(defaults["num_inference_steps"])
-    size = (height or int(defaults["height"]), width or int(defaults["width"]))
-    scale = pipe.vae_scale_factor
-    sampler = flow_sampler(pipe, num_steps, (size[0] // scale, size[1] // scale), "flow_invert")
-    check_flow_size(pipe, size)
+    num_steps = num_steps or int(generation_defaults(pipe)["num_inference_steps"])
+    size, latent_hw = flow_size(pipe, height, width)
+    sampler = flow_sampler(pipe, num_steps, latent_hw, "flow_invert")
     check_known_words(pipe, [prompt])  # the toy's closed vocabulary
-    latent = encode_image(pipe, load_image(image, (size[1], size[0]))).float() * nudge
+    latent = encode_flow_image(pipe, image, size) * nudge
     guided = guidance_scale > 1.0 and family_of(pipe).guides_with_rows(pipe)
     cond = encode_prompts(pipe, [prompt], guided, size)
     sigmas = sampler.scheduler.sigmas
@@ -170,6 +168,23 @@ def flow_invert(
         path.append(latent)
     trajectory = [x.to(dtype) for x in reversed(path)]
     return FlowInversion(trajectory, prompt, num_steps, nudge=nudge, guidance_scale=guidance_scale)
+
+
+def flow_size(
+    pipe: Any, height: int | None, width: int | None
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The (height, width) in pixels an image is read at (default: the model's) and its latent's."""
+    defaults = generation_defaults(pipe)
+    size = (height or int(defaults["height"]), width or int(defaults["width"]))
+    scale = pipe.vae_scale_factor
+    return size, (size[0] // scale, size[1] // scale)
+
+
+def encode_flow_image(pipe: Any, image: Any, size: tuple[int, int]) -> Tensor:
+    """An image of exactly ``size`` (height, width) checked for the flow model's patches and
+    encoded as its pipeline does, float32 ``[1, C, h, w]``."""
+    check_flow_size(pipe, size)
+    return encode_image(pipe, load_image(image, (size[1], size[0]))).float()
 
 
 def check_flow_size(pipe: Any, size: tuple[int, int]) -> tuple[int, int]:

@@ -37,12 +37,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from editing.flow_inversion import check_flow_size, flow_sampler
-from editing.inversion import encode_image, load_image
+from editing.flow_inversion import encode_flow_image, flow_sampler, flow_size
 from probe.attention.clock import denoising_steps
 from probe.families import Conditioning, family_of
 from probe.families.sampler import FlowSampler
-from probe.models import generation_defaults
 from probe.models.vocabulary import check_known_words
 
 
@@ -135,15 +133,11 @@ def flowedit(
              "source_guidance": source_guidance, "target_guidance": target_guidance}  # fmt: skip
     authors = asdict(FLOWEDIT_DEFAULTS.get(family.name, FLOWEDIT_DEFAULTS["sd3"]))
     settings = {k: authors[k] if v is None else v for k, v in given.items()}
-    defaults = generation_defaults(pipe)
-    size = (height or int(defaults["height"]), width or int(defaults["width"]))
-    scale = pipe.vae_scale_factor
-    latent_hw = (size[0] // scale, size[1] // scale)
+    size, latent_hw = flow_size(pipe, height, width)
     sampler = flow_sampler(pipe, int(settings["num_steps"]), latent_hw, "flowedit (FlowEdit)")
     _check_counts(settings)
-    check_flow_size(pipe, size)
     check_known_words(pipe, [source_prompt, target_prompt])  # the toy's closed vocabulary
-    x_src = encode_image(pipe, load_image(image, (size[1], size[0]))).float()
+    x_src = encode_flow_image(pipe, image, size)
     guidance = (settings["source_guidance"], settings["target_guidance"])
     guided = max(guidance) > 1.0 and family.guides_with_rows(pipe)
     cond = encode_prompts(pipe, [source_prompt, target_prompt], guided, size)
