@@ -19,7 +19,8 @@ def add_model_arg(parser: argparse.ArgumentParser, device: bool = False) -> None
     parser.add_argument(
         "--model",
         default=None,
-        help="'toy' (default; the embedded model), 'toy-v2' (the toy of world v2), 'tiny' / "
+        help="'toy' (default; the embedded model), 'toy-v2' (the toy of world v2), 'toy-flux' "
+        "(world v2 on Flux's topology), 'tiny' / "
         "'tiny-xl' / 'tiny-sd3' / 'tiny-flux' / 'tiny-pixart' (random weights, SD / SDXL / SD3 "
         "/ Flux / PixArt-Σ topology) or a diffusers SD 1.x/2.x, SDXL, SD3, Flux or PixArt-Σ "
         "folder",

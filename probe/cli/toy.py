@@ -72,7 +72,9 @@ def _add_evaluate(toy_sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="generate every template prompt on held-out seeds and judge the images",
     )
-    e.add_argument("--model", default="toy", help="toy (default), or a model folder")
+    e.add_argument(
+        "--model", default="toy", help="toy (default), toy-v2, toy-flux, or a model folder"
+    )
     e.add_argument("--out", required=True, type=Path, help="folder for the table and grid")
     e.add_argument(
         "--templates", default="colour_car,animal_park,colour_animal", help="comma-separated"
