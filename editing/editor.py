@@ -302,5 +302,5 @@ def _edit_inverted(
         pipe, embeddings, start, layout, controllers, inversion.num_steps, guidance_scale,
         source_trajectory=None if free else inversion.trajectory,
         uncond_embeddings=inversion.null_embeddings,
-        source_branch="forced" if free else str(branch),
+        source_branch="forced" if free else str(branch), step_rule=inversion.step_rule(),
     )  # fmt: skip

@@ -61,6 +61,12 @@ class Inversion:
         """
         family_of(pipe).refuse(f"{self.kind} inversion")
 
+    def step_rule(self) -> Any:
+        """How an edit from this inversion samples each step
+        (:class:`editing.sampling.StepRule`), or ``None``: the family's plain step (DDIM,
+        Euler). RF-Inversion and RF-Solver sample with their own."""
+        return None
+
     def pixel_size(self, vae_scale_factor: int) -> tuple[int, int]:
         """(height, width) in pixels of the image inverted."""
         h, w = self.trajectory[0].shape[-2:]
@@ -206,5 +212,6 @@ def reconstruct(
     final = denoise(
         pipe, embeddings, latents, BatchLayout.for_samples(1, guided), [], inversion.num_steps,
         guidance_scale, uncond_embeddings=inversion.null_embeddings,
+        step_rule=inversion.step_rule(),
     )  # fmt: skip
     return decode(pipe, final)[0]

@@ -16,7 +16,7 @@ doubled with the rows under guidance. This is the one module of ``editing`` that
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -29,6 +29,27 @@ from probe.attention.hooks import AttentionHooks
 from probe.families import Conditioning, MicroConditioning, family_of
 from probe.families.sampler import decode_latents
 from probe.models import defaults_origin, generation_defaults
+
+
+class StepRule(Protocol):
+    """How one sampling step moves the latents, where an inversion samples otherwise than its
+    family's plain step (RF-Inversion's controlled reverse, RF-Solver's second order): given
+    the sampler, the step index ``i`` and its timestep ``t``, the latents ``[n, C, h, w]``, the
+    rows' conditioning, guidance on or off and its scale, the latents one step later. The
+    default is ``sampler.denoise_step`` (:func:`plain_step`)."""
+
+    def __call__(
+        self, sampler: Any, i: int, t: Tensor, latents: Tensor, cond: Conditioning,
+        guided: bool, guidance_scale: float,
+    ) -> Tensor: ...  # fmt: skip
+
+
+def plain_step(
+    sampler: Any, i: int, t: Tensor, latents: Tensor, cond: Conditioning, guided: bool,
+    guidance_scale: float,
+) -> Tensor:  # fmt: skip
+    """The family's own step: the guided model output, then the scheduler's step."""
+    return sampler.denoise_step(t, latents, cond, guided, guidance_scale)
 
 
 def check_prompts(pipe: Any, prompts: Sequence[str]) -> None:
@@ -112,6 +133,7 @@ def denoise(
     source_trajectory: Sequence[Tensor] | None = None,
     uncond_embeddings: Sequence[Tensor] | None = None,
     source_branch: str = "forced",
+    step_rule: StepRule | None = None,
 ) -> Tensor:
     """Run the family's sampler on ``latents`` ``[samples, C, h, w]`` with controllers on the
     hooks; each iteration is one step of the hooks' clock. After each step every controller's
@@ -129,6 +151,8 @@ def denoise(
             path) or ``"direct"`` (Ju et al.'s direct-inversion variant: the source's
             correction, inverted latent minus its denoised one, is added to every other row
             too). A free source branch is a call without ``source_trajectory``.
+        step_rule: how each step moves the latents (default :func:`plain_step`; an inversion's
+            own, :meth:`editing.inversion.Inversion.step_rule`).
 
     Returns:
         Final latents ``[samples, C, h, w]``.
@@ -153,11 +177,12 @@ def denoise(
         _check_trajectory(source_trajectory, num_steps, source_branch)
         latents[0] = source_trajectory[0][0]
     guided = layout.has_guidance
+    step = step_rule or plain_step
     with hooks:
         for i, t in denoising_steps(pipe, sampler.timesteps):
             if uncond_embeddings is not None:
                 rows = _with_null_text(rows, uncond_embeddings[i], layout)
-            latents = sampler.denoise_step(t, latents, rows, guided, guidance_scale)
+            latents = step(sampler, i, t, latents, rows, guided, guidance_scale)
             if source_trajectory is not None:
                 _follow_inversion(latents, source_trajectory[i + 1], source_branch == "direct")
             for c in controllers:  # e.g. Prompt-to-Prompt's LocalBlend
