@@ -124,3 +124,58 @@ def test_bad_inputs_are_refused(sd3, tiny_pipe):
         flowedit(sd3, scene(), "a red car", "a blue car", num_steps=4, n_max=6)
     with pytest.raises(ValueError, match="n_avg=0"):
         flowedit(sd3, scene(), "a red car", "a blue car", num_steps=4, n_max=2, n_avg=0)
+
+
+# -- the command line ---------------------------------------------------------------------------
+def test_cli_runs_flowedit_on_a_real_image(tmp_path):
+    """``attnprobe edit --method flowedit --image`` edits each target from the image with the
+    authors' defaults except what is given; the result is flowedit()'s."""
+    import json
+
+    from PIL import Image
+
+    from probe.cli.main import main
+
+    Image.fromarray(scene()).save(tmp_path / "car.png")
+    out = tmp_path / "out"
+    assert main(["edit", "--model", "tiny-sd3", "--method", "flowedit", "--source", "a red car",
+                 "--target", "a blue car", "--image", str(tmp_path / "car.png"),
+                 "--num-steps", "4", "--n-max", "3", "--target-guidance", "4",
+                 "--out", str(out)]) == 0  # fmt: skip
+    settings = json.loads((out / "settings.json").read_text())
+    edit = settings["edits"][0]
+    assert settings["method"] == "flowedit" and settings["inversion"] is None
+    assert (edit["n_max"], edit["target_guidance"], edit["source_guidance"]) == (3, 4.0, 3.5)
+    assert edit["seed"] == FLOWEDIT_DEFAULTS["sd3"].seed
+    direct = flowedit(load_pipeline("tiny-sd3"), scene(), "a red car", "a blue car",
+                      num_steps=4, n_max=3, target_guidance=4)  # fmt: skip
+    saved = np.asarray(Image.open(out / "target_0.png"), dtype=np.int16)
+    assert np.abs(saved - np.asarray(direct.image, dtype=np.int16)).max() == 0
+    assert np.array_equal(np.asarray(Image.open(out / "source.png")), scene())
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [([], "edits a real image: add --image"),
+     (["--image", "IMG", "--inversion", "euler"], "--inversion: --method flowedit inverts"),
+     (["--image", "IMG", "--guidance", "3"], "give --source-guidance and --target-guidance"),
+     (["--image", "IMG", "--layers", "all"], "--layers does not apply to --method flowedit"),
+     (["--image", "IMG", "--n-avg", "0"], "n_avg=0")],
+)  # fmt: skip
+def test_cli_refuses_what_flowedit_does_not_take(flags, message, tmp_path, capsys):
+    from PIL import Image
+
+    from probe.cli.main import main
+
+    Image.fromarray(scene()).save(tmp_path / "car.png")
+    flags = [str(tmp_path / "car.png") if f == "IMG" else f for f in flags]
+    assert main(["edit", "--model", "tiny-sd3", "--method", "flowedit", "--source", "a red car",
+                 "--target", "a blue car", *flags, "--out", str(tmp_path / "o")]) == 2  # fmt: skip
+    assert message in capsys.readouterr().err
+
+
+def test_edit_points_flowedit_to_its_own_function(sd3):
+    from editing import edit
+
+    with pytest.raises(ValueError, match=r"editing.methods.flowedit.flowedit\(pipe, image"):
+        edit(sd3, "a red car", ["a blue car"], method="flowedit")

@@ -1,4 +1,5 @@
-"""``attnprobe edit``: edit a generated or real image with FPE, Prompt-to-Prompt or MasaCtrl."""
+"""``attnprobe edit``: edit a generated or real image with any registered method (FPE,
+Prompt-to-Prompt, MasaCtrl, ...), or a real image with an inversion-free one (FlowEdit)."""
 
 from __future__ import annotations
 
@@ -59,29 +60,84 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     from editing.editor import edit
     from probe.models import load_pipeline, resolve_device
     from probe.models.vocabulary import check_known_words
-    from probe.viz.grid import image_grid
 
+    if get_method(args.method).edits_image:
+        return _edit_image_itself(args)
     kwargs = method_arguments(args) | _source_branch_arguments(args)
     check_layer_specs(args.model or default_model(), kwargs)  # before the model loads
     pipe = load_pipeline(args.model or default_model(), device=resolve_device(args.device))
     check_known_words(pipe, [args.source, *args.target])  # before an inversion is spent
     inversion = _invert(pipe, args) if args.image else None
     result = edit(
-        pipe, args.source, args.target, method=args.method, seed=args.seed,
+        pipe, args.source, args.target, method=args.method, seed=args.seed or 0,
         num_steps=args.num_steps, guidance_scale=args.guidance, inversion=inversion, **kwargs,
     )  # fmt: skip
+    settings = {**result.settings, "model": args.model or default_model(), "image": args.image}
+    _save(args, result.source, result.targets, settings)
+    return 0
+
+
+def _save(args: argparse.Namespace, source: Any, targets: list[Any], settings: dict) -> None:
+    """source.png, target_K.png, grid.png and settings.json in ``--out``."""
+    from probe.viz.grid import image_grid
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result.source.save(out / "source.png")
-    for k, image in enumerate(result.targets):
+    source.save(out / "source.png")
+    for k, image in enumerate(targets):
         image.save(out / f"target_{k}.png")
     labels = [args.source, *args.target]
-    image_grid([result.source, *result.targets], labels).savefig(out / "grid.png", dpi=100)
-    settings = {**result.settings, "model": args.model or default_model(), "image": args.image}
+    image_grid([source, *targets], labels).savefig(out / "grid.png", dpi=100)
     (out / "settings.json").write_text(json.dumps(settings, indent=2))
-    print(f"edited {len(result.targets)} target(s) with {result.settings['method']}: {out}/")
-    names = [f"target_{k}.png" for k in range(len(result.targets))]
+    print(f"edited {len(targets)} target(s) with {settings['method']}: {out}/")
+    names = [f"target_{k}.png" for k in range(len(targets))]
     print(f"  source.png, {', '.join(names)}, grid.png, settings.json")
+
+
+def _edit_image_itself(args: argparse.Namespace) -> int:
+    """An inversion-free method (FlowEdit): each target edited from ``--image`` directly; the
+    source image is saved as read.
+
+    Raises:
+        ValueError: no ``--image``, or a flag of the inversion path (``--inversion``,
+            ``--nudge``, ``--source-branch``, ``--source-branch-prompt``, ``--guidance``).
+    """
+    from editing.inversion import load_image
+    from editing.methods.flowedit import flowedit
+    from probe.models import load_pipeline, resolve_device
+    from probe.models.vocabulary import check_known_words
+
+    options = method_arguments(args)
+    if not args.image:
+        raise ValueError(f"--method {args.method} edits a real image: add --image IMAGE")
+    flags = {"--inversion": args.inversion is not None, "--nudge": args.nudge != 1.0,
+             "--source-branch": args.source_branch is not None,
+             "--source-branch-prompt": args.source_branch_prompt is not None}  # fmt: skip
+    given = [flag for flag, present in flags.items() if present]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: --method {args.method} inverts nothing and has no source "
+            "branch; leave them out"
+        )
+    if args.guidance is not None:
+        raise ValueError(
+            f"--guidance: --method {args.method} guides its source and target velocities "
+            "apart: give --source-guidance and --target-guidance"
+        )
+    model = args.model or default_model()
+    pipe = load_pipeline(model, device=resolve_device(args.device))
+    check_known_words(pipe, [args.source, *args.target])
+    results = [
+        flowedit(pipe, args.image, args.source, target, num_steps=args.num_steps,
+                 seed=args.seed, **options)
+        for target in args.target
+    ]  # fmt: skip
+    h, w = results[0].settings["height"], results[0].settings["width"]
+    source = load_image(args.image, (w, h))
+    settings = {"method": args.method, "source": args.source, "targets": list(args.target),
+                "model": model, "image": args.image, "real_image": True, "inversion": None,
+                "edits": [r.settings for r in results]}  # fmt: skip
+    _save(args, source, [r.image for r in results], settings)
     return 0
 
 
@@ -151,7 +207,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", required=True, help="source prompt, e.g. 'a red car'")
     p.add_argument("--target", required=True, action="append", help="target prompt (repeatable)")
     _add_method_args(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=None,
+        help="seed of the shared initial noise (default 0); of FlowEdit's noise draws "
+        "(default: the authors', 42 on SD3, 10 on Flux)",
+    )  # fmt: skip
     p.add_argument("--num-steps", type=int, default=None, help="default: the model's")
     p.add_argument("--guidance", type=float, default=None, help="default: the model's")
     p.add_argument("--image", default=None, help="a real image to edit (inverted first)")

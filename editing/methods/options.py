@@ -70,6 +70,21 @@ def integer(name: str, minimum: int = 0) -> Callable[[Any], int]:
     return convert
 
 
+def positive(name: str, example: str = "1.5") -> Callable[[Any], float]:
+    """A positive number (a guidance scale), from a number or a string."""
+
+    def convert(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}={value!r} is not a number: use e.g. {example}") from None
+        if isinstance(value, bool) or not number > 0 or number == float("inf"):
+            raise ValueError(f"{name}={value!r}: use a positive number, e.g. {example}")
+        return number
+
+    return convert
+
+
 def fraction(name: str) -> Callable[[Any], float]:
     def convert(value: Any) -> float:
         try:

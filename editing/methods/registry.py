@@ -27,6 +27,7 @@ from editing.methods.options import (
     image_path,
     integer,
     optional_word,
+    positive,
     text,
     unit,
     words,
@@ -80,6 +81,9 @@ class EditMethod:
             (one of :data:`SOURCE_BRANCHES`), as the method's authors run it.
         source_prompt_on_real_image: the prompt that source branch runs on (one of
             :data:`SOURCE_PROMPTS`), as the authors run it.
+        edits_image: the method edits a real image itself, without an inversion and without
+            controllers (FlowEdit): ``edit()`` refuses it and points to its own function;
+            ``attnprobe edit --method NAME --image`` runs it.
     """
 
     name: str
@@ -95,6 +99,7 @@ class EditMethod:
     sweep_kind: str | None = None
     source_on_real_image: str = "forced"
     source_prompt_on_real_image: str = "inversion"
+    edits_image: bool = False
 
     def __post_init__(self) -> None:
         if self.source_on_real_image not in SOURCE_BRANCHES[:2]:
@@ -270,6 +275,14 @@ def _none() -> list[Controller]:
     return []
 
 
+def _flowedit(**options: Any) -> list[Controller]:
+    raise ValueError(
+        "flowedit edits a real image without inversion or controllers: call "
+        "editing.methods.flowedit.flowedit(pipe, image, source, target, ...) or "
+        "attnprobe edit --method flowedit --image IMAGE"
+    )
+
+
 P2P_NOTEBOOK = "google/prompt-to-prompt, prompt-to-prompt_stable.ipynb"
 P2P_NULL_TEXT = "null_text_w_ptp.ipynb"
 MASACTRL_CODE = "TencentARC/MasaCtrl, masactrl/masactrl.py"
@@ -381,6 +394,32 @@ register(EditMethod(
         MethodOption("mask_target", image_path("mask_target"), None,
                      "mask image of the object in the targets (default: --mask)",
                      authors_default="mask_t (MutualSelfAttentionControlMask)", metavar="PNG"),
+    ),
+))  # fmt: skip
+_FLOWEDIT = "fallenshock/FlowEdit, SD3_exp.yaml / FLUX_exp.yaml"
+register(EditMethod(
+    "flowedit", "FlowEdit (SD3, Flux): a real image edited without inversion, along the "
+    "difference of the target's and the source's velocities",
+    _flowedit, uses_layers=False, uses_step_fraction=False, edits_image=True,
+    options=(
+        MethodOption("n_max", integer("n_max"), None,
+                     "steps run: the first num_steps - N are skipped (default: the family's "
+                     "authors')", authors_default="33 of 50 on SD3, 24 of 28 on FLUX.1-dev ("
+                     + _FLOWEDIT + ")", metavar="N"),
+        MethodOption("n_min", integer("n_min"), None,
+                     "the last N steps sample plainly from the edited latent (default: the "
+                     "authors')", authors_default="0 (" + _FLOWEDIT + ")", metavar="N"),
+        MethodOption("n_avg", integer("n_avg", 1), None,
+                     "noise draws averaged per step (default: the authors')",
+                     authors_default="1 (" + _FLOWEDIT + ")", metavar="N"),
+        MethodOption("source_guidance", positive("source_guidance", "3.5"), None,
+                     "guidance of the source velocity (default: the family's authors')",
+                     authors_default="3.5 on SD3, 1.5 on FLUX.1-dev (" + _FLOWEDIT + ")",
+                     metavar="G"),
+        MethodOption("target_guidance", positive("target_guidance", "13.5"), None,
+                     "guidance of the target velocity (default: the family's authors')",
+                     authors_default="13.5 on SD3, 5.5 on FLUX.1-dev (" + _FLOWEDIT + ")",
+                     metavar="G"),
     ),
 ))  # fmt: skip
 register(EditMethod(
