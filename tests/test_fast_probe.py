@@ -75,6 +75,31 @@ def test_fit_many_is_each_fit_and_the_full_fit():
     assert [p.n_iter_[0] for p in short] == [2] * 6
 
 
+def test_without_scipys_private_line_search_the_probe_fits_one_at_a_time(monkeypatch):
+    """A SciPy that moved ``scipy.optimize._dcsrch``: one warning naming why and the cost, then
+    each fit by scikit-learn's own L-BFGS-B in the span, the same model (to the tolerance)."""
+    import sys
+
+    from probe.probing.lbfgs_batch import batched_unavailable
+
+    data = []
+    for classes, dim, per_class in [(10, 512, 4), (2, 64, 16), (3, 8, 10)]:
+        X, y = synthetic_features(per_class, classes, dim, separation=2.0)
+        data.append((X.astype(np.float64), y))
+    batched = SpanLogisticRegression(tol=1e-8, max_iter=5000).fit_many(data)
+    monkeypatch.setitem(sys.modules, "scipy.optimize._dcsrch", None)  # import raises
+    assert "has no scipy.optimize._dcsrch" in str(batched_unavailable())
+    with pytest.warns(RuntimeWarning, match=r"_dcsrch .*one at a time .*slower") as caught:
+        fallback = SpanLogisticRegression(tol=1e-8, max_iter=5000).fit_many(data)
+    assert len([w for w in caught if w.category is RuntimeWarning]) == 1
+    for (X, _), a, b in zip(data, batched, fallback, strict=True):
+        assert np.abs(a.predict_proba(X) - b.predict_proba(X)).max() < 1e-5
+        assert np.array_equal(a.predict(X), b.predict(X))
+    with pytest.warns(RuntimeWarning, match="one at a time"):
+        single = SpanLogisticRegression(tol=1e-8, max_iter=5000).fit(*data[1])
+    assert np.abs(single.coef_ - batched[1].coef_).max() < 1e-4
+
+
 def test_span_basis_and_standardisation():
     X, _ = synthetic_features(3, 10, 256, separation=1.0)
     mean, scale = standardise_stats(X)

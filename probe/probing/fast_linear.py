@@ -35,7 +35,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_array, check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from probe.probing.lbfgs_batch import GradientTest, LogisticProblems, SpanBasis, minimise
+from probe.probing.lbfgs_batch import (
+    GradientTest,
+    LogisticProblems,
+    SpanBasis,
+    batched_unavailable,
+    minimise,
+)
 
 CHUNK = 384  # problems per batched L-BFGS run
 SPAN_RTOL = 1e-12  # eigenvalues of Z Zᵀ below this fraction of the largest are dropped
@@ -124,6 +130,9 @@ def _fit_prepared(
 
     Sets with the same number of classes are fitted together, in chunks of similar width.
     """
+    reason = batched_unavailable()
+    if reason is not None:
+        return _fit_one_at_a_time(prepared, C, tol, max_iter, reason)
     out: list[Any] = [None] * len(prepared)
     by_classes: dict[int, list[int]] = {}
     for i, p in enumerate(prepared):
@@ -142,6 +151,34 @@ def _fit_prepared(
                 theta = coef[j, :, : p.coords.shape[1]]
                 full = theta if p.basis is None else p.basis.to_weights(theta)
                 out[members[lo + j]] = (full, bias[j], int(fit.n_iter[j]), bool(fit.converged[j]))
+    return out
+
+
+def _fit_one_at_a_time(
+    prepared: list[_Prepared], C: float, tol: float, max_iter: int, reason: str
+) -> list[tuple[np.ndarray, np.ndarray, int, bool]]:
+    """The fallback where the batched solver cannot run: scikit-learn's ``LogisticRegression``
+    (SciPy's public L-BFGS-B) on each set's span coordinates, one fit at a time, after a
+    one-line warning. The model is the same; its stopping test reads the gradient in the span
+    (``r`` entries per class) instead of over the ``d`` weights, and many small fits take
+    several times longer (docs/probing.md, "The span probe")."""
+    from sklearn.linear_model import LogisticRegression
+
+    warnings.warn(
+        f"{reason}: fitting probes one at a time with scikit-learn (the same model, several "
+        "times slower on many folds); pin scipy to a checked version for the batched solver",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    out = []
+    for p in prepared:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # reported by the caller
+            fit = LogisticRegression(C=C, tol=tol, max_iter=max_iter).fit(p.coords, p.y_index)
+        theta = fit.coef_
+        full = theta if p.basis is None else p.basis.to_weights(theta)
+        n_iter = int(fit.n_iter_[0])
+        out.append((full, fit.intercept_.copy(), n_iter, n_iter < max_iter))
     return out
 
 

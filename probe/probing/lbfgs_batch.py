@@ -24,9 +24,9 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
-from scipy.optimize._dcsrch import DCSRCH
 from scipy.special import expit
 
 from probe.probing.lbfgs_memory import PairMemory
@@ -36,6 +36,31 @@ LS_FTOL, LS_GTOL, LS_XTOL, STPMAX = 1e-3, 0.9, 0.1, 1e10  # L-BFGS-B's line-sear
 EPS = float(np.finfo(np.float64).eps)
 REL_REDUCTION = 64 * EPS  # scikit-learn's ftol
 WATCHED = 32  # weights whose gradient the stopping test checks first
+CHECKED_SCIPY = "1.17.1"  # the SciPy whose private DCSRCH this was checked on (docs/probing.md)
+
+
+def line_search_class() -> Any:
+    """SciPy's private Moré–Thuente line search (``scipy.optimize._dcsrch.DCSRCH``).
+
+    Raises:
+        ImportError: this SciPy has no such module (it is private: a release may move it);
+            :func:`batched_unavailable` says why, and the probe falls back to one fit at a time.
+    """
+    from scipy.optimize._dcsrch import DCSRCH
+
+    return DCSRCH
+
+
+def batched_unavailable() -> str | None:
+    """Why the batched solver cannot run here (SciPy's private line search is missing), or
+    ``None`` when it can."""
+    try:
+        line_search_class()
+    except ImportError as err:
+        import scipy
+
+        return f"SciPy {scipy.__version__} has no scipy.optimize._dcsrch ({err})"
+    return None
 
 
 @dataclass
@@ -252,7 +277,7 @@ def _restart(st: _State, b: int) -> bool:
 
 
 def _line_search(
-    st: _State, f_t: np.ndarray, gd_t: np.ndarray, searchers: dict[int, DCSRCH]
+    st: _State, f_t: np.ndarray, gd_t: np.ndarray, searchers: dict[int, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
     """One line-search step per live problem: ``(accepted, failed)`` masks ``[B]``."""
     ok = (f_t <= st.f + st.stp * (LS_FTOL * st.gd0)) & (np.abs(gd_t) <= LS_GTOL * -st.gd0)
@@ -261,7 +286,7 @@ def _line_search(
     for b in np.flatnonzero(st.alive & ~accepted):
         pid = int(st.ids[b])
         if st.first[b]:
-            searchers[pid] = DCSRCH(None, None, LS_FTOL, LS_GTOL, LS_XTOL, 0.0, STPMAX)
+            searchers[pid] = line_search_class()(None, None, LS_FTOL, LS_GTOL, LS_XTOL, 0.0, STPMAX)
             searchers[pid]._iterate(st.stp[b], st.f[b], st.gd0[b], b"START")
         stp, _, _, task = searchers[pid]._iterate(st.stp[b], f_t[b], gd_t[b], b"FG")
         st.first[b] = False
@@ -323,7 +348,7 @@ def minimise(problems: LogisticProblems, test: GradientTest, max_iter: int) -> B
     done = test.passed(st.g, problems, st.alive)  # L-BFGS-B tests the starting point too
     _finish(st, out, done, np.ones(B, dtype=bool))
     _start_search(st, np.flatnonzero(st.alive), first_iteration=True)
-    searchers: dict[int, DCSRCH] = {}
+    searchers: dict[int, Any] = {}
     while st.alive.any():
         if st.alive.sum() < 0.8 * len(st.alive):
             keep = st.alive.copy()
