@@ -30,6 +30,8 @@ _PUBLIC = {
     "null_text_invert": "editing.null_text",
     "FlowInversion": "editing.flow_inversion",
     "flow_invert": "editing.flow_inversion",
+    "RFInversion": "editing.rf_inversion",
+    "rf_invert": "editing.rf_inversion",
     "flowedit": "editing.methods.flowedit",
     "score_edit": "editing.scoring.toy_metrics",
     "psnr": "editing.scoring.images",
@@ -49,6 +51,7 @@ __all__ = [
     "EditResult",
     "FlowInversion",
     "Inversion",
+    "RFInversion",
     "ReproduceConfig",
     "ddim_invert",
     "edit",
@@ -63,6 +66,7 @@ __all__ = [
     "psnr",
     "read_rows",
     "reproduce",
+    "rf_invert",
     "score_edit",
     "select_from_sweep",
     "summarise_rows",
@@ -78,6 +82,7 @@ if TYPE_CHECKING:
     from editing.inversion import Inversion, ddim_invert, load_image
     from editing.methods.flowedit import flowedit
     from editing.null_text import null_text_invert
+    from editing.rf_inversion import RFInversion, rf_invert
     from editing.scoring.images import psnr
     from editing.scoring.toy_metrics import score_edit
     from editing.sweep.leaks import select_from_sweep
