@@ -166,6 +166,7 @@ def edit(
         chosen = for_joint_attention(chosen, method_settings["method"])
     if inversion is not None:
         inversion.check_pipeline(pipe)  # DDIM on a flow, a flow inversion on a UNet: refused
+    _hand_inversion(chosen, inversion)
     # FLUX.1 is guidance-distilled: its guidance is a transformer input, no unconditional half
     guided = guidance_scale > 1.0 and family.guides_with_rows(pipe)
     branch, branch_prompt = _source_branch(
@@ -202,6 +203,17 @@ def edit(
         "defaults": defaults_origin(pipe),
     }
     return EditResult(images[0], images[1:], settings, final)
+
+
+def _hand_inversion(controllers: Sequence[Controller], inversion: Inversion | None) -> None:
+    """Give the inversion (``None`` for a generated image) to every controller that reads one,
+    before any step: a ``read_inversion(inversion)`` method (RF-Solver's value injection takes
+    the values stored while inverting, :mod:`editing.methods.value_injection`, and refuses an
+    inversion without them)."""
+    for c in controllers:
+        read = getattr(c, "read_inversion", None)
+        if callable(read):
+            read(inversion)
 
 
 def _real_image_settings(

@@ -169,9 +169,7 @@ def denoise(
         )
     latent_hw = (int(latents.shape[-2]), int(latents.shape[-1]))  # the run's layer table
     sampler = family.sampler(pipe, num_steps, latent_hw)
-    hooks = AttentionHooks(pipe, list(controllers), layout=layout, latent_hw=latent_hw)
-    hooks.num_steps = num_steps
-    hooks.bind()  # a layer spec that does not fit fails here, before any step
+    hooks = loop_hooks(pipe, controllers, layout, num_steps, latent_hw)
     rows = as_conditioning(pipe, embeddings)
     if source_trajectory is not None:
         _check_trajectory(source_trajectory, num_steps, source_branch)
@@ -188,6 +186,22 @@ def denoise(
             for c in controllers:  # e.g. Prompt-to-Prompt's LocalBlend
                 latents = c.after_step(i, latents, layout)
     return latents
+
+
+def loop_hooks(
+    pipe: Any,
+    controllers: Sequence[Controller],
+    layout: BatchLayout,
+    num_steps: int,
+    latent_hw: tuple[int, int],
+) -> AttentionHooks:
+    """The hooks of a hand-written loop of ``num_steps`` steps at ``latent_hw`` (not yet
+    open), its controllers bound: a layer spec that does not fit fails here, before any step.
+    :func:`denoise` and the inversions that run controllers (RF-Solver's value store) use it."""
+    hooks = AttentionHooks(pipe, list(controllers), layout=layout, latent_hw=latent_hw)
+    hooks.num_steps = num_steps
+    hooks.bind()
+    return hooks
 
 
 def _with_null_text(cond: Conditioning, uncond: Tensor, layout: BatchLayout) -> Conditioning:

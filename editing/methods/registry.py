@@ -271,6 +271,12 @@ def _masactrl(**options: Any) -> list[Controller]:
     return [masactrl(**options)]
 
 
+def _rf_solver(layers: LayerSpec, inject_steps: int | None) -> list[Controller]:
+    from editing.methods.value_injection import value_injection
+
+    return value_injection(layers, inject_steps)
+
+
 def _none() -> list[Controller]:
     return []
 
@@ -420,6 +426,24 @@ register(EditMethod(
                      "guidance of the target velocity (default: the family's authors')",
                      authors_default="13.5 on SD3, 5.5 on FLUX.1-dev (" + _FLOWEDIT + ")",
                      metavar="G"),
+    ),
+))  # fmt: skip
+_RF_SOLVER = "wangjiangshan0725/RF-Solver-Edit, FLUX_Image_Edit/src"
+_FIREFLOW = "HolmesShuan/FireFlow-Fast-Inversion-of-Rectified-Flow-for-Image-Semantic-Editing"
+register(EditMethod(
+    "rf-solver", "RF-Solver-Edit / FireFlow value injection (Flux; SD3): in the first steps the "
+    "targets' values in chosen blocks are those stored while inverting (solver_invert)",
+    _rf_solver, default_layers=None, uses_step_fraction=False,
+    authors_layers="single-stream blocks 20-37 of FLUX.1-dev's 38 (" + _RF_SOLVER + "); all 38 "
+    "in FireFlow's scripts; default: every block the inversion stored (solver_invert's "
+    "store_values)",
+    # edit.py: inverted with the source prompt at guidance 1; the edit denoises the target alone
+    source_on_real_image="forced", source_prompt_on_real_image="inversion",
+    options=(
+        MethodOption("inject_steps", integer("inject_steps"), None,
+                     "inject in the first N steps (default: every step the inversion stored)",
+                     authors_default="5 of 25 (--inject, " + _RF_SOLVER + " README); 1 of 8 ("
+                     + _FIREFLOW + " scripts)", metavar="N"),
     ),
 ))  # fmt: skip
 register(EditMethod(
