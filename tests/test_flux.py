@@ -73,7 +73,8 @@ def test_flux_dev_layer_table_is_pinned(tmp_path):
     assert resolve_layers(layers, "single") == list(range(19, 57))
     assert resolve_layers(layers, "fpe") == list(range(57))
     with pytest.raises(ValueError, match="no meaning on this FLUX transformer of 57"):
-        resolve_layers(layers, "masactrl")
+        resolve_layers(layers, "paper")
+    assert resolve_layers(layers, "masactrl") == list(range(35, 57))  # 10 of 16, carried
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     (tmp_path / "transformer").mkdir()
     config = {"_class_name": "FluxTransformer2DModel", **FLUX_DEV}

@@ -133,12 +133,25 @@ def _image_part(q: Tensor, k: Tensor, v_image: Tensor, scale: float) -> tuple[Te
 
 def for_joint_attention(controllers: Sequence[Controller], method: str) -> list[Controller]:
     """The controllers of an edit on a DiT: FPE's :class:`SelfAttentionReplace` becomes
-    :class:`JointSelfAttentionReplace` (same layers, steps, guidance half); joint editors pass.
+    :class:`JointSelfAttentionReplace` (same layers, steps, guidance half), MasaCtrl's
+    :class:`~editing.methods.masactrl.MutualSelfAttention` becomes
+    :class:`~editing.methods.kv_injection.JointMutualAttention` (same start step and layer);
+    joint editors pass.
+
+    Prompt-to-Prompt is refused: its edits are maps of image queries over the text's words,
+    and in a joint softmax those columns share one normalisation with the image keys (replacing
+    them moves the image→image mass, a choice P2P never made) while the text tokens they
+    read are themselves rewritten by the image in every double-stream block, so a word's
+    column no longer carries that word's fixed value as CLIP's does in a UNet; no published
+    DiT Prompt-to-Prompt exists to pin a reading to.
 
     Raises:
-        NotImplementedError: a method not carried to joint attention yet (``cross``, ``p2p``,
-            ``masactrl``, custom UNet controllers).
+        NotImplementedError: a method not carried to joint attention (``cross``, ``p2p``,
+            a masked ``masactrl``, custom UNet controllers), with the reason.
     """
+    from editing.methods.kv_injection import joint_mutual_attention
+    from editing.methods.masactrl import MutualSelfAttention
+
     out: list[Controller] = []
     for c in controllers:
         if isinstance(c, JointEditor):
@@ -147,10 +160,24 @@ def for_joint_attention(controllers: Sequence[Controller], method: str) -> list[
             joint = JointSelfAttentionReplace(c.layer_spec, c.step_spec, c.guidance)
             joint.targets = c.targets  # a sweep's editor edits its own targets only
             out.append(joint)
+        elif type(c) is MutualSelfAttention:
+            out.append(joint_mutual_attention(c))
         else:
-            raise NotImplementedError(
-                f"{type(c).__name__} (method {method!r}) edits a UNet's separate self- or "
-                "cross-attention and is not carried to joint attention (SD3, Flux) yet: use "
-                "method='fpe' (editing.methods.joint_fpe) or method='none'"
-            )
+            raise NotImplementedError(not_carried(type(c).__name__, method))
     return out
+
+
+def not_carried(name: str, method: str) -> str:
+    """Why a UNet controller is refused on joint attention, and the way out."""
+    why = (
+        "Prompt-to-Prompt's maps are image queries over the words, but in a joint softmax those "
+        "columns share one normalisation with the image keys and the text tokens are rewritten "
+        "by the image in every double-stream block, so its word swap has no defined meaning "
+        "there (docs/editing.md)"
+        if method == "p2p"
+        else "it edits a UNet's separate self- or cross-attention"
+    )
+    return (
+        f"{name} (method {method!r}) is not carried to joint attention (SD3, Flux): {why}; use "
+        "method='fpe', 'stable-flow', 'masactrl' or 'none'"
+    )

@@ -271,6 +271,12 @@ def _masactrl(**options: Any) -> list[Controller]:
     return [masactrl(**options)]
 
 
+def _stable_flow(layers: LayerSpec, step_fraction: float, injected_half: str) -> list[Controller]:
+    from editing.methods.kv_injection import KVInjection
+
+    return [KVInjection(layers, step_fraction, injected_half)]
+
+
 def _rf_solver(layers: LayerSpec, inject_steps: int | None) -> list[Controller]:
     from editing.methods.value_injection import value_injection
 
@@ -426,6 +432,28 @@ register(EditMethod(
                      "guidance of the target velocity (default: the family's authors')",
                      authors_default="13.5 on SD3, 5.5 on FLUX.1-dev (" + _FLOWEDIT + ")",
                      metavar="G"),
+    ),
+))  # fmt: skip
+_STABLE_FLOW = "snap-research/stable-flow, run_stable_flow.py"
+_HALVES = ("cond", "both")
+register(EditMethod(
+    "stable-flow", "Stable Flow (SD3, Flux): in the vital blocks, the targets' image-token keys "
+    "and values are the source's, every step",
+    _stable_flow, default_layers="vital", default_step_fraction=1.0,
+    authors_layers="FLUX.1-dev's vital blocks 0, 1, 17, 18 (double), 25, 28, 53, 54, 56 "
+    "(single), counted 0-56 = preset vital; another model: vital_blocks in its attnprobe.json ("
+    + _STABLE_FLOW + ")",
+    authors_step_fraction="1.0 (every step; " + _STABLE_FLOW + ")",
+    # invert_and_save: inverted with the source prompt at guidance 1, the reference row put
+    # back on the inverted latents after every step
+    source_on_real_image="forced", source_prompt_on_real_image="source",
+    options=(
+        MethodOption("injected_half", choice("injected_half", _HALVES), "cond",
+                     "with unconditional rows (SD3, a true-CFG Flux): inject the conditional "
+                     "targets only, or both halves each from its own source",
+                     authors_default="cond (JointAttnProcessor2_0 of their fork: the second "
+                     "half of the batch); FLUX.1-dev has no unconditional rows",
+                     choices=_HALVES),
     ),
 ))  # fmt: skip
 _RF_SOLVER = "wangjiangshan0725/RF-Solver-Edit, FLUX_Image_Edit/src"

@@ -27,9 +27,10 @@ from probe.attention.layer_info import Kind, LayerInfo
 from probe.families.conditioning import Conditioning, MicroConditioning
 from probe.families.sampler import ddim_scheduler
 
-PRESET_NAMES = ("all", "paper", "masactrl")
+PRESET_NAMES = ("all", "paper", "masactrl", "vital")
 """Layer presets that name fixed layers; each family says what they mean on it (``None``: no
-published meaning there, refused with the way out). ``fpe`` is a rule: :meth:`fpe_rule`."""
+published meaning there, refused with the way out). ``fpe`` is a rule: :meth:`fpe_rule`;
+``vital`` is Stable Flow's vital blocks: :meth:`vital_rule`."""
 
 
 @dataclass(frozen=True)
@@ -221,10 +222,23 @@ class ModelFamily:
             ValueError: the preset has no published meaning here; the message names the specs
                 to use instead.
         """
+        if preset == "vital":
+            return self.vital_rule(layers)
         rule = self.presets.get(preset)
         if rule is None:
             raise ValueError(self.no_preset(preset, len(layers)))
         return rule
+
+    def vital_rule(self, layers: Sequence[LayerInfo]) -> str:
+        """The ``vital`` preset: the blocks whose bypass changes the image most (Stable Flow).
+        Published for FLUX.1-dev only (:meth:`probe.families.flux.FluxFamily.vital_rule`); a
+        model folder's own set is its ``attnprobe.json`` key ``vital_blocks``, read where the
+        folder is known (:func:`probe.models.defaults.saved_vital_blocks`).
+
+        Raises:
+            ValueError: always here, with the way out.
+        """
+        raise ValueError(no_vital_blocks(self.title, len(layers)))
 
     def no_preset(self, preset: str, n_layers: int) -> str:
         """Why ``preset`` is refused on this family, and what to use instead."""
@@ -270,6 +284,17 @@ class ModelFamily:
         reason = self.unsupported.get(feature)
         if reason is not None:
             raise NotImplementedError(f"{self.title}: {reason}")
+
+
+def no_vital_blocks(title: str, n_layers: int) -> str:
+    """Why the ``vital`` preset is refused on a model without a published or measured set."""
+    return (
+        f"layer preset 'vital' (Stable Flow's vital blocks) is published for FLUX.1-dev's 19 "
+        f"double + 38 single blocks only, and this {title} model of {n_layers} layers has no "
+        "measured set: give the layers (--layers, e.g. 'joint' or '0-3'), or measure its vital "
+        "blocks (`attnprobe vital`) and write them to the model folder's attnprobe.json as "
+        '"vital_blocks": [layer indices]'
+    )
 
 
 def read_model_index(folder: Path) -> dict[str, Any]:

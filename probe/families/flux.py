@@ -31,7 +31,7 @@ from diffusers import FluxPipeline, FluxTransformer2DModel
 from diffusers.utils import logging as diffusers_logging
 from torch import Tensor
 
-from probe.attention.layer_info import Place
+from probe.attention.layer_info import LayerInfo, Place
 from probe.families.base import DenoiserCall, GuidanceWatch, meta_model
 from probe.families.conditioning import Conditioning, MicroConditioning
 from probe.families.flux_attention import HookedFluxAttnProcessor
@@ -41,6 +41,14 @@ from probe.models.tiny_dit import build_tiny_flux_pipeline, tiny_flux_transforme
 
 FLUX_T5_TOKENS = 512
 """T5 tokens of Flux's joint text sequence: ``FluxPipeline``'s ``max_sequence_length`` default."""
+
+FLUX_DEV_VITAL_BLOCKS = (0, 1, 17, 18, 25, 28, 53, 54, 56)
+"""Stable Flow's vital blocks of FLUX.1-dev (snap-research/stable-flow, run_stable_flow.py:
+double-stream 0, 1, 17, 18; single-stream 28, 53, 54, 56, 25 minus 19), counted 0-56 over all
+blocks, which is attnprobe's layer numbering of Flux (double blocks, then single blocks)."""
+
+FLUX_DEV_BLOCKS = (19, 38)
+"""FLUX.1-dev's (and schnell's) double- and single-stream block counts."""
 
 FLUX_NATIVE_LATENT = 128
 """The latent side Flux is sampled at by default (diffusers' ``FluxPipeline.default_sample_size``:
@@ -162,6 +170,18 @@ class FluxFamily(JointDiTFamily):
 
     def latent_channels(self, pipe: Any) -> int:
         return int(pipe.transformer.config.in_channels) // 4
+
+    def vital_rule(self, layers: Sequence[LayerInfo]) -> str:
+        """Stable Flow's published vital blocks (:data:`FLUX_DEV_VITAL_BLOCKS`) on a table of
+        FLUX.1-dev's layout (19 double + 38 single blocks).
+
+        Raises:
+            ValueError: another layout (the toy Flux), with the way out.
+        """
+        counts = (sum(x.place == "joint" for x in layers), sum(x.place == "single" for x in layers))
+        if counts != FLUX_DEV_BLOCKS:
+            return super().vital_rule(layers)
+        return ",".join(str(i) for i in FLUX_DEV_VITAL_BLOCKS)
 
     def predict(
         self, pipe: Any, model_in: Tensor, t: Tensor, cond: Conditioning, **extra: Any

@@ -18,6 +18,7 @@ dropped.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from probe.attention.joint import JOINT_KINDS
@@ -39,6 +40,10 @@ JOINT_UNSUPPORTED = {
 }
 """Why the joint families refuse what they refuse (:meth:`ModelFamily.refuse`)."""
 
+MASACTRL_START = (10, 16)
+"""MasaCtrl's start layer as a fraction of the layers: 10 of SD 1.5's 16 (TencentARC/MasaCtrl),
+carried to DiTs by :meth:`JointDiTFamily.preset_rule`."""
+
 
 class JointDiTFamily(ModelFamily):
     """A family whose denoiser is a transformer of joint-attention blocks (SD3, Flux)."""
@@ -46,7 +51,7 @@ class JointDiTFamily(ModelFamily):
     denoiser_attr: ClassVar[str] = "transformer"
     kinds: ClassVar[tuple[Kind, ...]] = JOINT_KINDS
     joint_attention: ClassVar[bool] = True
-    presets: ClassVar[dict[str, str | None]] = {"all": "all", "paper": None, "masactrl": None}
+    presets: ClassVar[dict[str, str | None]] = {"all": "all", "paper": None}
     unsupported: ClassVar[dict[str, str]] = JOINT_UNSUPPORTED
     processor_class: ClassVar[Any]
 
@@ -109,6 +114,15 @@ class JointDiTFamily(ModelFamily):
             "such as '0-11', 'fpe' (attnprobe's DiT reading: every block) or a selection from "
             "`attnprobe select`"
         )
+
+    def preset_rule(self, layers: Sequence[LayerInfo], preset: str) -> str:
+        """``masactrl`` on a DiT: attnprobe's carry-over of MasaCtrl's start layer (no published
+        DiT value), SD's fraction of the way through the network: layer ``10 · n // 16`` (10 of
+        SD's 16) and every later one; FLUX.1-dev: 35-56, SD3 medium: 15-23, toy-flux: 7-11."""
+        if preset == "masactrl":
+            n = len(layers)
+            return f"{MASACTRL_START[0] * n // MASACTRL_START[1]}-{n - 1}"
+        return super().preset_rule(layers, preset)
 
     def image_tokens(self, denoiser: Any, latent_hw: tuple[int, int]) -> int:
         """Image tokens of a latent (the flow shift ``mu`` grows with it)."""

@@ -75,6 +75,32 @@ def saved_defaults(folder: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
+def saved_vital_blocks(pipe: Any) -> list[int] | None:
+    """The vital blocks measured for this model (``vital_blocks`` in its folder's
+    ``attnprobe.json``: layer indices in attnprobe's numbering), or ``None`` when the folder
+    has none (or the pipeline was built in memory). The ``vital`` layer preset reads it where
+    the pipeline is known (:class:`editing.methods.kv_injection.KVInjection`); without it the
+    family's rule applies (FLUX.1-dev's published set, :meth:`ModelFamily.vital_rule`).
+
+    Raises:
+        ValueError: ``vital_blocks`` is not a list of non-negative ints.
+    """
+    folder = getattr(pipe, "name_or_path", None)
+    if not folder:
+        return None
+    saved = saved_defaults(Path(folder)).get("vital_blocks")
+    if saved is None:
+        return None
+    if not isinstance(saved, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in saved
+    ):
+        raise ValueError(
+            f"{Path(folder) / 'attnprobe.json'}: vital_blocks={saved!r} is not a list of layer "
+            "indices: write e.g. [0, 1, 5] (see `attnprobe layers --model ...`)"
+        )
+    return list(saved)
+
+
 def vae_scale(vae_config: Any) -> int:
     """Pixels per latent position, as diffusers' pipelines compute it (8 without a VAE)."""
     if vae_config is None:
