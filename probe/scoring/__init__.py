@@ -1,0 +1,1 @@
+"""Scores of what the toolkit draws: heat maps against exact masks (:mod:`.segmentation`)."""
