@@ -28,6 +28,7 @@ from probe.attention.clock import denoising_steps
 from probe.families import family_of
 from probe.families.sampler import inverse_scheduler
 from probe.models import generation_defaults
+from probe.models.placement import execution_device
 
 
 @dataclass
@@ -119,7 +120,9 @@ def _read_image_file(path: Path) -> Image.Image:
 def encode_image(pipe: Any, image: Image.Image) -> Tensor:
     """The VAE posterior mean, minus the VAE's shift factor where it has one (SD3, Flux), times
     its scaling factor, as the pipelines encode: ``[1, C, h, w]`` (C: 4 on SD, 16 on SD3, Flux)."""
-    pixels = pipe.image_processor.preprocess(image).to(device=pipe.device, dtype=pipe.vae.dtype)
+    pixels = pipe.image_processor.preprocess(image).to(
+        device=execution_device(pipe), dtype=pipe.vae.dtype
+    )
     config = pipe.vae.config
     shift = config.get("shift_factor") or 0.0
     return (pipe.vae.encode(pixels).latent_dist.mean - shift) * config.scaling_factor
@@ -167,7 +170,7 @@ def ddim_invert(
     latent = encode_image(pipe, img)
     cond = encode_prompts(pipe, [prompt], False, size)  # SDXL: with its pooled text and time ids
     inverse = inverse_scheduler(family.ddim_scheduler(pipe))
-    inverse.set_timesteps(num_steps, device=pipe.device)
+    inverse.set_timesteps(num_steps, device=execution_device(pipe))
     path = [latent]
     for _, t in denoising_steps(pipe, inverse.timesteps):
         noise = family.predict(pipe, inverse.scale_model_input(latent, t), t, cond)

@@ -29,6 +29,7 @@ from editing.inversion import Inversion
 from probe.attention.clock import denoising_steps
 from probe.families import Conditioning, family_of
 from probe.families.sampler import EDIT_ETA
+from probe.models.placement import execution_device
 
 
 def null_text_invert(
@@ -91,7 +92,7 @@ def null_text_invert(
     null_rows, cond = both.rows([0]), both.rows([1])  # SDXL: the uncond pooled/time ids stay
     uncond = null_rows.embeddings
     scheduler = family_of(pipe).ddim_scheduler(pipe)
-    scheduler.set_timesteps(pivot.num_steps, device=pipe.device)
+    scheduler.set_timesteps(pivot.num_steps, device=execution_device(pipe))
     latent = pivot.trajectory[0].clone()
     found = []
     steps = denoising_steps(pipe, scheduler.timesteps)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from editing.methods.registry import SOURCE_BRANCHES, edit_methods, get_method, method_names
-from probe.cli.args import add_model_arg, default_model
+from probe.cli.args import add_model_arg, default_model, loading_options
 
 
 def method_arguments(args: argparse.Namespace) -> dict[str, Any]:
@@ -58,14 +58,14 @@ def check_layer_specs(model: str, kwargs: dict[str, Any]) -> None:
 
 def _cmd_edit(args: argparse.Namespace) -> int:
     from editing.editor import edit
-    from probe.models import load_pipeline, resolve_device
+    from probe.models import load_pipeline
     from probe.models.vocabulary import check_known_words
 
     if get_method(args.method).edits_image:
         return _edit_image_itself(args)
     kwargs = method_arguments(args) | _source_branch_arguments(args)
     check_layer_specs(args.model or default_model(), kwargs)  # before the model loads
-    pipe = load_pipeline(args.model or default_model(), device=resolve_device(args.device))
+    pipe = load_pipeline(args.model or default_model(), **loading_options(args))
     check_known_words(pipe, [args.source, *args.target])  # before an inversion is spent
     inversion = _invert(pipe, args) if args.image else None
     result = edit(
@@ -73,6 +73,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
         num_steps=args.num_steps, guidance_scale=args.guidance, inversion=inversion, **kwargs,
     )  # fmt: skip
     settings = {**result.settings, "model": args.model or default_model(), "image": args.image}
+    settings |= {"dtype": args.dtype, "offload": args.offload}
     _save(args, result.source, result.targets, settings)
     return 0
 
@@ -104,7 +105,7 @@ def _edit_image_itself(args: argparse.Namespace) -> int:
     """
     from editing.inversion import load_image
     from editing.methods.flowedit import flowedit
-    from probe.models import load_pipeline, resolve_device
+    from probe.models import load_pipeline
     from probe.models.vocabulary import check_known_words
 
     options = method_arguments(args)
@@ -125,7 +126,7 @@ def _edit_image_itself(args: argparse.Namespace) -> int:
             "apart: give --source-guidance and --target-guidance"
         )
     model = args.model or default_model()
-    pipe = load_pipeline(model, device=resolve_device(args.device))
+    pipe = load_pipeline(model, **loading_options(args))
     check_known_words(pipe, [args.source, *args.target])
     results = [
         flowedit(pipe, args.image, args.source, target, num_steps=args.num_steps,

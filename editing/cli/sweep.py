@@ -8,23 +8,24 @@ from pathlib import Path
 from typing import Any
 
 from editing.methods.registry import sweep_kinds
-from probe.cli.args import add_model_arg, default_model
+from probe.cli.args import add_model_arg, default_model, loading_options
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from editing.sweep.ranges import select_pairs
     from editing.sweep.run import sweep
     from editing.sweep.table import format_summary, summarise_rows
-    from probe.models import load_pipeline, resolve_device
+    from probe.models import load_pipeline
     from probe.prompts.templates import load_edit_pairs
     from probe.recording.store import parse_seeds
     from probe.toy.world.world import lists_name, world_of
 
     seeds = parse_seeds(args.seeds)
     model = args.model or default_model()
-    device = resolve_device(args.device)
+    options = loading_options(args)
+    device = options["device"]
     scorer = _scorer(args.clip, args.dino, device)
-    pipe = load_pipeline(model, device=device)
+    pipe = load_pipeline(model, **options)
     lists = lists_name(world_of(pipe))  # a toy trained on world v2 edits v2's colours
     pairs = select_pairs(load_edit_pairs(args.pairs, lists).pairs, args.max_pairs)
     rows = sweep(

@@ -1,8 +1,9 @@
-"""Arguments shared by several ``attnprobe`` commands: the model and the device."""
+"""Arguments shared by several ``attnprobe`` commands: the model, its device, dtype and offload."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 DEFAULT_MODEL = "toy"
 
@@ -15,7 +16,8 @@ def default_model() -> str:
 
 
 def add_model_arg(parser: argparse.ArgumentParser, device: bool = False) -> None:
-    """``--model`` (and, with ``device``, ``--device``) on a subcommand."""
+    """``--model`` (and, with ``device``, ``--device``, ``--dtype`` and ``--offload``) on a
+    subcommand; :func:`loading_options` turns them into ``load_pipeline``'s keywords."""
     parser.add_argument(
         "--model",
         default=None,
@@ -32,3 +34,28 @@ def add_model_arg(parser: argparse.ArgumentParser, device: bool = False) -> None
             help="auto (default: cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, "
             "cuda, cuda:N or mps",
         )
+        parser.add_argument(
+            "--dtype",
+            default="float32",
+            choices=("float32", "float16", "bfloat16"),
+            help="weights' dtype (default float32); a folder loads in it directly, from its fp16 "
+            "variant files where it has them; attention probabilities are computed in float32",
+        )
+        parser.add_argument(
+            "--offload",
+            default="none",
+            choices=("none", "model", "sequential"),
+            help="diffusers' CPU offload onto --device: 'model' (one model on the GPU at a "
+            "time), 'sequential' (one layer's weights at a time; slowest, least memory)",
+        )
+
+
+def loading_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``load_pipeline``'s ``device``, ``dtype`` and ``offload`` from the parsed arguments."""
+    from probe.models import resolve_device
+
+    return {
+        "device": resolve_device(args.device),
+        "dtype": args.dtype,
+        "offload": args.offload,
+    }

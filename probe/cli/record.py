@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from probe.cli.args import add_model_arg, default_model
+from probe.cli.args import add_model_arg, default_model, loading_options
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -16,14 +16,14 @@ def _cmd_record(args: argparse.Namespace) -> int:
         raise ValueError("record needs --prompt TEXT (one image) or --template NAME (a dataset)")
     import torch
 
-    from probe.models import defaults_origin, generation_defaults, load_pipeline, resolve_device
+    from probe.models import defaults_origin, generation_defaults, load_pipeline
     from probe.models.schedulers import scheduler_settings
     from probe.models.vocabulary import check_known_words
     from probe.recording.dataset import parse_bytes
     from probe.recording.recorder import DEFAULT_BUDGET, record_attention
 
     budget = parse_bytes(args.budget) or DEFAULT_BUDGET
-    pipe = load_pipeline(args.model or default_model(), device=resolve_device(args.device))
+    pipe = load_pipeline(args.model or default_model(), **loading_options(args))
     check_known_words(pipe, [args.prompt])  # the toy refuses a word it never learned
     gen = generation_defaults(pipe)
     if args.num_steps:
@@ -50,7 +50,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 
 def _cmd_record_dataset(args: argparse.Namespace) -> int:
-    from probe.models import load_pipeline, resolve_device
+    from probe.models import load_pipeline
     from probe.prompts.templates import load_template
     from probe.recording.dataset import parse_bytes, record_dataset
     from probe.recording.store import parse_seeds, parse_shard
@@ -59,7 +59,7 @@ def _cmd_record_dataset(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     shard = parse_shard(args.shard)
     model = args.model or default_model()
-    pipe = load_pipeline(model, device=resolve_device(args.device))
+    pipe = load_pipeline(model, **loading_options(args))
     prompts = load_template(args.template, lists_name(world_of(pipe)))  # a v2 toy: v2's lists
     if args.random_init is not None:
         from probe.recording.random_control import random_init_like

@@ -37,6 +37,7 @@ from probe.families.conditioning import Conditioning, MicroConditioning
 from probe.families.flux_attention import HookedFluxAttnProcessor
 from probe.families.joint_dit import JointDiTFamily
 from probe.families.sampler import FlowSampler, flow_shift
+from probe.models.placement import execution_device, pretrained_options
 from probe.models.tiny_dit import build_tiny_flux_pipeline, tiny_flux_transformer
 
 FLUX_T5_TOKENS = 512
@@ -80,7 +81,7 @@ class FluxFamily(JointDiTFamily):
     def load(self, folder: Path, dtype: torch.dtype | None = None) -> Any:
         with _quiet_sample_size():
             pipe = FluxPipeline.from_pretrained(
-                str(folder), local_files_only=True, dtype=dtype or torch.float32
+                str(folder), local_files_only=True, **pretrained_options(folder, dtype)
             )
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -129,7 +130,7 @@ class FluxFamily(JointDiTFamily):
             )
         texts = [""] * len(prompts) * guidance + list(prompts)  # unconditional rows first
         embeds, pooled, _ = pipe.encode_prompt(
-            prompt=texts, prompt_2=None, device=pipe.device, num_images_per_prompt=1,
+            prompt=texts, prompt_2=None, device=execution_device(pipe), num_images_per_prompt=1,
             max_sequence_length=self.text_key_count(pipe),
         )  # fmt: skip
         return Conditioning(embeds, {"pooled_projections": pooled})

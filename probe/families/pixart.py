@@ -47,6 +47,7 @@ from probe.families.base import DenoiserCall, GuidanceWatch, ModelFamily, meta_m
 from probe.families.conditioning import Conditioning, MicroConditioning
 from probe.families.joint_dit import patch_level
 from probe.families.sampler import DDIMSampler
+from probe.models.placement import execution_device, pretrained_options
 from probe.models.tiny_pixart import build_tiny_pixart_pipeline, tiny_pixart_transformer
 
 PIXART_T5_TOKENS = 300
@@ -84,7 +85,7 @@ class PixArtFamily(ModelFamily):
 
     def load(self, folder: Path, dtype: torch.dtype | None = None) -> Any:
         pipe = PixArtSigmaPipeline.from_pretrained(
-            str(folder), local_files_only=True, dtype=dtype or torch.float32
+            str(folder), local_files_only=True, **pretrained_options(folder, dtype)
         )
         pipe.set_progress_bar_config(disable=True)
         if pipe.tokenizer is not None:  # the context the pipeline encodes, for word look-up
@@ -144,7 +145,8 @@ class PixArtFamily(ModelFamily):
     ) -> Conditioning:  # fmt: skip
         cond, mask, uncond, uncond_mask = pipe.encode_prompt(
             list(prompts), do_classifier_free_guidance=guidance, negative_prompt="",
-            device=pipe.device, clean_caption=False, max_sequence_length=PIXART_T5_TOKENS,
+            device=execution_device(pipe), clean_caption=False,
+            max_sequence_length=PIXART_T5_TOKENS,
         )  # fmt: skip
         if guidance:
             cond, mask = torch.cat([uncond, cond]), torch.cat([uncond_mask, mask])

@@ -36,6 +36,7 @@ from PIL import Image
 from torch import Tensor
 
 from probe.families.conditioning import Conditioning
+from probe.models.placement import execution_device
 from probe.models.schedulers import scheduler_settings
 
 EDIT_ETA = 0.0
@@ -103,7 +104,7 @@ class Sampler:
         noise = torch.randn(1, channels, *self.latent_hw, generator=generator)
         denoiser = self.family.denoiser(self.pipe)
         sigma = float(getattr(self.scheduler, "init_noise_sigma", 1.0))
-        noise = noise.to(device=self.pipe.device, dtype=denoiser.dtype) * sigma
+        noise = noise.to(device=execution_device(self.pipe), dtype=denoiser.dtype) * sigma
         return noise.repeat(n, 1, 1, 1)
 
     def predict(self, t: Tensor, latents: Tensor, cond: Conditioning, guided: bool,
@@ -148,7 +149,7 @@ class DDIMSampler(Sampler):
 
     def __init__(self, family: Any, pipe: Any, num_steps: int, latent_hw: tuple[int, int]):
         scheduler = family.ddim_scheduler(pipe)
-        scheduler.set_timesteps(num_steps, device=pipe.device)
+        scheduler.set_timesteps(num_steps, device=execution_device(pipe))
         super().__init__(family, pipe, scheduler, latent_hw, EDIT_ETA)
 
 
@@ -168,7 +169,7 @@ class FlowSampler(Sampler):
         kwargs: dict[str, Any] = {"mu": mu} if mu is not None else {}
         if sigmas is not None:
             kwargs["sigmas"] = sigmas
-        scheduler.set_timesteps(num_steps, device=pipe.device, **kwargs)
+        scheduler.set_timesteps(num_steps, device=execution_device(pipe), **kwargs)
         super().__init__(family, pipe, scheduler, latent_hw, None)
 
 

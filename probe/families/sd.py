@@ -19,7 +19,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from probe.families.conditioning import Conditioning, MicroConditioning
-from probe.families.unet import UNetFamily, _dtype_or_float32
+from probe.families.unet import UNetFamily
+from probe.models.placement import execution_device, pretrained_options
 from probe.models.tiny import build_tiny_pipeline, tiny_unet
 
 
@@ -48,7 +49,7 @@ class SDFamily(UNetFamily):
         # warning that it is missing; images come back unfiltered. The feature extractor loads.
         pipe = StableDiffusionPipeline.from_pretrained(
             str(folder), local_files_only=True, safety_checker=None,
-            requires_safety_checker=False, dtype=_dtype_or_float32(dtype),
+            requires_safety_checker=False, **pretrained_options(folder, dtype),
         )  # fmt: skip
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -57,7 +58,7 @@ class SDFamily(UNetFamily):
         self, pipe: Any, prompts: Sequence[str], guidance: bool, size: tuple[int, int],
         micro: MicroConditioning,
     ) -> Conditioning:  # fmt: skip
-        cond, uncond = pipe.encode_prompt(list(prompts), pipe.device, 1, guidance)
+        cond, uncond = pipe.encode_prompt(list(prompts), execution_device(pipe), 1, guidance)
         return Conditioning(torch.cat([uncond, cond]) if guidance else cond)
 
     def no_preset(self, preset: str, n_layers: int) -> str:

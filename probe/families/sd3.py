@@ -40,6 +40,7 @@ from probe.families.base import meta_model, read_model_index
 from probe.families.conditioning import Conditioning, MicroConditioning
 from probe.families.joint_dit import JointDiTFamily
 from probe.families.sampler import FlowSampler, flow_shift
+from probe.models.placement import execution_device, pretrained_options
 from probe.models.tiny_dit import build_tiny_sd3_pipeline, tiny_sd3_transformer
 
 SD3_T5_TOKENS = 256
@@ -107,7 +108,7 @@ class SD3Family(JointDiTFamily):
             if (index.get(name) or [None])[0] is None or not (folder / name).is_dir()
         }
         pipe = StableDiffusion3Pipeline.from_pretrained(
-            str(folder), local_files_only=True, dtype=dtype or torch.float32, **absent
+            str(folder), local_files_only=True, **pretrained_options(folder, dtype), **absent
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -120,7 +121,7 @@ class SD3Family(JointDiTFamily):
         micro: MicroConditioning,
     ) -> Conditioning:  # fmt: skip
         cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
-            prompt=list(prompts), prompt_2=None, prompt_3=None, device=pipe.device,
+            prompt=list(prompts), prompt_2=None, prompt_3=None, device=execution_device(pipe),
             num_images_per_prompt=1, do_classifier_free_guidance=guidance,
         )  # fmt: skip
         embeddings = torch.cat([uncond, cond]) if guidance else cond

@@ -31,7 +31,8 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from probe.families.conditioning import Conditioning, MicroConditioning
-from probe.families.unet import UNetFamily, _dtype_or_float32
+from probe.families.unet import UNetFamily
+from probe.models.placement import execution_device, pretrained_options
 from probe.models.tiny import build_tiny_xl_pipeline, tiny_xl_unet
 
 
@@ -62,7 +63,7 @@ class SDXLFamily(UNetFamily):
         attnprobe compares images (recording leaves them unchanged, identity edits)."""
         pipe = StableDiffusionXLPipeline.from_pretrained(
             str(folder), local_files_only=True, add_watermarker=False,
-            dtype=_dtype_or_float32(dtype),
+            **pretrained_options(folder, dtype),
         )  # fmt: skip
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -77,7 +78,7 @@ class SDXLFamily(UNetFamily):
         micro: MicroConditioning,
     ) -> Conditioning:  # fmt: skip
         cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
-            prompt=list(prompts), device=pipe.device, num_images_per_prompt=1,
+            prompt=list(prompts), device=execution_device(pipe), num_images_per_prompt=1,
             do_classifier_free_guidance=guidance,
         )  # fmt: skip
         rows = 2 * len(prompts) if guidance else len(prompts)

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-import torch
 from diffusers import UNet2DConditionModel
 from torch import Tensor, nn
 
@@ -253,9 +252,3 @@ class UNetFamily(ModelFamily):
 
     def sampler(self, pipe: Any, num_steps: int, latent_hw: tuple[int, int]) -> DDIMSampler:
         return DDIMSampler(self, pipe, num_steps, latent_hw)
-
-
-def _dtype_or_float32(dtype: torch.dtype | None) -> torch.dtype:
-    """Folders record their save dtype (float16 for SD 2.x and SDXL), which transformers would
-    load the text encoders in next to a float32 UNet: load float32 unless asked."""
-    return dtype or torch.float32

@@ -2,7 +2,8 @@
 diffusers folder of any family attnprobe knows (:mod:`probe.families`).
 
     pipe = load_pipeline("toy")                 # or "toy-v2", "tiny", "tiny-xl", "tiny-sd3", ...
-    pipe = load_pipeline("~/models/sd15", dtype=torch.float16)
+    pipe = load_pipeline("~/models/sd15", dtype=torch.float16)   # its fp16 files, no float32 copy
+    pipe = load_pipeline("~/models/flux-dev", dtype=torch.bfloat16, offload="model")
 
 Nothing here touches the network. Which family a folder is, and how it loads, is the family's
 knowledge; this module resolves names and folders.
@@ -40,7 +41,8 @@ HOW_TO_GET_WEIGHTS = (
 def load_pipeline(
     spec: str | Path = "toy",
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
+    offload: str = "none",
 ) -> Any:
     """Load a pipeline, offline.
 
@@ -51,8 +53,15 @@ def load_pipeline(
             ``"tiny-flux"``, ``"tiny-pixart"``: SD 1.x, SDXL, SD3, Flux, PixArt-Σ topology)
             or the path of a diffusers folder of a family attnprobe knows, told apart by the
             ``_class_name`` of its model_index.json (:func:`probe.families.family_of_folder`).
-        device: where to put it (default: CPU).
-        dtype: weights' dtype (default: float32); a folder is loaded in it.
+        device: where it computes (default: CPU; with ``offload``, this process's GPU when
+            CUDA is available).
+        dtype: weights' dtype, a torch dtype or ``"float32"`` / ``"float16"`` /
+            ``"bfloat16"`` (default: float32). A folder is loaded in it with no float32 copy
+            on the way, from its ``fp16`` variant files for a half dtype where it has them
+            (:func:`probe.models.placement.pretrained_options`).
+        offload: ``"none"`` (default), ``"model"`` or ``"sequential"``: diffusers' CPU
+            offload onto ``device`` (:func:`probe.models.placement.place_pipeline`); the hooks,
+            recording and editing run under it.
 
     Returns:
         The family's pipeline (``StableDiffusionPipeline`` with the safety checker off,
@@ -66,6 +75,7 @@ def load_pipeline(
             folder is not a diffusers pipeline.
         NotImplementedError: a folder of a family attnprobe does not load yet (PixArt-α, Sana,
             Flux Kontext, ...).
+        ValueError: an unknown dtype or offload, or ``offload="sequential"`` on the CPU.
 
     Example:
         >>> pipe = load_pipeline("tiny")
@@ -73,16 +83,21 @@ def load_pipeline(
         >>> type(load_pipeline("~/models/sdxl-base")).__name__
         'StableDiffusionXLPipeline'
     """
+    from probe.models.placement import OFFLOAD_MODES, cast_pipeline, parse_dtype, place_pipeline
     from probe.models.vocabulary import refuse_unknown_words
 
+    dtype = parse_dtype(dtype)
+    if offload not in OFFLOAD_MODES:
+        raise ValueError(f"offload {offload!r} is not one of {', '.join(OFFLOAD_MODES)}")
     built = BUILT_IN.get(str(spec))
     if built is not None:
-        pipe = built()
-    else:
-        folder = resolve_folder(spec)
+        pipe = built()  # built in float32 (small): cast whole
+        if dtype is not None:
+            pipe = cast_pipeline(pipe, dtype)
+    else:  # loaded in the dtype; no cast after: it would put back in half precision what
+        folder = resolve_folder(spec)  # transformers keeps in float32 (T5's ``wo`` layers)
         pipe = family_of_folder(folder).load(folder, dtype)
-    if device is not None or dtype is not None:
-        pipe = pipe.to(device=device, dtype=dtype)
+    pipe = place_pipeline(pipe, device, offload)
     refuse_unknown_words(pipe)  # the toy's closed vocabulary: a word it never learned fails
     return pipe
 
