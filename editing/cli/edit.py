@@ -114,6 +114,7 @@ def _edit_image_itself(args: argparse.Namespace) -> int:
     flags = {"--inversion": args.inversion is not None, "--nudge": args.nudge != 1.0,
              "--source-branch": args.source_branch is not None,
              "--source-branch-prompt": args.source_branch_prompt is not None}  # fmt: skip
+    flags |= {f"--{n.replace('_', '-')}": getattr(args, n) is not None for n in _RF_FLAGS}
     given = [flag for flag, present in flags.items() if present]
     if given:
         raise ValueError(
@@ -174,31 +175,73 @@ def _source_branch_arguments(args: argparse.Namespace) -> dict[str, Any]:
     return {"source_branch": args.source_branch, "source_branch_prompt": "inversion"}
 
 
+FLOW_INVERSIONS = ("euler", "rf-inversion", "rf-solver", "fireflow")
+"""``--inversion`` choices of flow models (SD3, Flux)."""
+_RF_FLAGS = ("gamma", "eta", "eta_start", "eta_stop")
+
+
 def _invert(pipe: Any, args: argparse.Namespace) -> Any:
     """``--image``'s inversion. ``ddim``: DDIM with the prompt the source branch will run on
     (the empty prompt by default, the official FPE and MasaCtrl path; the source prompt for
     Prompt-to-Prompt or ``--source-branch-prompt source``). ``null-text``: the pivot is DDIM
     with the *source* prompt at guidance 1, then null-text optimisation at the edit's guidance
-    (as ``null_text_w_ptp.ipynb``)."""
+    (as ``null_text_w_ptp.ipynb``). On flow models: ``euler`` (inverse Euler, Stable Flow's;
+    the default there), ``rf-inversion`` (RF-Inversion's controlled ODE), ``rf-solver`` and
+    ``fireflow`` (second-order; they store the values an ``rf-solver`` edit injects)."""
     from editing.inversion import ddim_invert
     from probe.families import family_of
 
-    if args.inversion == "euler" or (
-        args.inversion is None and "ddim inversion" in family_of(pipe).unsupported
-    ):  # SD3, Flux: inverse Euler on the flow (editing.flow_inversion)
-        from editing.flow_inversion import flow_invert
-
-        prompt = args.source if _source_branch_prompt(args) == "source" else ""
-        return flow_invert(pipe, args.image, prompt, args.num_steps, nudge=args.nudge)
-    if args.nudge != 1.0:
-        raise ValueError("--nudge only applies to --inversion euler (SD3, Flux): leave it out")
-    if args.inversion != "null-text":
-        prompt = args.source if _source_branch_prompt(args) == "source" else ""
+    inversion = args.inversion
+    if inversion is None:  # SD3, Flux: inverse Euler on the flow (editing.flow_inversion)
+        inversion = "euler" if "ddim inversion" in family_of(pipe).unsupported else "ddim"
+    _check_inversion_flags(args, inversion)
+    prompt = args.source if _source_branch_prompt(args) == "source" else ""
+    if inversion in FLOW_INVERSIONS:
+        return _flow_invert(pipe, args, inversion, prompt)
+    if inversion != "null-text":
         return ddim_invert(pipe, args.image, prompt=prompt, num_steps=args.num_steps)
     from editing.null_text import null_text_invert
 
     pivot = ddim_invert(pipe, args.image, prompt=args.source, num_steps=args.num_steps)
     return null_text_invert(pipe, pivot, args.source, args.guidance)
+
+
+def _flow_invert(pipe: Any, args: argparse.Namespace, inversion: str, prompt: str) -> Any:
+    if inversion == "euler":
+        from editing.flow_inversion import flow_invert
+
+        return flow_invert(pipe, args.image, prompt, args.num_steps, nudge=args.nudge)
+    if inversion == "rf-inversion":
+        from editing.rf_inversion import rf_invert
+
+        given = {"gamma": args.gamma, "eta": args.eta, "start": args.eta_start,
+                 "stop": args.eta_stop}  # fmt: skip
+        kwargs = {k: v for k, v in given.items() if v is not None}
+        return rf_invert(pipe, args.image, prompt, args.num_steps, **kwargs)
+    from editing.rf_solver import solver_invert
+
+    inject = getattr(args, _dest("inject_steps"), None)  # store as many steps as injected
+    return solver_invert(pipe, args.image, prompt, args.num_steps, solver=inversion,
+                         inject_steps=None if inject is None else int(inject))  # fmt: skip
+
+
+def _check_inversion_flags(args: argparse.Namespace, inversion: str) -> None:
+    """Refuse an inversion's flag given with another inversion.
+
+    Raises:
+        ValueError: ``--nudge`` without ``--inversion euler``; ``--gamma``/``--eta``/
+            ``--eta-start``/``--eta-stop`` without ``--inversion rf-inversion``.
+    """
+    if args.nudge != 1.0 and inversion != "euler":
+        raise ValueError(
+            f"--nudge only applies to --inversion euler (SD3, Flux), not {inversion}: leave it out"
+        )
+    given = [f"--{name.replace('_', '-')}" for name in _RF_FLAGS if getattr(args, name) is not None]
+    if given and inversion != "rf-inversion":
+        raise ValueError(
+            f"{', '.join(given)} only apply to --inversion rf-inversion, not {inversion}: "
+            "leave them out or add --inversion rf-inversion"
+        )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -217,17 +260,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=None, help="default: the model's")
     p.add_argument("--image", default=None, help="a real image to edit (inverted first)")
     p.add_argument(
-        "--inversion", default=None, choices=("ddim", "null-text", "euler"),
+        "--inversion", default=None, choices=("ddim", "null-text", *FLOW_INVERSIONS),
         help="for --image: DDIM inversion with the empty prompt (FPE's official path), "
-        "null-text inversion (Prompt-to-Prompt's: pivot = DDIM with --source, guidance 1), or "
-        "on SD3 and Flux inverse Euler on the flow (Stable Flow's). Default: ddim, euler on "
-        "SD3 and Flux",
+        "null-text inversion (Prompt-to-Prompt's: pivot = DDIM with --source, guidance 1); on "
+        "SD3 and Flux: euler (inverse Euler, Stable Flow's), rf-inversion (RF-Inversion's "
+        "controlled ODE: --gamma, --eta, --eta-start, --eta-stop), rf-solver or fireflow "
+        "(second order; they store the values --method rf-solver injects; default steps the "
+        "authors': 25, 8). Default: ddim, euler on SD3 and Flux",
     )  # fmt: skip
     p.add_argument(
         "--nudge", type=float, default=1.0,
         help="for --inversion euler: multiply the encoded image by this first (Stable Flow's "
         "latent nudging: 1.15; default 1)",
     )  # fmt: skip
+    rf = p.add_argument_group(
+        "--inversion rf-inversion",
+        "RF-Inversion (Rout et al.; the authors' defaults: editing.rf_inversion)",
+    )
+    rf.add_argument("--gamma", type=float, default=None, metavar="G",
+                    help="forward controller strength (default 0.5)")  # fmt: skip
+    rf.add_argument("--eta", type=float, default=None, metavar="E",
+                    help="reverse controller strength (default 0.9)")  # fmt: skip
+    rf.add_argument("--eta-start", type=float, default=None, metavar="F",
+                    help="first fraction of steps controlled (default 0)")  # fmt: skip
+    rf.add_argument("--eta-stop", type=float, default=None, metavar="F",
+                    help="fraction of steps where it stops (default 7/28)")  # fmt: skip
     p.add_argument(
         "--source-branch", default=None, choices=SOURCE_BRANCHES,
         help="for --image: forced = the source row put onto the inverted latents every step "
