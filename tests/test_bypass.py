@@ -146,3 +146,25 @@ def test_the_vital_rule_on_hand_numbers():
         vital_layers(vitality, threshold=0.1, top_k=2)
     with pytest.raises(ValueError, match="keeps no layer"):
         vital_layers(vitality, top_k=0)
+
+
+def test_attnprobe_vital_writes_vitality_per_block_and_reports_missing_weights(tmp_path):
+    """``attnprobe vital`` on tiny-flux (2 steps, 1 prompt, 2 seeds, pixel score): vital.json
+    has every layer's mean and spread, the rule's layers, and the DINOv2 model reported as
+    missing (never a number); the bar figure is written."""
+    import json
+
+    from probe.cli.main import main
+
+    out = tmp_path / "vital"
+    args = ["vital", "--model", "tiny-flux", "--prompts", "1", "--seeds", "0-1", "--steps", "2",
+            "--top-k", "2", "--out", str(out), "--no-progress", "--perceptual", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    data = json.loads((out / "vital.json").read_text())
+    layers = [row for row in data["layers"] if row["layer"] is not None]
+    assert data["score"] == "pixel" and len(layers) == len(data["layer_table"])
+    assert all(row["vitality"] >= 0 and row["vitality_std"] >= 0 for row in layers)
+    assert len(data["vital"]["layers"]) == 2 and data["vital"]["rule"] == "top-2"
+    assert data["settings"]["perceptual"].startswith("missing")
+    assert all(s["perceptual"] is None for s in data["samples"])
+    assert (out / "vital.png").stat().st_size > 0

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 
-def _default_score(spec: str, perceptual: str | None) -> str:
-    """``judges`` on a toy-world model, else ``perceptual`` with a DINOv2 folder, else ``pixel``."""
+def _default_score(spec: str, perceptual: object | None) -> str:
+    """``judges`` on a toy-world model, else ``perceptual`` when the DINOv2 folder loaded, else
+    ``pixel`` (a missing folder is reported as missing in vital.json, never scored)."""
     from probe.models.loading import resolve_folder
     from probe.toy.weight_folders import TOY_FOLDERS
 
@@ -55,14 +56,14 @@ def _cmd_vital(args: argparse.Namespace) -> int:
     from probe.vital.vitality import measure_vitality
 
     spec = args.model or default_model()
-    score = args.score or _default_score(spec, args.perceptual)
     perceptual, perceptual_note = load_perceptual(args.perceptual)
+    score = args.score or _default_score(spec, perceptual)
     if score == "perceptual" and perceptual is None:
         raise FileNotFoundError(f"--score perceptual: DINOv2 {perceptual_note}")
     pipe = load_pipeline(spec)
     report = measure_vitality(
         pipe, args.prompts, parse_seeds(args.seeds), score=score, perceptual=perceptual,
-        batch_size=args.batch_size, progress=not args.no_progress,
+        batch_size=args.batch_size, num_steps=args.steps, progress=not args.no_progress,
         settings={"model": spec, "perceptual": perceptual_note},
     )  # fmt: skip
     rule = _rule(args, report.means())
@@ -106,6 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=0.1,
                    help="vital: vitality above this (default 0.1)")  # fmt: skip
     p.add_argument("--top-k", type=int, help="vital: the k most vital layers instead")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--batch-size", type=int, default=8, help="images per pipeline call")
     p.add_argument("--out", help="output folder (default runs/vital_MODEL)")
     p.add_argument(

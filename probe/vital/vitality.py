@@ -183,6 +183,7 @@ def measure_vitality(
     layers: Sequence[int] | None = None,
     perceptual: PerceptualModel | None = None,
     batch_size: int = 8,
+    num_steps: int | None = None,
     progress: bool = True,
     settings: Mapping[str, Any] | None = None,
 ) -> VitalityReport:
@@ -196,6 +197,7 @@ def measure_vitality(
         layers: the layers to bypass, one at a time (default every layer).
         perceptual: the DINOv2 model; when given, its similarity is recorded for every sample.
         batch_size: images per pipeline call.
+        num_steps: denoising steps (default the model's, ``attnprobe.json``).
         progress: show a progress bar.
         settings: extra entries for the report's settings (the command line's).
 
@@ -218,6 +220,8 @@ def measure_vitality(
     world = world_of(pipe) if score == "judges" else None
     texts = vital_prompts(prompts, world) if isinstance(prompts, int) else list(prompts)
     d = generation_defaults(pipe)
+    if num_steps is not None:
+        d = {**d, "num_inference_steps": num_steps}
     jobs = [(p, int(s)) for s in seeds for p in texts]
 
     def run() -> np.ndarray:
