@@ -22,18 +22,8 @@ from probe.attention.clock import SchedulerWatch, StepClock
 from probe.attention.controller import AttentionCall, Controller, Kind
 from probe.attention.layer_info import LayerInfo, table_at
 from probe.attention.processor import HookedAttnProcessor
+from probe.attention.user_processors import REFUSED_WHY, kind_of
 from probe.families import family_of
-
-# processors whose math is plain attention: we may replace them without changing the model
-STANDARD_PROCESSORS = {
-    "AttnProcessor",
-    "AttnProcessor2_0",
-    "XFormersAttnProcessor",
-    "SlicedAttnProcessor",
-    "AttnProcessorNPU",
-    "JointAttnProcessor2_0",  # SD3's joint attention
-    "FluxAttnProcessor",  # Flux's double- and single-stream attention
-}
 
 
 class AttentionHooks:
@@ -47,8 +37,11 @@ class AttentionHooks:
         controllers: recorders and editors to consult; more can be added with :meth:`add`.
         layout: explicit batch roles; by default derived at each UNet call from the pipeline's
             guidance setting (unconditional rows first), or all-conditional for a bare UNet.
-        replace_foreign: replace processors someone else installed on layers a controller
-            claims (default: refuse). Elsewhere foreign processors keep running.
+        replace_foreign: replace processors attnprobe does not know on layers a controller
+            claims (default: refuse). Elsewhere they keep running. Processors diffusers installs
+            for fused QKV projections, IP-Adapters, attention slicing and the plain processor
+            are known: attnprobe works on top of them and the output stays theirs
+            (:mod:`probe.attention.user_processors`).
         latent_hw: the latent (height, width) the run generates, when known before it starts
             (the edit loop knows it); default the UNet's ``sample_size`` until the first call.
 
@@ -173,7 +166,7 @@ class AttentionHooks:
             return
         modules = self._module_kinds()
         for name, proc in self._saved.items():
-            if type(proc).__name__ in STANDARD_PROCESSORS or isinstance(proc, HookedAttnProcessor):
+            if kind_of(proc) is not None or isinstance(proc, HookedAttnProcessor):
                 continue
             if name not in modules:
                 continue  # not hooked: it keeps running its own processor
@@ -183,9 +176,10 @@ class AttentionHooks:
                 if kind is not None:
                     raise RuntimeError(
                         f"layer {index} ({kind}) runs a processor installed by someone else "
-                        f"({type(proc).__name__}) and {type(c).__name__} needs it: remove that "
-                        "processor (unet.set_default_attn_processor()), exclude the layer, or pass "
-                        "replace_foreign=True"
+                        f"({type(proc).__name__}) and {type(c).__name__} needs it: "
+                        f"{REFUSED_WHY}. Remove that processor "
+                        "(unet.set_default_attn_processor()), exclude the layer, or pass "
+                        "replace_foreign=True to run attnprobe's attention there instead"
                     )
 
     def _module_kinds(self) -> dict[str, tuple[int, tuple[Kind, ...]]]:

@@ -44,6 +44,7 @@ from probe.attention.controller import (
     rows_to_materialise,
 )
 from probe.attention.processor import HookedAttnProcessor
+from probe.attention.user_processors import call_processor, is_fused
 
 JOINT_KINDS: tuple[Kind, ...] = ("self", "cross", "text_image", "text_text")
 """The four parts of a joint map: image→image, image→text, text→image, text→text."""
@@ -100,9 +101,10 @@ class HookedJointProcessor(HookedAttnProcessor):
             }
             active = {c: kinds for c, kinds in found.items() if kinds}
         if not active:
-            return self.fallback(
-                attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs
-            )
+            return call_processor(
+                self.fallback, attn, hidden_states, encoder_hidden_states, attention_mask,
+                *args, **kwargs,
+            )  # fmt: skip
         refuse_mask(attention_mask, self.layer.index)
         return self.attend(
             attn, hidden_states, encoder_hidden_states, calls, active, *args, **kwargs
@@ -136,7 +138,7 @@ class HookedSD3AttnProcessor(HookedJointProcessor):
     ) -> tuple[Tensor, Tensor]:  # fmt: skip
         assert context is not None  # token_counts returned None without text tokens
         batch, n_image = hidden_states.shape[0], hidden_states.shape[1]
-        q, k, v = joint_qkv(attn, hidden_states, context)
+        q, k, v = joint_qkv(attn, hidden_states, context, is_fused(self.fallback))
         out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
         observe_parts(calls, active, q, k, slice(0, n_image), slice(n_image, None), attn.scale)
         for c, kinds in active.items():
@@ -215,13 +217,24 @@ def observe_parts(
     hand_out(observers, asked, [calls[kind] for _, kind in wanted], probs, batch)
 
 
-def joint_qkv(attn: Any, hidden_states: Tensor, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def joint_qkv(
+    attn: Any, hidden_states: Tensor, context: Tensor, fused: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
     """Joint queries, keys and values ``[batch, heads, N + T, head_dim]`` (image tokens first),
-    as diffusers' ``JointAttnProcessor2_0`` computes them."""
+    as diffusers' ``JointAttnProcessor2_0`` computes them, or with ``fused`` as its
+    ``FusedJointAttnProcessor2_0`` does (``to_qkv``, ``to_added_qkv``)."""
     batch = hidden_states.shape[0]
 
     def heads(x: Tensor) -> Tensor:
         return x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+    if fused:  # diffusers' fused processor applies no q/k norms: neither do we, to match it
+        parts = [torch.cat([x, c], dim=1) for x, c in zip(
+            attn.to_qkv(hidden_states).chunk(3, dim=-1),
+            attn.to_added_qkv(context).chunk(3, dim=-1), strict=True,
+        )]  # fmt: skip
+        q, k, v = (heads(x) for x in parts)
+        return q, k, v
 
     q, k, v = (heads(f(hidden_states)) for f in (attn.to_q, attn.to_k, attn.to_v))
     if attn.norm_q is not None:

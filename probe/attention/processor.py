@@ -8,8 +8,10 @@ changes what the model computes, and only the rows the observers read are materi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -23,16 +25,25 @@ from probe.attention.controller import (
     rows_to_materialise,
 )
 from probe.attention.layer_info import LayerInfo
+from probe.attention.user_processors import (
+    add_ip_attention,
+    call_processor,
+    is_fused,
+    kind_of,
+    split_ip_context,
+)
 
 
 class HookedAttnProcessor:
-    """Processor for one attention module (one layer, one kind)."""
+    """Processor for one attention module (one layer, one kind), on top of the processor it
+    replaces (``fallback``: the user's, :mod:`probe.attention.user_processors`)."""
 
     def __init__(self, hooks: HookState, layer: LayerInfo, kind: Kind, fallback: Any) -> None:
         self.hooks = hooks
         self.layer = layer
         self.kind = kind
         self.fallback = fallback
+        self.user = kind_of(fallback)
 
     def __repr__(self) -> str:
         return f"HookedAttnProcessor(layer={self.layer.index}, kind={self.kind!r})"
@@ -41,36 +52,47 @@ class HookedAttnProcessor:
         self,
         attn: Any,
         hidden_states: Tensor,
-        encoder_hidden_states: Tensor | None = None,
+        encoder_hidden_states: Any = None,
         attention_mask: Tensor | None = None,
         temb: Tensor | None = None,
         *args: Any,
+        ip_adapter_masks: Any = None,
         **kwargs: Any,
     ) -> Tensor:
-        hooks = self.hooks
+        # diffusers passes a processor only the keyword arguments its signature names:
+        # ip_adapter_masks is named so that an IP-Adapter underneath gets them
+        context, ip_states = split_ip_context(self.fallback, encoder_hidden_states)
         queries = hidden_states.shape[-2] * hidden_states.shape[-1]
         if hidden_states.ndim == 3:
             queries = hidden_states.shape[1]
-        keys = queries if encoder_hidden_states is None else encoder_hidden_states.shape[1]
-        call = hooks.make_call(self.layer, self.kind, queries, keys)
-        active = [c for c in hooks.controllers if c.active(call)]
+        keys = queries if context is None else context.shape[1]
+        call = self.hooks.make_call(self.layer, self.kind, queries, keys)
+        active = [c for c in self.hooks.controllers if c.active(call)]
+
+        def user() -> Tensor:
+            return call_processor(
+                self.fallback, attn, hidden_states, encoder_hidden_states, attention_mask, *args,
+                temb=temb, ip_adapter_masks=ip_adapter_masks, **kwargs,
+            )  # fmt: skip
+
         if not active:
-            return self.fallback(
-                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
-            )
+            return user()
         return self._attend(
-            attn, hidden_states, encoder_hidden_states, attention_mask, temb, call, active
-        )
+            attn, hidden_states, context, attention_mask, temb, call, active,
+            user, (ip_states, ip_adapter_masks),
+        )  # fmt: skip
 
     def _attend(
         self,
         attn: Any,
         hidden_states: Tensor,
-        encoder_hidden_states: Tensor | None,
+        context: Tensor | None,
         attention_mask: Tensor | None,
         temb: Tensor | None,
         call: AttentionCall,
         active: list[Controller],
+        user: Callable[[], Tensor],
+        ip: tuple[Any, Any],
     ) -> Tensor:
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -79,20 +101,13 @@ class HookedAttnProcessor:
         if input_ndim == 4:
             batch, channel, height, width = hidden_states.shape
             hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        batch, key_len, _ = context.shape
+        batch, key_len, _ = (hidden_states if context is None else context).shape
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, key_len, batch)
             attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
+        query, key, value = project_qkv(attn, hidden_states, context, is_fused(self.fallback))
         head_dim = key.shape[-1] // attn.heads
         q, k, v = (
             x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value)
@@ -102,9 +117,14 @@ class HookedAttnProcessor:
         if attn.norm_k is not None:
             k = attn.norm_k(k)
 
-        out = self._attention(call, active, q, k, v, attention_mask, attn.scale)
+        beside = self.user == "beside"
+        out = self._attention(call, active, q, k, v, attention_mask, attn.scale, beside)
+        if out is None:  # observed only: the user's own kernel computes the output
+            return user()
 
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        if ip[0] is not None:  # the image prompt's attention, as the IP-Adapter adds it
+            out = add_ip_attention(self.fallback, attn, out, q, *ip)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)
         if input_ndim == 4:
@@ -122,8 +142,12 @@ class HookedAttnProcessor:
         v: Tensor,
         mask: Tensor | None,
         scale: float,
-    ) -> Tensor:
-        """Attention output ``[batch, heads, queries, head_dim]`` with every controller applied."""
+        beside: bool = False,
+    ) -> Tensor | None:
+        """Attention output ``[batch, heads, queries, head_dim]`` with every controller applied;
+        with ``beside``, ``None`` when no controller changed anything (the observers have seen
+        the probabilities; the caller's own kernel computes the output)."""
+        unedited = (q, k, v, mask)
         for c in active:
             q, k, v = c.edit_qkv(call, q, k, v)
         for c in active:
@@ -149,4 +173,27 @@ class HookedAttnProcessor:
             part = mask if mask is None or mask.ndim < 4 or mask.shape[0] == 1 else mask[rows]
             probs = attention_probs(q[rows], k[rows], scale, part)
             hand_out(observers, asked, calls, [probs] * len(observers), rows)
+        if beside and all(a is b for a, b in zip((q, k, v, mask), unedited, strict=True)):
+            return None
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def project_qkv(
+    attn: Any, hidden_states: Tensor, context: Tensor | None, fused: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Queries, keys and values ``[batch, tokens, heads * head_dim]`` as the user's processor
+    projects them: ``to_q/k/v``, or with ``fused`` the fused weights ``FusedAttnProcessor2_0``
+    reads (``to_qkv`` for self-attention, ``to_q`` and ``to_kv`` for cross-attention)."""
+    if context is not None and attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    if fused and context is None:
+        qkv = attn.to_qkv(hidden_states)
+        query, key, value = torch.split(qkv, qkv.shape[-1] // 3, dim=-1)
+        return query, key, value
+    query = attn.to_q(hidden_states)
+    source = hidden_states if context is None else context
+    if fused:
+        kv = attn.to_kv(source)
+        key, value = torch.split(kv, kv.shape[-1] // 2, dim=-1)
+        return query, key, value
+    return query, attn.to_k(source), attn.to_v(source)

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from probe.attention.controller import AttentionCall, Controller, Kind
 from probe.attention.joint import HookedJointProcessor, JointEditor, observe_parts
+from probe.attention.user_processors import flux_ip_attention
 
 
 class HookedFluxAttnProcessor(HookedJointProcessor):
@@ -39,6 +40,24 @@ class HookedFluxAttnProcessor(HookedJointProcessor):
         n_all = hidden_states.shape[1] + (0 if context is None else n_text)
         return n_all - n_text, n_text
 
+    def __call__(  # type: ignore[override]
+        self,
+        attn: Any,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        image_rotary_emb: Any = None,
+        ip_hidden_states: Any = None,
+        ip_adapter_masks: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        # FluxAttention passes a processor only the keyword arguments its signature names:
+        # the IP-Adapter's are named here so that a FluxIPAdapterAttnProcessor underneath gets them
+        return super().__call__(
+            attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+            ip_hidden_states=ip_hidden_states, ip_adapter_masks=ip_adapter_masks, **kwargs,
+        )  # fmt: skip
+
     def attend(
         self, attn: Any, hidden_states: Tensor, context: Tensor | None,
         calls: dict[str, AttentionCall], active: dict[Controller, list[Kind]], *args: Any,
@@ -46,8 +65,12 @@ class HookedFluxAttnProcessor(HookedJointProcessor):
     ) -> Any:  # fmt: skip
         rotary = args[0] if args else kwargs.get("image_rotary_emb")
         n_text = calls["cross"].keys
-        q, k, v = flux_qkv(attn, hidden_states, context, rotary)
-        out = dispatch_attention_fn(q, k, v, attn_mask=None)  # [batch, tokens, heads, dim]
+        q, k, v, image_query = flux_qkv(attn, hidden_states, context, rotary)
+        backend = getattr(self.fallback, "_attention_backend", None)
+        parallel = getattr(self.fallback, "_parallel_config", None)
+        out = dispatch_attention_fn(
+            q, k, v, attn_mask=None, backend=backend, parallel_config=parallel
+        )  # [batch, tokens, heads, dim]
         q, k, v, out = (x.transpose(1, 2) for x in (q, k, v, out))  # [batch, heads, tokens, dim]
         text, image = slice(0, n_text), slice(n_text, None)
         observe_parts(calls, active, q, k, image, text, q.shape[-1] ** -0.5)
@@ -57,7 +80,12 @@ class HookedFluxAttnProcessor(HookedJointProcessor):
             return out
         text_out, sample = out[:, :n_text], out[:, n_text:]
         sample = attn.to_out[1](attn.to_out[0](sample.contiguous()))
-        return sample, attn.to_add_out(text_out.contiguous())
+        text_out = attn.to_add_out(text_out.contiguous())
+        if type(self.fallback).__name__ != "FluxIPAdapterAttnProcessor":
+            return sample, text_out
+        ip_states = kwargs.get("ip_hidden_states")  # the image prompt's attention, kept
+        ip = flux_ip_attention(self.fallback, attn, image_query, ip_states, sample)
+        return sample, text_out, ip
 
     def _text_tokens(self, encoder_hidden_states: Tensor | None) -> int:
         if encoder_hidden_states is not None:
@@ -97,26 +125,31 @@ def _edit(
 
 def flux_qkv(
     attn: Any, hidden_states: Tensor, context: Tensor | None, rotary: Any
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Joint queries, keys and values ``[batch, tokens, heads, head_dim]``, text first, with
-    the rotary embedding applied, as diffusers' ``FluxAttnProcessor`` computes them."""
-    if getattr(attn, "fused_projections", False):
-        raise NotImplementedError(
-            "attnprobe reads Flux's separate q/k/v projections: call "
-            "transformer.unfuse_qkv_projections() first"
-        )
+    the rotary embedding applied, as diffusers' ``FluxAttnProcessor`` computes them (from the
+    fused ``to_qkv`` / ``to_added_qkv`` when the projections are fused); and the image queries
+    after their norm, before the rotary embedding (what an IP-Adapter attends with)."""
 
     def heads(x: Tensor) -> Tensor:
         return x.unflatten(-1, (-1, attn.head_dim))
 
-    q, k, v = (heads(f(hidden_states)) for f in (attn.to_q, attn.to_k, attn.to_v))
+    joint = context is not None and attn.added_kv_proj_dim is not None
+    if getattr(attn, "fused_projections", False):
+        q, k, v = (heads(x) for x in attn.to_qkv(hidden_states).chunk(3, dim=-1))
+        if joint:
+            cq, ck, cv = (heads(x) for x in attn.to_added_qkv(context).chunk(3, dim=-1))
+    else:
+        q, k, v = (heads(f(hidden_states)) for f in (attn.to_q, attn.to_k, attn.to_v))
+        if joint:
+            added = (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
+            cq, ck, cv = (heads(f(context)) for f in added)
     q, k = attn.norm_q(q), attn.norm_k(k)
-    if context is not None and attn.added_kv_proj_dim is not None:
-        added = (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
-        cq, ck, cv = (heads(f(context)) for f in added)
+    image_query = q
+    if joint:
         cq, ck = attn.norm_added_q(cq), attn.norm_added_k(ck)
         q, k, v = torch.cat([cq, q], dim=1), torch.cat([ck, k], dim=1), torch.cat([cv, v], dim=1)
     if rotary is not None:
         q = apply_rotary_emb(q, rotary, sequence_dim=1)
         k = apply_rotary_emb(k, rotary, sequence_dim=1)
-    return q, k, v
+    return q, k, v, image_query
