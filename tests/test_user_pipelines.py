@@ -180,6 +180,34 @@ def test_ip_adapter_scale_and_masks_are_kept(ip_unet_pipe):
         pipe.set_ip_adapter_scale(1.0)
 
 
+def test_recording_on_the_non_sdpa_ip_adapter_processor(ip_unet_pipe):
+    """``IPAdapterAttnProcessor`` (bmm and softmax): observed beside the user's own call."""
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor
+
+    pipe, saved = ip_unet_pipe, dict(ip_unet_pipe.unet.attn_processors)
+    procs = {}
+    for name, proc in saved.items():
+        if type(proc).__name__ == "IPAdapterAttnProcessor2_0":
+            plain_proc = IPAdapterAttnProcessor(
+                proc.hidden_size, proc.cross_attention_dim, proc.num_tokens, proc.scale
+            )
+            plain_proc.load_state_dict(proc.state_dict())
+            procs[name] = plain_proc
+        else:
+            procs[name] = proc
+    pipe.unet.set_attn_processor(procs)
+    try:
+        embeds = image_embeds(2)
+        plain, recorded, maps = record(pipe, kinds=("cross",), ip_adapter_image_embeds=embeds)
+        assert (recorded - plain).abs().max() <= 1e-6
+        assert maps[0, 0, "cross"].shape[-1] == pipe.tokenizer.model_max_length
+        with AttentionHooks(pipe, [SameQueries()]):  # an edit: computed with SDPA
+            edited = run(pipe, ip_adapter_image_embeds=embeds)
+        assert (edited - plain).abs().max() <= 1e-4
+    finally:
+        pipe.unet.set_attn_processor(saved)
+
+
 def flux_ip_adapter(transformer, seed: int = 0) -> dict:
     """A random Flux IP-Adapter state dict (double-stream blocks), as diffusers' tests build."""
     g = torch.Generator().manual_seed(seed)
