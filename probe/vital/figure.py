@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from probe.vital.vitality import VitalityReport
 from probe.viz.layout import new_axes
@@ -55,9 +56,9 @@ def plot_vitality(
         label.set_fontweight("bold" if layer in vital else "normal")
     if threshold is not None:
         ax.axhline(threshold, color="black", linestyle="--", linewidth=0.8, label="threshold")
-    for place in dict.fromkeys(places):
-        ax.bar([], [], color=PLACE_COLOURS.get(place, "tab:gray"), label=place)
-    ax.legend(fontsize=7, frameon=False)
+    colours = {p: PLACE_COLOURS.get(p, "tab:gray") for p in places}
+    handles = [Patch(color=colour, label=place) for place, colour in colours.items()]
+    ax.legend(handles=[*ax.get_legend_handles_labels()[0], *handles], fontsize=7, frameon=False)
     ax.set_xlabel("bypassed layer (attnprobe index; hatched: vital)")
     ax.set_ylabel(f"vitality (1 − similarity, {report.score})")
     n = len({r.seed for r in report.rows})
