@@ -148,6 +148,7 @@ def test_the_vital_rule_on_hand_numbers():
         vital_layers(vitality, top_k=0)
 
 
+@pytest.mark.slow
 def test_attnprobe_vital_writes_vitality_per_block_and_reports_missing_weights(tmp_path):
     """``attnprobe vital`` on tiny-flux (2 steps, 1 prompt, 2 seeds, pixel score): vital.json
     has every layer's mean and spread, the rule's layers, and the DINOv2 model reported as
