@@ -169,3 +169,26 @@ def test_attnprobe_vital_writes_vitality_per_block_and_reports_missing_weights(t
     assert data["settings"]["perceptual"].startswith("missing")
     assert all(s["perceptual"] is None for s in data["samples"])
     assert (out / "vital.png").stat().st_size > 0
+
+
+def test_the_perceptual_score_reads_a_local_dinov2_folder(tmp_path):
+    """A tiny random DINOv2 saved to a folder: the same image is similarity 1, another less;
+    a folder without a model is reported as missing, with how to save one."""
+    import numpy as np
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    from probe.vital.scores import PerceptualModel, load_perceptual
+
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=64, image_size=32, patch_size=8)  # fmt: skip
+    torch.manual_seed(0)
+    Dinov2Model(config).save_pretrained(tmp_path / "dino")
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+                      ).save_pretrained(tmp_path / "dino")  # fmt: skip
+    dino = PerceptualModel(tmp_path / "dino")
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2))
+    assert dino.similarity(a, a) == pytest.approx(1.0, abs=1e-5)
+    assert dino.similarity(a, b) < 0.999
+    model, note = load_perceptual(tmp_path / "empty")
+    assert model is None and note.startswith("missing:") and "save_pretrained" in note
