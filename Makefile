@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint gpu-check bench clean
 
 setup: $(DEVSTAMP)
 
@@ -36,6 +36,10 @@ test: $(DEVSTAMP) lint
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py --out benchmarks/results
+
+# on CUDA: full-size SD 1.5, SDXL and a Flux-shaped transformer; elsewhere the tiny smoke run
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) runs
