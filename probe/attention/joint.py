@@ -74,6 +74,39 @@ class JointEditor(Controller):
         return out
 
 
+class OutputObserver(Controller):
+    """A controller that reads a joint call's image tokens after attention: their queries,
+    keys, values and attention output (before the output projection), without materialising
+    any probabilities (ConceptAttention's concept maps, :mod:`probe.recording.concepts`).
+
+    :meth:`observe_output` is called on every joint call where :meth:`active` holds for the
+    call of kind ``self``, after the joint editors, with the output the block goes on with.
+    """
+
+    def observe_output(
+        self, call: AttentionCall, attn: Any, q: Tensor, k: Tensor, v: Tensor, out: Tensor
+    ) -> None:
+        """Look at the image tokens of one joint call.
+
+        Args:
+            call: the call of kind ``self``.
+            attn: the block's attention module.
+            q, k, v: image-token queries, keys, values ``[batch, heads, N, head_dim]``, after
+                the q/k norms and (Flux) the rotary embedding, as the softmax used them.
+            out: the image tokens' attention output ``[batch, heads, N, head_dim]``.
+        """
+
+
+def hand_outputs(
+    calls: dict[str, AttentionCall], active: dict[Controller, list[Kind]], attn: Any,
+    q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+) -> None:  # fmt: skip
+    """Give every active :class:`OutputObserver` the image tokens (``[batch, heads, N, d]``)."""
+    for c, kinds in active.items():
+        if isinstance(c, OutputObserver) and "self" in kinds:
+            c.observe_output(calls["self"], attn, q, k, v, out)
+
+
 class HookedJointProcessor(HookedAttnProcessor):
     """The base of the processors of joint attention (SD3's, Flux's): one DiT block, all four
     kinds. Subclasses say how many image and text tokens a call has (:meth:`token_counts`) and
@@ -144,6 +177,8 @@ class HookedSD3AttnProcessor(HookedJointProcessor):
         for c, kinds in active.items():
             if isinstance(c, JointEditor) and "self" in kinds:
                 out = c.edit_joint(calls["self"], q, k, v, n_image, out)
+        image_part = slice(0, n_image)
+        hand_outputs(calls, active, attn, *(x[:, :, image_part] for x in (q, k, v, out)))
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * q.shape[-1]).to(q.dtype)
         image, text = out[:, :n_image], out[:, n_image:]
         if not attn.context_pre_only:

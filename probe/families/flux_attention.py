@@ -28,7 +28,12 @@ from diffusers.models.embeddings import apply_rotary_emb
 from torch import Tensor
 
 from probe.attention.controller import AttentionCall, Controller, Kind
-from probe.attention.joint import HookedJointProcessor, JointEditor, observe_parts
+from probe.attention.joint import (
+    HookedJointProcessor,
+    JointEditor,
+    hand_outputs,
+    observe_parts,
+)
 from probe.attention.user_processors import flux_ip_attention
 
 
@@ -75,6 +80,7 @@ class HookedFluxAttnProcessor(HookedJointProcessor):
         text, image = slice(0, n_text), slice(n_text, None)
         observe_parts(calls, active, q, k, image, text, q.shape[-1] ** -0.5)
         out = _edit(calls["self"], active, q, k, v, out, n_text)
+        hand_outputs(calls, active, attn, *(x[:, :, image] for x in (q, k, v, out)))
         out = out.transpose(1, 2).flatten(2, 3).to(q.dtype)
         if context is None:
             return out
