@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEVSTAMP := $(VENV)/.installed-dev
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
 
-.PHONY: setup demo test lint gpu-check bench clean
+.PHONY: setup demo test lint gpu-check browser bench clean
 
 setup: $(DEVSTAMP)
 
@@ -31,7 +31,15 @@ lint: $(DEVSTAMP)
 	$(VENV)/bin/ruff format --check probe editing
 	$(VENV)/bin/mypy probe editing
 
-test: $(DEVSTAMP) lint
+# the browser tests' Chromium (tests/test_explorer_browser.py): Debian's chromium and
+# chromium-driver, installed when missing and running as root; else they skip (never in CI)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	echo "no Chromium here: the browser tests will skip (apt-get install chromium chromium-driver)"
+
+test: $(DEVSTAMP) lint browser
 	$(VENV)/bin/pytest -q tests $(if $(NOTEBOOKS),--nbmake --nbmake-timeout=900 $(NOTEBOOKS))
 
 bench: $(STAMP)

@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,9 @@ from torch import Tensor
 from probe.attention.layer_files import layers_from_json, layers_to_json
 from probe.attention.layer_info import LayerInfo, table_at
 from probe.prompts.words import find_word
+
+if TYPE_CHECKING:
+    from probe.viz.explorer import ExplorerPage
 
 
 def tensor_name(kind: str, layer: int, step: int, part: str = "") -> str:
@@ -183,6 +186,29 @@ class AttentionMaps:
                     m[None, None], size=size, mode="bilinear", align_corners=False
                 )[0, 0]
         return total / (len(chosen_layers) * len(chosen_steps))
+
+    def explore(
+        self, image: Any = None, sample: int = 0, max_bytes: int = 5_000_000
+    ) -> ExplorerPage:
+        """The interactive explorer of this recording; in Jupyter it shows itself inline.
+
+        Tokens to hover or click, sliders for layer and step, a click on the image for that
+        pixel's self-attention: :func:`probe.viz.explorer.explorer_page` (``attnprobe view``
+        writes the same page to a file).
+
+        Args:
+            image: the generated image (PIL or ``[H, W, 3]``), or ``None`` for grey.
+            sample: which recorded sample.
+            max_bytes: the page's size budget (what does not fit is named on the page).
+
+        Example:
+            >>> with record_attention(pipe) as maps:
+            ...     image = pipe("a red car").images[0]
+            >>> maps.explore(image)          # the last line of a notebook cell
+        """
+        from probe.viz.explorer import explorer_page
+
+        return explorer_page(self, image, sample=sample, max_bytes=max_bytes)
 
     # -- disk --------------------------------------------------------------------------------
     def _metadata(self) -> dict[str, str]:

@@ -1,0 +1,146 @@
+"""The explorer page: one self-contained HTML file (JavaScript and data inline, no server).
+
+page = explorer_page(maps, image, title="a red car")
+page.save("page.html")          # or, in Jupyter, the page itself as the cell's output
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+
+from probe.viz.explorer.data import DEFAULT_MAX_BYTES, explorer_data
+from probe.viz.explorer.recording import RecordedMaps
+from probe.viz.layout import as_image
+
+COLOURMAP = "inferno"
+
+
+@dataclass
+class ExplorerPage:
+    """An explorer page: its HTML, its size and what it left out.
+
+    In Jupyter it shows itself inline (:meth:`_repr_html_`): an ``<iframe srcdoc=…>`` holding the
+    very page :meth:`save` writes.
+    """
+
+    html: str
+    left_out: list[str] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        """The page's size in bytes (UTF-8)."""
+        return len(self.html.encode("utf-8"))
+
+    def __repr__(self) -> str:
+        note = f", {len(self.left_out)} things left out" if self.left_out else ""
+        return f"ExplorerPage({self.nbytes / 1e6:.2f} MB{note})"
+
+    def save(self, path: str | Path) -> Path:
+        """Write the page to ``path`` (atomically) and return the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.html, encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    def _repr_html_(self) -> str:
+        doc = html.escape(self.html, quote=True)
+        return (
+            f'<iframe srcdoc="{doc}" style="width: 100%; height: 880px; border: 0" '
+            'title="attnprobe explorer"></iframe>'
+        )
+
+
+def explorer_page(
+    maps: RecordedMaps,
+    image: Any = None,
+    sample: int = 0,
+    title: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> ExplorerPage:
+    """The interactive explorer of one recorded sample, as a self-contained HTML page.
+
+    Tokens (hover or click: their cross-attention over the image), sliders for the layer and the
+    step (at 0: the mean over all), a click on the image: that pixel's self-attention row (or its
+    rank-K reconstruction and the components, for ``svd:K`` recordings).
+
+    Args:
+        maps: the recording.
+        image: the generated image (PIL or ``[H, W, 3]``); ``None`` draws on grey.
+        sample: which recorded sample.
+        title: the page's heading (default: the sample's prompt, read from its tokens).
+        max_bytes: the page's size budget; what does not fit is named on the page and in
+            :attr:`ExplorerPage.left_out`.
+
+    Returns:
+        The :class:`ExplorerPage`.
+
+    Raises:
+        ValueError: ``sample`` was not recorded, or the recording has neither cross nor self maps.
+
+    Example:
+        >>> with record_attention(pipe) as maps:
+        ...     image = pipe("a red car").images[0]
+        >>> explorer_page(maps, image).save("explorer.html")
+    """
+    picture, aspect = _image_tag(image, maps.latent_hw)
+    data = explorer_data(maps, sample, max_bytes, reserved=len(picture))
+    data["lut"] = _lut(COLOURMAP)
+    if data["self_mode"] == "svd":
+        data["svd_k"] = int(maps.svd(maps.recorded_layers("self")[0], maps.steps[0])[1].shape[-1])
+    title = title or _prompt(data["tokens"]) or "attention explorer"
+    asset = files("probe.viz.explorer")
+    page = (
+        asset.joinpath("template.html").read_text(encoding="utf-8")
+        .replace("__CSS__", asset.joinpath("explorer.css").read_text(encoding="utf-8"))
+        .replace("__JS__", asset.joinpath("explorer.js").read_text(encoding="utf-8"))
+        .replace("__TITLE__", html.escape(f"attnprobe · {title}"))
+        .replace("__ASPECT__", aspect)
+        .replace("__IMAGE__", picture)
+        .replace("__DATA__", json.dumps(data, separators=(",", ":")).replace("</", "<\\/"))
+    )  # fmt: skip
+    return ExplorerPage(page, list(data["left_out"]))
+
+
+def _image_tag(image: Any, latent_hw: tuple[int, int]) -> tuple[str, str]:
+    """``<img>`` with the image as an inline PNG, and the stage's CSS aspect ratio."""
+    if image is None:
+        return "", f"{latent_hw[1]} / {latent_hw[0]}"
+    from PIL import Image
+
+    pixels = as_image(image)
+    if pixels.dtype != np.uint8:
+        pixels = (np.clip(pixels, 0, 1) * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    src = base64.b64encode(buffer.getvalue()).decode("ascii")
+    h, w = pixels.shape[:2]
+    return f'<img id="picture" alt="the generated image" src="data:image/png;base64,{src}">', (
+        f"{w} / {h}"
+    )
+
+
+def _lut(name: str) -> str:
+    """The colour map as 256 RGB triples, base64 (the page's ``LUT``)."""
+    rgb = (colormaps[name](np.arange(256))[:, :3] * 255).round().astype(np.uint8)
+    return base64.b64encode(rgb.tobytes()).decode("ascii")
+
+
+def lut_colours(name: str = COLOURMAP) -> np.ndarray:
+    """``[256, 3]`` uint8: the colours the page draws value index ``0..255`` with."""
+    return np.frombuffer(base64.b64decode(_lut(name)), dtype=np.uint8).reshape(256, 3)
+
+
+def _prompt(tokens: list[str]) -> str:
+    return " ".join(t for t in tokens if not (t.startswith("<") and t.endswith(">")))

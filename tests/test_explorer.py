@@ -1,0 +1,200 @@
+"""The explorer page's builder (no browser): quantisation, packing, the size budget, what it
+leaves out, the page's self-containment, ``maps.explore()`` and ``attnprobe view``.
+
+The page in a real browser: tests/test_explorer_browser.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from probe.cli.main import main
+from probe.recording.maps import AttentionMaps
+from probe.recording.recorder import record_attention
+from probe.viz.explorer import ExplorerPage, explorer_data, explorer_page, lut_colours
+from probe.viz.explorer.payload import (
+    dequantise,
+    pack,
+    quantise,
+    quantise_signed,
+    unpack,
+)
+
+
+def record_tiny(pipe, self_reduce: str = "full", steps: int = 4) -> tuple[AttentionMaps, object]:
+    with record_attention(pipe, self_reduce=self_reduce) as maps:
+        image = pipe(
+            "a red car", num_inference_steps=steps, generator=torch.Generator().manual_seed(0)
+        ).images[0]
+    return maps, image
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_pipe):
+    return record_tiny(tiny_pipe)
+
+
+def page_data(page: ExplorerPage) -> dict:
+    raw = re.search(
+        r'<script type="application/json" id="attnprobe-data">(.*?)</script>', page.html
+    )
+    assert raw is not None
+    return json.loads(raw[1].replace("<\\/", "</"))
+
+
+# -- quantisation and packing -----------------------------------------------------------------
+def test_quantise_round_trip_is_within_half_a_level():
+    x = np.random.default_rng(0).random((5, 64)).astype(np.float32) ** 3
+    q, scale = quantise(x, axis=1)
+    assert q.dtype == np.uint8 and scale.shape == (5,)
+    assert (q.max(axis=1) == 255).all()  # each row's maximum is level 255
+    back = dequantise(q, scale[:, None])
+    assert np.abs(back - x).max() <= scale.max() / 510 + 1e-7
+
+
+def test_quantise_keeps_a_zero_map_zero_and_refuses_negative_values():
+    q, scale = quantise(np.zeros((3, 3)))
+    assert (q == 0).all() and float(scale) == 0.0
+    with pytest.raises(ValueError, match="non-negative"):
+        quantise(np.array([0.5, -0.1]))
+
+
+def test_signed_quantise_round_trip():
+    x = np.random.default_rng(1).normal(size=(16, 4)).astype(np.float32)
+    q, scale = quantise_signed(x)
+    assert np.abs(dequantise(q, scale, signed=True) - x).max() <= scale / 254 + 1e-6
+
+
+def test_pack_unpack_round_trip_across_wrapping_deltas():
+    rng = np.random.default_rng(2)
+    frames = [rng.integers(0, 256, size=(7, 9), dtype=np.uint8) for _ in range(5)]
+    frames.append(np.full((7, 9), 255, np.uint8))  # deltas wrap mod 256 both ways
+    frames.append(np.zeros((7, 9), np.uint8))
+    back = unpack(pack(frames), 63)
+    assert all((a.ravel() == b).all() for a, b in zip(frames, back, strict=True))
+    with pytest.raises(ValueError, match="frames of 10"):
+        unpack(pack(frames), 10)
+
+
+# -- the data of a real recording -------------------------------------------------------------
+def test_data_holds_every_layer_and_step_as_the_maps_say(tiny_run):
+    maps, _ = tiny_run
+    data = explorer_data(maps)
+    assert data["left_out"] == []
+    assert [s["index"] for s in data["steps"]] == maps.steps
+    assert data["tokens"] == ["<start>", "a", "red", "car", "<end>"]
+    assert sorted(map(int, data["cross"])) == maps.recorded_layers("cross")
+    assert sorted(map(int, data["self"])) == maps.recorded_layers("self")
+    layer, n_tok = 3, len(data["tokens"])
+    h, w = maps.resolution(layer)
+    entry = data["cross"][str(layer)]
+    frames = unpack(entry["blob"], n_tok * h * w)
+    for si, step in enumerate(maps.steps):  # token 3 ('car') at every step
+        want = maps[layer, step, "cross"][0].float().mean(0)[:, 3].numpy()
+        got = dequantise(frames[si].reshape(n_tok, h * w)[3], entry["scales"][si][3])
+        assert np.abs(got - want).max() <= want.max() / 510 + 1e-4  # fp16 storage + half a level
+    self_entry = data["self"][str(layer)]
+    q = h * w
+    got = dequantise(unpack(self_entry["blob"], q * q)[1].reshape(q, q), self_entry["scales"][1])
+    want = maps[layer, maps.steps[1], "self"][0].float().mean(0).numpy()
+    assert np.abs(got - want).max() <= want.max() / 510 + 1e-4
+
+
+def test_a_short_budget_leaves_out_the_finest_self_layers(tiny_run):
+    maps, image = tiny_run
+    full = explorer_page(maps, image)
+    assert full.left_out == []
+    budget = full.nbytes * 2 // 3
+    page = explorer_page(maps, image, max_bytes=budget)
+    assert page.nbytes <= budget
+    data = page_data(page)
+    kept = sorted(map(int, data["self"]))
+    dropped = sorted(set(maps.recorded_layers("self")) - set(kept))
+    assert kept and dropped, "two thirds of the budget hold some self layers, not all"
+    area = {i: np.prod(maps.resolution(i)) for i in maps.recorded_layers("self")}
+    assert max(area[i] for i in kept) <= min(area[i] for i in dropped)  # coarsest kept first
+    note = next(line for line in page.left_out if line.startswith("self-attention of layers"))
+    assert str(dropped) in note and "--max-mb" in note
+    assert page.left_out == data["left_out"]  # the page shows the same sentences
+
+
+def test_steps_are_thinned_when_the_cross_maps_alone_do_not_fit(tiny_run):
+    maps, _ = tiny_run
+    cross_only = AttentionMaps(
+        maps.layers, maps.latent_hw, maps.tokens, maps.timesteps, maps.settings,
+        {k: v for k, v in maps.data.items() if k.startswith("cross")},
+    )  # fmt: skip
+    whole = explorer_data(cross_only)
+    size = sum(len(e["blob"]) for e in whole["cross"].values())
+    data = explorer_data(cross_only, max_bytes=64_000 + size)  # half of what it needs
+    kept = [s["index"] for s in data["steps"]]
+    assert len(kept) < len(maps.steps) and kept[-1] == maps.steps[-1]
+    assert data["left_out"][0].startswith(f"steps: {len(kept)} of the {len(maps.steps)}")
+
+
+def test_svd_recording_keeps_components(tiny_pipe):
+    maps, image = record_tiny(tiny_pipe, self_reduce="svd:3", steps=2)
+    data = page_data(explorer_page(maps, image))
+    assert data["self_mode"] == "svd" and data["svd_k"] == 3
+    layer = maps.recorded_layers("self")[0]
+    entry = data["self"][str(layer)]
+    q = int(np.prod(maps.resolution(layer)))
+    frame = unpack(entry["blob"], 2 * q * 3)[0]
+    u = dequantise(frame[: q * 3].reshape(q, 3), entry["scales"][0][0], signed=True)
+    vt = dequantise(frame[q * 3 :].reshape(3, q), entry["scales"][0][1], signed=True)
+    ref_u, ref_s, ref_v = (t[0, 0].float().numpy() for t in maps.svd(layer, maps.steps[0]))
+    assert np.allclose(entry["s"][0], ref_s, rtol=1e-3)
+    assert np.abs(u - ref_u).max() <= np.abs(ref_u).max() / 254 + 1e-3
+    assert np.abs(vt - ref_v.T).max() <= np.abs(ref_v).max() / 254 + 1e-3
+
+
+def test_a_sample_that_was_not_recorded_is_refused(tiny_run):
+    with pytest.raises(ValueError, match="sample 4 was not recorded: this recording has 0-0"):
+        explorer_data(tiny_run[0], sample=4)
+
+
+# -- the page ---------------------------------------------------------------------------------
+def test_page_is_self_contained(tiny_run):
+    page = explorer_page(*tiny_run)
+    text = page.html
+    assert "<script src" not in text and "<link" not in text
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text)  # no CDN, no fetch
+    assert 'src="data:image/png;base64,' in text
+    assert "DecompressionStream" in text  # the JavaScript is inline
+    data = page_data(page)
+    lut = np.frombuffer(base64.b64decode(data["lut"]), np.uint8).reshape(256, 3)
+    assert (lut == lut_colours()).all() and len({tuple(c) for c in lut}) == 256  # invertible
+
+
+def test_explore_shows_the_same_page_inline_in_jupyter(tiny_run, tmp_path):
+    maps, image = tiny_run
+    page = maps.explore(image)
+    assert isinstance(page, ExplorerPage) and "ExplorerPage(" in repr(page)
+    frame = page._repr_html_()
+    assert frame.startswith("<iframe srcdoc=")
+    srcdoc = re.search(r'srcdoc="([^"]*)"', frame)
+    assert srcdoc is not None and html.unescape(srcdoc[1]) == page.html
+    assert (
+        page.save(tmp_path / "p.html").read_text(encoding="utf-8")
+        == explorer_page(maps, image).html
+    )
+
+
+def test_cli_view_writes_the_page_of_a_record_folder(tiny_run, tmp_path, capsys):
+    maps, image = tiny_run
+    run = tmp_path / "run"
+    run.mkdir()
+    maps.save(run / "maps.safetensors")
+    image.save(run / "image.png")
+    assert main(["view", str(run), "--out", str(tmp_path / "page.html")]) == 0
+    assert "explorer: " in capsys.readouterr().out
+    assert 'id="picture"' in (tmp_path / "page.html").read_text(encoding="utf-8")
+    assert main(["view", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.html")]) == 2
+    assert "is not a recording: pass a folder of `attnprobe record" in capsys.readouterr().err
