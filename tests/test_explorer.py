@@ -198,3 +198,19 @@ def test_cli_view_writes_the_page_of_a_record_folder(tiny_run, tmp_path, capsys)
     assert 'id="picture"' in (tmp_path / "page.html").read_text(encoding="utf-8")
     assert main(["view", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.html")]) == 2
     assert "is not a recording: pass a folder of `attnprobe record" in capsys.readouterr().err
+
+
+def test_report_links_a_figure_to_its_explorer_page(tmp_path):
+    from matplotlib.figure import Figure
+
+    from editing.experiment.figures import EXPLORER, FigureWriter
+    from editing.experiment.report import manifest_figures
+
+    figs = FigureWriter(tmp_path / "figures")
+    figs.add(Figure(figsize=(1, 1)), "a.png", "attention", "With maps", "", EXPLORER)
+    figs.add(Figure(figsize=(1, 1)), "b.png", "attention", "Without", "")
+    figs.close()
+    body = manifest_figures(tmp_path, "attention")
+    with_maps, without = body.split("</figure>")[:2]
+    assert f'<a href="figures/{EXPLORER}"><img alt="With maps"' in with_maps
+    assert "Explore these maps" in with_maps and "<a href" not in without

@@ -18,6 +18,7 @@ from probe.families import family_of
 SAMPLE_PROMPT, SAMPLE_WORDS = "a red car", ("red", "car")
 EDIT_SOURCE, EDIT_TARGETS = "a red car", ("a blue car", "a green car")
 MANIFEST = "figures.json"
+EXPLORER = "explorer.html"  # the sample recording's interactive explorer (probe.viz.explorer)
 
 
 def svd_layers(layers: list[LayerInfo], latent_hw: tuple[int, int]) -> list[int]:
@@ -38,9 +39,14 @@ class FigureWriter:
         folder.mkdir(parents=True, exist_ok=True)
         self.entries: list[dict[str, str]] = []
 
-    def add(self, fig: Figure, name: str, section: str, title: str, caption: str) -> None:
+    def add(
+        self, fig: Figure, name: str, section: str, title: str, caption: str, explorer: str = ""
+    ) -> None:
+        """Save ``fig`` as ``name``; ``explorer``: the explorer page of its maps, if any (the
+        report links the figure to it)."""
         fig.savefig(self.folder / name, dpi=110)
-        self.entries.append({"file": name, "section": section, "title": title, "caption": caption})
+        entry = {"file": name, "section": section, "title": title, "caption": caption}
+        self.entries.append(entry | ({"explorer": explorer} if explorer else {}))
 
     def close(self) -> None:
         (self.folder / MANIFEST).write_text(json.dumps(self.entries, indent=2))
@@ -51,10 +57,13 @@ def attention_figures(pipe: Any, figs: FigureWriter, num_steps: int) -> None:
 
     Self-attention is recorded whole where every step fits the default budget (toy, tiny), else
     as its top 8 SVD components (``auto``: SDXL at 1024 px and 50 steps needs ~21 GiB whole).
+    The recording's explorer page (``figures/explorer.html``, at most 5 MB) is linked from each
+    of these figures in the report.
     """
     from probe.models.defaults import generation_defaults
     from probe.recording.recorder import record_attention
     from probe.viz import heatmaps_by_layer, heatmaps_by_step, word_heatmaps
+    from probe.viz.explorer import explorer_page
     from probe.viz.svd import self_attention_components
 
     defaults = generation_defaults(pipe)
@@ -66,18 +75,19 @@ def attention_figures(pipe: Any, figs: FigureWriter, num_steps: int) -> None:
             **family_of(pipe).pipe_kwargs(pipe, [SAMPLE_PROMPT], guidance),
         ).images[0]  # fmt: skip
     image.save(figs.folder / "sample.png")
+    explorer_page(maps, image).save(figs.folder / EXPLORER)
     section = "attention"
     words = ", ".join(repr(w) for w in SAMPLE_WORDS)
     figs.add(word_heatmaps(maps, image, SAMPLE_WORDS), "token_heatmaps.png", section,
              f"Token heat maps of '{SAMPLE_PROMPT}'",
              f"Cross-attention of {words}, averaged over heads, all layers and all steps, "
-             "over the generated image (seed 0).")  # fmt: skip
+             "over the generated image (seed 0).", EXPLORER)  # fmt: skip
     figs.add(heatmaps_by_layer(maps, image, "car"), "heatmaps_by_layer.png", section,
              "'car' by layer", "The word's cross-attention in each layer (mean over steps); "
-             "titles give the layer index and its query resolution.")  # fmt: skip
+             "titles give the layer index and its query resolution.", EXPLORER)  # fmt: skip
     figs.add(heatmaps_by_step(maps, image, "car"), "heatmaps_by_step.png", section,
              "'car' by denoising step", "The word's cross-attention at evenly spread steps "
-             "(mean over layers): the object's place is settled early.")  # fmt: skip
+             "(mean over layers): the object's place is settled early.", EXPLORER)  # fmt: skip
     mid = maps.steps[len(maps.steps) // 2]
     whole = maps.settings.get("self_reduce") == "full"
     rows = "rows centred" if whole else "the recorded svd:8, not centred"
@@ -88,7 +98,7 @@ def attention_figures(pipe: Any, figs: FigureWriter, num_steps: int) -> None:
                  f"Self-attention components, layer {layer} ({h}x{w}), step {mid}",
                  "The paper's Figure 3: the top singular vectors of the layer's self-attention "
                  f"({rows}), reshaped to its latent grid. Red and blue are the two signs; "
-                 "the object's silhouette and the ground separate.")  # fmt: skip
+                 "the object's silhouette and the ground separate.", EXPLORER)  # fmt: skip
 
 
 def probe_step_figures(out: Path, figs: FigureWriter) -> None:

@@ -45,14 +45,17 @@ def png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def figure_html(path: Path, title: str, caption: str = "") -> str:
-    """An embedded figure, or a note when the file is missing."""
+def figure_html(path: Path, title: str, caption: str = "", explorer: str | None = None) -> str:
+    """An embedded figure, or a note when the file is missing; with ``explorer`` (a path from
+    report.html), the figure links to the interactive explorer page of its recording."""
     if not path.is_file():
         return f"<p><em>{esc(title)}: not produced ({esc(path.name)} missing).</em></p>"
-    return (
-        f'<figure><img alt="{esc(title)}" src="{png_data_uri(path)}">'
-        f"<figcaption><b>{esc(title)}.</b> {esc(caption)}</figcaption></figure>"
-    )
+    img, link = f'<img alt="{esc(title)}" src="{png_data_uri(path)}">', ""
+    if explorer:
+        img = f'<a href="{esc(explorer)}">{img}</a>'
+        link = f' <a href="{esc(explorer)}">Explore these maps</a> (layers, steps, pixels).'
+    caption_html = f"<b>{esc(title)}.</b> {esc(caption)}{link}"
+    return f"<figure>{img}<figcaption>{caption_html}</figcaption></figure>"
 
 
 def _cell(value: Any) -> str:
@@ -225,7 +228,8 @@ def sweep_notes(out: Path, settings: Mapping[str, Any]) -> str:
 def manifest_figures(out: Path, section: str) -> str:
     path = out / "figures" / "figures.json"
     entries = json.loads(path.read_text()) if path.is_file() else []
-    return "".join(figure_html(out / "figures" / e["file"], e["title"], e["caption"])
+    return "".join(figure_html(out / "figures" / e["file"], e["title"], e["caption"],
+                               e.get("explorer") and f"figures/{e['explorer']}")
                    for e in entries if e["section"] == section)  # fmt: skip
 
 
