@@ -189,3 +189,32 @@ def test_toy_page_size_and_time_to_interactive(browser, toy_run, record_property
     record_property("time_to_interactive_ms", tti)
     print(f"\nexplorer page of a full toy recording: {page.nbytes / 1e6:.2f} MB, time to "
           f"interactive {tti:.0f} ms (median of {[round(t) for t in times]})")  # fmt: skip
+
+
+def test_clicking_a_pixel_of_an_svd_recording_draws_its_rank_k_row(browser, tiny_pipe, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from probe.recording.recorder import record_attention
+    from probe.viz.explorer.payload import dequantise, quantise_signed
+
+    with record_attention(tiny_pipe, self_reduce="svd:3") as maps:
+        image = tiny_pipe(
+            "a red car", num_inference_steps=2, generator=torch.Generator().manual_seed(0)
+        ).images[0]
+    path = explorer_page(maps, image).save(tmp_path / "svd.html")
+    open_page(browser, path)
+    layer, step = maps.recorded_layers("self")[0], maps.steps[1]
+    browser.execute_script(f"attnprobeExplorer.setLayer({layer_slider(maps, layer)})")
+    browser.execute_script(f"attnprobeExplorer.setStep({maps.steps.index(step) + 1})")
+    stage = browser.find_element("id", "stage")
+    ActionChains(browser).move_to_element_with_offset(stage, 10, -20).click().perform()
+    pixel = browser.execute_script("return attnprobeExplorer.state.pixel")
+    h, w = maps.resolution(layer)
+    query = int(pixel["y"] * h) * w + int(pixel["x"] * w)
+    u, s, v = (t[0, 0].float().numpy() for t in maps.svd(layer, step))
+    u_held = dequantise(*quantise_signed(u), signed=True)
+    v_held = dequantise(*quantise_signed(v.T), signed=True)
+    row = ((u_held[query] * s) @ v_held).reshape(h, w)  # the rank-3 row the page rebuilds
+    assert np.abs(canvas_levels(browser) - levels(row)).max() <= 1
+    assert len(browser.find_elements("css selector", "#components canvas")) == 3
+    assert "rank-3 SVD" in browser.find_element("id", "readout").text
