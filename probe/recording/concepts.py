@@ -346,7 +346,8 @@ def concept_map(
         raise KeyError(f"concept {concept!r} was not recorded: the concepts are {recorded}")
     index = recorded.index(concept.lower())
     chosen = list(layers) if layers is not None else maps.recorded_layers(KIND)
-    chosen_steps = list(steps) if steps is not None else maps.steps
+    recorded_steps = sorted({int(n.split("/")[2][1:]) for n in maps.data if n.startswith(KIND)})
+    chosen_steps = list(steps) if steps is not None else recorded_steps
     stack = [maps[layer, step, KIND][sample, index] for layer in chosen for step in chosen_steps]
     h, w = maps.resolution(chosen[0])
     return torch.stack(stack).float().mean(dim=0).reshape(h, w)
