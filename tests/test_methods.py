@@ -255,7 +255,9 @@ def test_edit_calls_prepare_on_every_controller_and_records_the_method(tiny_pipe
 def test_sweep_kinds_come_from_the_registry():
     from editing.sweep.run import KIND_METHODS
 
-    assert KIND_METHODS == sweep_kinds() == {"self": "fpe", "cross": "cross"}
+    assert (
+        KIND_METHODS == sweep_kinds() == {"self": "fpe", "cross": "cross", "inject": "stable-flow"}
+    )
     for kind, name in KIND_METHODS.items():
         assert get_method(name).sweep_kind == kind and get_method(name).uses_layers
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))

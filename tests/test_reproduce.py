@@ -24,6 +24,7 @@ SECTIONS = (
     "Probes",
     "Selected layers",
     "Layer-range sweep",
+    "Vital blocks: Stable Flow&#x27;s ablation",
     "Edits",
     "Run",
 )
@@ -194,7 +195,11 @@ def test_quick_report_has_the_sections_and_embedded_images(quick_run):
     selection = json.loads((quick_run / "selection.json").read_text())
     assert str(selection["layers"]) in page
     claims = json.loads((quick_run / "claims.json").read_text())  # the verdicts, readable
-    assert len(claims) >= 5 and {c["verdict"] for c in claims} <= {"held", "did not hold", "inconclusive"}
+    assert len(claims) >= 5 and {c["verdict"] for c in claims} <= {
+        "held",
+        "did not hold",
+        "inconclusive",
+    }
     from editing.experiment.report import esc
 
     for claim in claims:

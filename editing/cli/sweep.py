@@ -118,10 +118,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(none, fpe, paper, all) | a spec such as 4-14 or 2,5,7 | a selection .json",
     )  # fmt: skip
     p.add_argument(
-        "--kinds", nargs="+", default=list(sweep_kinds()), choices=tuple(sweep_kinds()),
+        "--kinds", nargs="+", default=["self", "cross"], choices=tuple(sweep_kinds()),
         help="which attention to replace: "
         + ", ".join(f"{kind} (method {m})" for kind, m in sweep_kinds().items())
-        + " (default all)",
+        + " (default self cross; inject is a DiT method: give --step-fractions 1.0, as "
+        "Stable Flow injects in every step, and --ranges vital-ablation for its ablation)",
     )  # fmt: skip
     p.add_argument("--seeds", default="0", help="noise seeds, e.g. 0-3 or 0,5 (default 0)")
     p.add_argument(

@@ -241,6 +241,7 @@ def check_claims(
     summary: Sequence[Mapping[str, Any]],
     selection: str | None = None,
     animal_summary: Sequence[Mapping[str, Any]] | None = None,
+    animal_selection: str | None = None,
 ) -> list[Claim]:
     """Every claim's verdict.
 
@@ -250,6 +251,8 @@ def check_claims(
         selection: the sweep's range name of the probe selection (a middle-range candidate).
         animal_summary: the same for a sweep of animal edits: claims 3-5 are then checked on
             each edit set, one verdict per set (titles end "(colour edits)", "(animal edits)").
+        animal_selection: the animal sweep's range name of its own probe selection (DiTs:
+            ``selection_animal``), a middle-range candidate of the animal edits.
 
     Returns:
         Five :class:`Claim` objects, in the order of the module docstring; eight with
@@ -269,7 +272,7 @@ def check_claims(
         return claims
     animal = [
         claim_self_structure(animal_summary),
-        claim_middle_range(animal_summary, None),
+        claim_middle_range(animal_summary, animal_selection),
         claim_cross_optional(animal_summary),
     ]
     return [

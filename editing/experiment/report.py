@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from editing.experiment.claims import HELD, NOT_HELD, Claim, check_claims
+from editing.experiment.injection import injection_claims, injection_html
 
 CLAIMS = "claims.json"  # the claims' verdicts, next to report.html
 
@@ -166,9 +167,21 @@ def selection_html(out: Path) -> tuple[str, str | None]:
         f"<p>Layers <b>{esc(sel['layers'])}</b> for the first {sel.get('step_fraction', 0.8):g} "
         f"of steps, rule <code>{esc(sel.get('rule'))}</code>. The paper's range is 4-14, the "
         f"official code's (<code>fpe</code>) every layer but the finest resolution.</p>"
-        f"<pre>{esc(json.dumps(shown, indent=2))}</pre>",
+        f"<pre>{esc(json.dumps(shown, indent=2))}</pre>" + _animal_selection_html(out),
         path.stem,
     )
+
+
+def _animal_selection_html(out: Path) -> str:
+    """The animal sweep's own selection (DiTs), if the run made one."""
+    path = out / "selection_animal.json"
+    if not path.is_file():
+        return ""
+    sel = json.loads(path.read_text())
+    why = sel.get("evidence", {}).get("threshold_rule", "")
+    return (f"<p>Animal edits (a DiT, from the animal probes): blocks <b>{esc(sel['layers'])}</b>"
+            f", rule <code>{esc(sel.get('rule'))}</code>{', threshold ' + esc(why) if why else ''}"
+            ".</p>")  # fmt: skip
 
 
 def sweep_section(
@@ -242,7 +255,9 @@ def write_report_html(out: Path, config: Any, timings: Mapping[str, float]) -> P
     animal_body, animal_summary = sweep_section(out, "sweep_animal", "animal edits")
     if animal_summary:
         sweep_body += animal_body
-    claims = check_claims(probes, summary, sel_name, animal_summary)
+    animal_sel = "selection_animal" if (out / "selection_animal.json").is_file() else None
+    claims = [*check_claims(probes, summary, sel_name, animal_summary, animal_sel),
+              *injection_claims(out)]  # fmt: skip
     settings = config.to_json() if hasattr(config, "to_json") else dict(config)
     sweep_body = sweep_notes(out, settings) + sweep_body
     total = sum(timings.values())
@@ -261,6 +276,7 @@ def write_report_html(out: Path, config: Any, timings: Mapping[str, float]) -> P
         ("Probes", probe_body + manifest_figures(out, "probe")),
         ("Selected layers", sel_body),
         ("Layer-range sweep", sweep_body),
+        ("Vital blocks: Stable Flow's ablation", injection_html(out)),
         ("Edits", manifest_figures(out, "edit")),
         ("Run", table_html(stages, ["stage", "seconds"])
          + f"<pre>attnprobe reproduce --out {esc(out)} --model {esc(settings.get('model'))}"

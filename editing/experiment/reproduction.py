@@ -7,6 +7,8 @@ Stages, in order (each skipped when a previous run in the same folder finished i
     select   layers for FPE from the colour probes                             selection.json
     sweep    colour edits over layer ranges, self- and cross-replacement      sweep/, sampling.json
              animal edits over the presets (a category edit changes shape)  sweep_animal/
+    inject   DiTs: Stable Flow's K/V injection in vital / non-vital / all     inject/,
+             blocks (its ablation; a UNet writes why not)                   inject_animal/
     figures  token heat maps, SVD components, probe maps, edit grid           figures/
     report   one self-contained page                                          report.html
 
@@ -37,12 +39,13 @@ __all__ = ["ReproduceConfig", "Reproduction", "RunState", "pick_pairs", "reprodu
 
 log = logging.getLogger(__name__)
 
-STAGES = ("record", "probe", "select", "sweep", "figures", "report")
-MODEL_STAGES = ("record", "sweep", "figures")  # the stages that run the model
+STAGES = ("record", "probe", "select", "sweep", "inject", "figures", "report")
+MODEL_STAGES = ("record", "sweep", "inject", "figures")  # the stages that run the model
 PROBE_SETS = {"colour_car": "colour", "animal_park": "animal"}
 SETTINGS = "reproduce.json"
 SAMPLING = "sampling.json"  # the schedulers and sampling defaults the run used
 SKIPPED = "skipped_ranges.json"  # range presets the model's family refuses, and why
+ANIMAL_SELECTION = "selection_animal.json"  # DiTs: blocks selected from the animal probes
 CROSS_ON_JOINT = (
     "replacing cross-attention is a UNet method: a DiT's image→text attention is part of one "
     "joint softmax, and no published edit replaces it (the DiT FPE keeps the target's own text "
@@ -188,29 +191,55 @@ class Reproduction:
     def select(self) -> None:
         """Choose FPE's layers from the colour probes (low-leak rule); fall back to ``fpe``.
 
+        On a DiT, where every block's image→image maps carry the label above the rule's
+        threshold, the threshold is the blocks' median (:func:`select_below_median`), and the
+        animal probes choose the animal sweep's blocks the same way (``selection_animal.json``).
         Layer specs resolve against the table the probes ran on (saved with their results), so
         this stage never loads the model.
         """
-        from probe.attention.layers import resolve_layers
+        from probe.families import family_of_table
+
+        colour = self._probe_results("colour_car")
+        joint = family_of_table(colour.layer_table).joint_attention
+        self._select(colour, joint, fallback=True).save(self.out / "selection.json")
+        animal_csv = self.out / "probe" / "animal_park" / "results.csv"
+        if joint and animal_csv.is_file():
+            try:
+                animal = self._select(self._probe_results("animal_park"), joint, fallback=False)
+            except ValueError as err:
+                log.warning("no animal selection (%s)", err)
+            else:
+                animal.save(self.out / ANIMAL_SELECTION)
+
+    def _probe_results(self, name: str) -> Any:
         from probe.probing.probes import ProbeResults
-        from probe.probing.selection import LayerSelection, select_layers
+        from probe.recording.store import AttentionDataset
 
-        results = ProbeResults.from_csv(self.out / "probe" / "colour_car" / "results.csv")
+        results = ProbeResults.from_csv(self.out / "probe" / name / "results.csv")
         if not results.layer_table:  # probed before tables were saved: the dataset has it
-            from probe.recording.store import AttentionDataset
+            results.layer_table = AttentionDataset(self.out / "data" / name).load(0).layers
+        return results
 
-            results.layer_table = AttentionDataset(self.out / "data" / "colour_car").load(0).layers
-        table = results.layer_table
+    def _select(self, results: Any, joint: bool, fallback: bool) -> Any:
+        from probe.attention.layers import resolve_layers
+        from probe.probing.selection import LayerSelection, select_below_median, select_layers
+
         within = None if self.config.within == "all" else self.config.within
+        model = self.config.model
         try:
-            selection = select_layers(results, within=within, model=self.config.model)
+            return select_layers(results, within=within, model=model)
         except ValueError as err:
+            if joint:
+                log.warning("%s; a DiT: threshold at the blocks' median", err)
+                return select_below_median(results, within=within, model=model)
+            if not fallback:
+                raise
             log.warning("no probe selection (%s); using the 'fpe' preset", err)
-            selection = LayerSelection(
+            table = results.layer_table
+            return LayerSelection(
                 resolve_layers(table, "fpe"), rule="fallback: fpe preset",
-                evidence={"reason": str(err)}, model=self.config.model, layer_table=list(table),
+                evidence={"reason": str(err)}, model=model, layer_table=list(table),
             )  # fmt: skip
-        selection.save(self.out / "selection.json")
 
     def edit_pairs(self) -> tuple[list[Any], list[Any]]:
         """The colour and the animal edit pairs of the sweep (no animal pairs: ``[]``)."""
@@ -243,28 +272,45 @@ class Reproduction:
     def sweep(self) -> None:
         """Colour edits with self-attention replaced in each range, and cross in a few; then
         animal edits over the presets, self-attention and cross ``all``."""
-        from editing.scoring.clip_scorer import clip_scorer
         from editing.sweep.run import sweep
 
         self.save_sampling()
         pairs, animals = self.edit_pairs()
         ranges = self.sweep_ranges(bool(animals))
-        scorer = clip_scorer(self.config.clip, self.config.dino, self.pipe.device)
-        common: dict[str, Any] = {
-            "seeds": list(self.config.sweep_seeds), "out": self.out / "sweep",
-            "num_steps": self.num_steps(), "model_name": self.config.model,
-            "progress": self.progress, **({"scorer": scorer} if scorer is not None else {}),
-            "pool": self.pool() if scorer is None else None,  # a CLIP scorer stays here
-        }  # fmt: skip
+        common = {**self.sweep_args(), "out": self.out / "sweep"}
         selection = str(self.out / "selection.json")
         sweep(self.pipe, pairs, [*ranges["self_ranges"], selection], kinds=("self",), **common)
         if ranges["cross_ranges"]:
             sweep(self.pipe, pairs, ranges["cross_ranges"], kinds=("cross",), **common)
         if animals:
             common["out"] = self.out / "sweep_animal"
-            sweep(self.pipe, animals, ranges["animal_ranges"], kinds=("self",), **common)
+            animal_selection = self.out / ANIMAL_SELECTION  # DiTs: probe-selected blocks
+            extra = [str(animal_selection)] if animal_selection.is_file() else []
+            sweep(self.pipe, animals, [*ranges["animal_ranges"], *extra], kinds=("self",),
+                  **common)  # fmt: skip
             if ranges["cross_ranges"]:
                 sweep(self.pipe, animals, ["all"], kinds=("cross",), **common)
+
+    def sweep_args(self) -> dict[str, Any]:
+        """The keywords of :func:`editing.sweep.run.sweep` every sweep of the run shares."""
+        from editing.scoring.clip_scorer import clip_scorer
+
+        scorer = clip_scorer(self.config.clip, self.config.dino, self.pipe.device)
+        return {
+            "seeds": list(self.config.sweep_seeds), "num_steps": self.num_steps(),
+            "model_name": self.config.model, "progress": self.progress,
+            **({"scorer": scorer} if scorer is not None else {}),
+            "pool": self.pool() if scorer is None else None,  # a CLIP scorer stays here
+        }  # fmt: skip
+
+    def inject(self) -> None:
+        """Stable Flow's ablation on a DiT (:mod:`editing.experiment.injection`): K/V
+        injection in the vital, non-vital and all blocks on the sweep's edit pairs; a UNet, or
+        a DiT without vital blocks, writes why not."""
+        from editing.experiment.injection import run_injection
+
+        pairs, animals = self.edit_pairs()
+        run_injection(self.pipe, self.out, pairs, animals, self.sweep_args())
 
     def sweep_ranges(self, animals: bool) -> dict[str, list[str]]:
         """The configured ranges without the presets the model's family refuses (``paper`` on

@@ -76,7 +76,8 @@ class EditMethod:
         default_layers: the layer spec when none is given.
         default_step_fraction: the step fraction when none is given.
         authors_layers, authors_step_fraction: the published defaults, if any.
-        sweep_kind: the sweep kind this method implements (``self``, ``cross``), if any.
+        sweep_kind: the sweep kind this method implements (``self``, ``cross``, ``inject``),
+            if any.
         source_on_real_image: the source branch of a real-image edit after DDIM inversion
             (one of :data:`SOURCE_BRANCHES`), as the method's authors run it.
         source_prompt_on_real_image: the prompt that source branch runs on (one of
@@ -240,7 +241,8 @@ def option_spec(name: str) -> MethodOption:
 
 
 def sweep_kinds() -> dict[str, str]:
-    """Sweep kind → the method implementing it, e.g. ``{"self": "fpe", "cross": "cross"}``."""
+    """Sweep kind → the method implementing it: ``{"self": "fpe", "cross": "cross", "inject":
+    "stable-flow"}`` (``inject``: Stable Flow's K/V injection, DiTs only)."""
     return {m.sweep_kind: m.name for m in _REGISTRY.values() if m.sweep_kind}
 
 
@@ -439,7 +441,7 @@ _HALVES = ("cond", "both")
 register(EditMethod(
     "stable-flow", "Stable Flow (SD3, Flux): in the vital blocks, the targets' image-token keys "
     "and values are the source's, every step",
-    _stable_flow, default_layers="vital", default_step_fraction=1.0,
+    _stable_flow, default_layers="vital", default_step_fraction=1.0, sweep_kind="inject",
     authors_layers="FLUX.1-dev's vital blocks 0, 1, 17, 18 (double), 25, 28, 53, 54, 56 "
     "(single), counted 0-56 = preset vital; another model: vital_blocks in its attnprobe.json ("
     + _STABLE_FLOW + ")",

@@ -4,6 +4,7 @@ default_ranges(16)          # none, fpe, paper, all; windows 0-3 ... 12-15; pref
 parse_ranges(["presets", "4-14", "selection.json"])
 drop_refused(["none", "paper"], layer_table("tiny-xl"))  # (["none"], {"paper": "... SDXL ..."})
 select_pairs(pairs, 30)     # 30 pairs spread evenly over sources and targets
+vital_ranges([0, 1, 2, 3, 4, 6], 12)  # Stable Flow's ablation: none, vital, non-vital, all
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from probe.attention.layer_info import LayerSpec
-from probe.attention.layers import preset_rule
+from probe.attention.layers import preset_rule, resolve_layers
 from probe.families import PRESET_NAMES
 
 PRESETS = ("none", "fpe", "paper", "all")
 GROUPS_WITH_PRESETS = ("default", "presets")
+VITAL_ABLATION = "vital-ablation"  # the range keyword of Stable Flow's ablation (vital_ranges)
 
 
 @dataclass(frozen=True)
@@ -127,3 +129,50 @@ def select_pairs(pairs: Sequence[Any], max_pairs: int | None) -> list[Any]:
         raise ValueError(f"max_pairs={max_pairs}: need at least 1")
     picks = np.linspace(0, len(pairs) - 1, max_pairs).round().astype(int)
     return [pairs[i] for i in sorted(set(picks.tolist()))]
+
+
+def vital_ranges(vital: Sequence[int], num_layers: int) -> list[LayerRange]:
+    """Stable Flow's ablation (Avrahami et al., CVPR 2025, their table of vital vs all vs
+    non-vital layers): ``none``, ``vital`` (the given blocks), ``non-vital`` (every other block)
+    and ``all``, as explicit layer lists.
+
+    Args:
+        vital: the vital blocks (:func:`vital_blocks`).
+        num_layers: the model's number of layers (blocks).
+
+    Raises:
+        ValueError: no vital block, every block vital (no non-vital set to compare), or an index
+            outside ``0 … num_layers − 1``.
+
+    Example:
+        >>> [(r.name, r.spec) for r in vital_ranges([0, 1, 2, 3, 4, 6], 12)][1:3]
+        [('vital', [0, 1, 2, 3, 4, 6]), ('non-vital', [5, 7, 8, 9, 10, 11])]
+    """
+    chosen = sorted(set(vital))
+    if not chosen or len(chosen) == num_layers:
+        raise ValueError(
+            f"vital blocks {chosen} of {num_layers}: the ablation needs some vital and some "
+            "non-vital blocks (see `attnprobe vital --threshold / --top-k`)"
+        )
+    if chosen[0] < 0 or chosen[-1] >= num_layers:
+        raise ValueError(f"vital blocks {chosen}: this model has layers 0-{num_layers - 1}")
+    rest = [i for i in range(num_layers) if i not in set(chosen)]
+    return [
+        LayerRange("none", "none", "preset"), LayerRange("vital", chosen, "vital"),
+        LayerRange("non-vital", rest, "vital"), LayerRange("all", "all", "preset"),
+    ]  # fmt: skip
+
+
+def vital_blocks(pipe: Any, table: Sequence[Any]) -> list[int]:
+    """The model's vital blocks: those measured and saved in its folder
+    (``vital_blocks`` in ``attnprobe.json``, :func:`probe.models.defaults.saved_vital_blocks`),
+    else the family's published set (FLUX.1-dev's, the ``vital`` preset).
+
+    Raises:
+        ValueError: neither exists; the message says how to measure them (`attnprobe vital
+            --record`).
+    """
+    from probe.models.defaults import saved_vital_blocks
+
+    saved = saved_vital_blocks(pipe)
+    return saved if saved is not None else resolve_layers(list(table), "vital")

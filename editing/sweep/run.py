@@ -32,10 +32,13 @@ from editing.sweep.jobs import KIND_METHODS, EditSettings, run_jobs
 from editing.sweep.plots import sweep_tradeoff, sweep_windows
 from editing.sweep.ranges import (
     GROUPS_WITH_PRESETS,
+    VITAL_ABLATION,
     LayerRange,
     default_ranges,
     parse_ranges,
     refused_presets,
+    vital_blocks,
+    vital_ranges,
 )
 from editing.sweep.table import append_rows, load_table, row_key, summarise_rows
 from probe.attention.layer_files import save_layer_table
@@ -114,9 +117,11 @@ def sweep(
         pipe: a Stable Diffusion pipeline (the toy model: its judges score the edits).
         pairs: :class:`~probe.prompts.templates.EditPair` items (an ``EditSet``, or a subset).
         ranges: :class:`LayerRange` items or strings for :func:`parse_ranges` (default:
-            :func:`default_ranges` of the UNet).
-        kinds: ``"self"`` (FPE's self-attention replacement) and/or ``"cross"``
-            (cross-attention replacement).
+            :func:`default_ranges` of the UNet); ``"vital-ablation"``: none, the model's vital
+            blocks, the others, all (:func:`~editing.sweep.ranges.vital_ranges`).
+        kinds: ``"self"`` (FPE's self-attention replacement), ``"cross"``
+            (cross-attention replacement), ``"inject"`` (Stable Flow's K/V injection, DiTs;
+            it injects in every step at step fraction 1.0).
         seeds: seeds of the shared initial noise (``"0-3"`` or a list).
         step_fractions: the first fraction(s) of steps to replace in.
         out: folder for ``sweep.csv`` (appended as edits finish; rows already there are
@@ -157,13 +162,13 @@ def sweep(
 
     bad = [k for k in kinds if k not in KIND_METHODS]
     if bad or not kinds:
-        raise ValueError(f"kinds {list(kinds)}: use 'self' and/or 'cross'")
+        raise ValueError(f"kinds {list(kinds)}: use any of {', '.join(KIND_METHODS)}")
     fractions = [step_fractions] if isinstance(step_fractions, float | int) else step_fractions
     for f in fractions:
         if not 0.0 <= float(f) <= 1.0:
             raise ValueError(f"step fraction {f} is not between 0 and 1")
     table = run_layer_table(pipe)  # the edits run at the model's size: their layer table
-    chosen = _default_ranges(table) if ranges is None else _as_ranges(ranges, table)
+    chosen = _default_ranges(table) if ranges is None else _as_ranges(ranges, table, pipe)
     resolved = [(r, resolve_layers(table, r.spec)) for r in chosen]
     pair_list = list(pairs)
     prompts = dict.fromkeys(p for pair in pair_list for p in (pair.source, pair.target))
@@ -222,14 +227,19 @@ def _without_refused(ranges: list[LayerRange], table: list[Any]) -> list[LayerRa
     return [r for r in ranges if not (r.group == "preset" and str(r.spec) in refused)]
 
 
-def _as_ranges(ranges: Sequence[LayerRange | str], table: list[Any]) -> list[LayerRange]:
+def _as_ranges(
+    ranges: Sequence[LayerRange | str], table: list[Any], pipe: Any = None
+) -> list[LayerRange]:
     """Ranges by name (the first wins: windows and suffixes overlap). A group keyword
     (``default``, ``presets``) leaves out the presets the family refuses; a refused preset
-    named on its own is an error (from :func:`resolve_layers`)."""
+    named on its own is an error (from :func:`resolve_layers`); ``vital-ablation`` is
+    :func:`vital_ranges` of the model's vital blocks."""
     out: dict[str, LayerRange] = {}
     for item in ranges:
         if isinstance(item, LayerRange):
             found = [item]
+        elif item.strip() == VITAL_ABLATION:
+            found = vital_ranges(vital_blocks(pipe, table), len(table))
         else:
             found = parse_ranges([item], len(table))
             if item.strip() in GROUPS_WITH_PRESETS:

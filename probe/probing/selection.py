@@ -213,6 +213,39 @@ def select_layers(
     return LayerSelection(chosen, step_fraction, rule, evidence, model, list(results.layer_table))
 
 
+def select_below_median(
+    results: ProbeResults, step_fraction: float = 0.8, within: LayerSpec = None, model: str = ""
+) -> LayerSelection:
+    """The low-leak rule at a threshold relative to the model: the median self selectivity
+    of the candidate layers, so the longest run among the half of the layers whose
+    self-attention carries the label least. For a model on which every layer's self-attention
+    carries the label above an absolute threshold (a DiT's image→image maps: the image tokens
+    share one stream with the text from the first block on), where :func:`select_layers` finds
+    nothing.
+
+    Returns:
+        A :class:`LayerSelection` with rule ``low-leak (median)``, the median in its evidence.
+
+    Raises:
+        ValueError: as :func:`select_layers`.
+
+    Example:
+        >>> select_below_median(results, within="all").layers  # toy-flux, colour probes
+    """
+    selfsel = layer_scores(results, "self", "selectivity", step_fraction)
+    allowed = resolve_within(results, within)
+    values = [v for k, v in selfsel.items() if allowed is None or k in set(allowed)]
+    if not values:
+        raise ValueError(f"no probed layer is within {within!r} ({allowed}): widen --within")
+    threshold = float(np.median(values))
+    selection = select_layers(results, "low-leak", step_fraction, threshold, within, model)
+    selection.rule = "low-leak (median)"
+    selection.evidence["threshold_rule"] = (
+        f"the median self selectivity of the candidate layers ({threshold:.3f})"
+    )
+    return selection
+
+
 def resolve_within(results: ProbeResults, within: LayerSpec) -> list[int] | None:
     """``within`` as layer indices, resolved against the results' layer table.
 
