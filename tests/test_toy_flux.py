@@ -102,6 +102,8 @@ def test_quick_reproduce_on_toy_flux_runs_every_stage_and_decides_the_claims(tmp
     assert claims["cross_optional"]["verdict"] == "inconclusive"
     assert claims["cross_semantics"]["verdict"] in ("held", "did not hold")
     assert "left out of cross_ranges" in (out / "report.html").read_text()
+    assert {"inject_all_fails_colour", "inject_vital_colour"} <= set(claims)  # Stable Flow's
+    assert (out / "inject" / "summary.json").is_file()  # ablation, in the vital blocks 0-4, 6
     figures = {e["file"] for e in json.loads((out / "figures" / "figures.json").read_text())}
     assert {"token_heatmaps.png", "edit_grid.png"} <= figures
 
