@@ -188,7 +188,7 @@ def injection_claims(out: Path) -> list[Claim]:
 
 def injection_html(out: Path) -> str:
     """The report's section: the vital blocks, one table per edit set, or why not run."""
-    from editing.experiment.report import esc, figure_html, table_html
+    from editing.experiment.html_parts import esc, figure_html, table_html
 
     reason = skipped_reason(out)
     if reason is not None:
