@@ -44,6 +44,30 @@ def replica(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def sd3():
+    """tiny-sd3, random: SD3's topology."""
+    from probe.models import load_pipeline
+
+    return load_pipeline("tiny-sd3")
+
+
+@pytest.fixture(scope="module")
+def flux():
+    """tiny-flux, random, with a guidance embedding (guided as FLUX.1-dev is)."""
+    from probe.models import load_pipeline
+
+    return load_pipeline("tiny-flux")
+
+
+@pytest.fixture(scope="module")
+def cfg_flux(flux):
+    """tiny-flux without a guidance embedding: guided by unconditional rows (true CFG)."""
+    from tests.test_flux import true_cfg_flux
+
+    return true_cfg_flux(flux)
+
+
+@pytest.fixture(scope="module")
 def two_colours(tmp_path_factory):
     """A template of two prompts, "a red car" and "a blue car"."""
     from probe.prompts.templates import load_template

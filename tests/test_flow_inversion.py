@@ -22,25 +22,8 @@ from editing.inversion import ddim_invert, encode_image, reconstruct
 from editing.null_text import null_text_invert
 from editing.sampling import decode, denoise, encode_prompts
 from probe.attention.batch import BatchLayout
-from probe.models import load_pipeline
-from tests.test_flux import true_cfg_flux
 
 SIZE = 128
-
-
-@pytest.fixture(scope="module")
-def sd3():
-    return load_pipeline("tiny-sd3")
-
-
-@pytest.fixture(scope="module")
-def flux():
-    return load_pipeline("tiny-flux")
-
-
-@pytest.fixture(scope="module")
-def cfg_flux(flux):
-    return true_cfg_flux(flux)
 
 
 def scene(size: int = SIZE) -> np.ndarray:

@@ -13,22 +13,6 @@ import torch
 from editing.methods.flowedit import FLOWEDIT_DEFAULTS, flowedit
 from probe.models import load_pipeline
 from tests.test_flow_inversion import ref_latent, ref_schedule, ref_velocity, scene
-from tests.test_flux import true_cfg_flux
-
-
-@pytest.fixture(scope="module")
-def sd3():
-    return load_pipeline("tiny-sd3")
-
-
-@pytest.fixture(scope="module")
-def flux():
-    return load_pipeline("tiny-flux")
-
-
-@pytest.fixture(scope="module")
-def cfg_flux(flux):
-    return true_cfg_flux(flux)
 
 
 @torch.no_grad()

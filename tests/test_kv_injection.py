@@ -24,7 +24,7 @@ from editing.methods.kv_injection import KVInjection, inject
 from probe.attention.controller import AttentionCall
 from probe.attention.layers import resolve_layers
 from probe.families import family_of
-from probe.models import layer_table, load_pipeline
+from probe.models import layer_table
 from tests.dit_reference import (
     SEED,
     SIZE,
@@ -42,18 +42,8 @@ FLUX_DEV_VITAL = [0, 1, 17, 18, 25, 28, 53, 54, 56]  # run_stable_flow.py, count
 
 
 @pytest.fixture(scope="module")
-def flux():
-    return load_pipeline("tiny-flux")
-
-
-@pytest.fixture(scope="module")
 def true_cfg_flux(flux):
     return without_guidance_embedding(flux)
-
-
-@pytest.fixture(scope="module")
-def sd3():
-    return load_pipeline("tiny-sd3")
 
 
 class RefKVInjection(RefAttention):

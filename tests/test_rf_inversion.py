@@ -21,26 +21,9 @@ from editing.flow_inversion import FlowInversion, flow_invert
 from editing.inversion import reconstruct
 from editing.rf_inversion import RFInversion, rf_invert
 from editing.sampling import decode
-from probe.models import load_pipeline
 from tests.test_flow_inversion import ref_latent, ref_schedule, ref_velocity, scene
-from tests.test_flux import true_cfg_flux
 
 STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def sd3():
-    return load_pipeline("tiny-sd3")
-
-
-@pytest.fixture(scope="module")
-def flux():
-    return load_pipeline("tiny-flux")
-
-
-@pytest.fixture(scope="module")
-def cfg_flux(flux):
-    return true_cfg_flux(flux)
 
 
 # -- the reference: the equations, the pipeline's transformer calls ------------------------------

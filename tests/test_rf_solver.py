@@ -30,28 +30,11 @@ from editing.methods.value_injection import rf_solver_blocks
 from editing.rf_solver import SolverInversion, solver_invert
 from editing.sampling import denoise, encode_prompts
 from probe.attention.batch import BatchLayout
-from probe.models import load_pipeline
 from tests.dit_reference import RefAttention, RefFluxProcessor, RefSD3Processor, installed
 from tests.test_flow_inversion import _call, _encode, ref_latent, ref_schedule, scene
-from tests.test_flux import true_cfg_flux
 
 TOL = 1e-4
 SRC, TGT = "a red car", "a blue car"
-
-
-@pytest.fixture(scope="module")
-def sd3():
-    return load_pipeline("tiny-sd3")
-
-
-@pytest.fixture(scope="module")
-def flux():
-    return load_pipeline("tiny-flux")
-
-
-@pytest.fixture(scope="module")
-def cfg_flux(flux):
-    return true_cfg_flux(flux)
 
 
 # -- the reference ------------------------------------------------------------------------------
