@@ -1,5 +1,5 @@
 """Measure RF-Solver's and FireFlow's reconstruction on toy-flux against inverse Euler: four
-held-out renders of world v2 (seeds 7000-7003, as docs/measure_flux_real_edits.py makes them),
+held-out renders of world v2 (seeds 7000-7003, as docs/measure_flux_methods.py makes them),
 each inverted with the source prompt at guidance 1 and sampled back (``reconstruct``) at
 guidance 1; PSNR against the VAE round trip (``decode(encode(image))``, the ceiling) and the
 seconds of the inversion and of the reconstruction. Arms: inverse Euler (``flow_invert``) at
