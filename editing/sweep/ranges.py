@@ -88,11 +88,13 @@ def parse_ranges(items: Iterable[str], num_layers: int = 16) -> list[LayerRange]
     return [r for r in out if unique.pop(r.name, None) is not None]
 
 
-def refused_presets(table: Sequence[Any]) -> dict[str, str]:
+def refused_presets(table: Sequence[Any], names: Iterable[str] = PRESETS) -> dict[str, str]:
     """Preset name → why this table's family gives it no meaning (SDXL: ``paper``, SD 1.5's
-    "layers 4-14"; :func:`probe.attention.layers.preset_rule`); empty on SD 1.x/2.x."""
+    "layers 4-14"; :func:`probe.attention.layers.preset_rule`), among ``names`` (default: the
+    sweep's own presets, :data:`PRESETS`; ``vital`` is a range only where named); empty on
+    SD 1.x/2.x."""
     refused = {}
-    for name in PRESET_NAMES:
+    for name in (n for n in names if n in PRESET_NAMES):
         try:
             preset_rule(table, name)
         except ValueError as err:
@@ -112,9 +114,9 @@ def drop_refused(items: Iterable[str], table: Sequence[Any]) -> tuple[list[str],
         by name or through ``default`` / ``presets`` (whose expansion the sweep leaves them out
         of).
     """
-    refused = refused_presets(table)
     items = [item.strip() for item in items]
     named = set(items)
+    refused = refused_presets(table, [*PRESETS, *sorted(named - set(PRESETS))])
     grouped = bool(named & set(GROUPS_WITH_PRESETS))
     left_out = {name: why for name, why in refused.items() if grouped or name in named}
     return [item for item in items if item not in refused], left_out
