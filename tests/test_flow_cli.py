@@ -39,8 +39,17 @@ def test_each_flow_inversion_runs_from_the_command_line(flags, kind, tmp_path):
      (["--inversion", "rf-solver", "--nudge", "1.15"], "--nudge only applies to --inversion e"),
      (["--inversion", "rf-inversion", "--eta", "1.5"], "eta=1.5"),
      (["--inversion", "euler", "--method", "rf-solver"], "stored"),
-     (["--method", "flowedit", "--eta", "0.5"], "--eta: --method flowedit inverts nothing")],
+     (["--method", "flowedit", "--eta", "0.5"], "--eta: --method flowedit inverts nothing"),
+     (["--inversion", "ddim"], "--inversion ddim does not apply to Flux, a flow model: use")],
 )  # fmt: skip
 def test_inversion_flags_go_with_their_inversion(flags, message, tmp_path, capsys):
     assert _edit(tmp_path, *flags) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_flow_inversion_on_a_unet_is_refused(tmp_path, capsys):
+    Image.fromarray(scene(64)).save(tmp_path / "car.png")
+    assert main(["edit", "--model", "tiny", "--source", "a red car", "--target", "a blue car",
+                 "--image", str(tmp_path / "car.png"), "--inversion", "fireflow",
+                 "--out", str(tmp_path / "out")]) == 2  # fmt: skip
+    assert "--inversion fireflow inverts a flow model" in capsys.readouterr().err

@@ -195,6 +195,7 @@ def _invert(pipe: Any, args: argparse.Namespace) -> Any:
     if inversion is None:  # SD3, Flux: inverse Euler on the flow (editing.flow_inversion)
         inversion = "euler" if "ddim inversion" in family_of(pipe).unsupported else "ddim"
     _check_inversion_flags(args, inversion)
+    _check_inversion_family(family_of(pipe), inversion)
     prompt = args.source if _source_branch_prompt(args) == "source" else ""
     if inversion in FLOW_INVERSIONS:
         return _flow_invert(pipe, args, inversion, prompt)
@@ -223,6 +224,25 @@ def _flow_invert(pipe: Any, args: argparse.Namespace, inversion: str, prompt: st
     inject = getattr(args, _dest("inject_steps"), None)  # store as many steps as injected
     return solver_invert(pipe, args.image, prompt, args.num_steps, solver=inversion,
                          inject_steps=None if inject is None else int(inject))  # fmt: skip
+
+
+def _check_inversion_family(family: Any, inversion: str) -> None:
+    """Refuse an inversion the model's family cannot take, naming the ones it can.
+
+    Raises:
+        ValueError: DDIM or null-text on a flow model (SD3, Flux), a flow inversion elsewhere.
+    """
+    flow = "ddim inversion" in family.unsupported
+    if flow and inversion not in FLOW_INVERSIONS:
+        raise ValueError(
+            f"--inversion {inversion} does not apply to {family.title}, a flow model: use "
+            f"--inversion {'|'.join(FLOW_INVERSIONS)}, or --method flowedit (no inversion)"
+        )
+    if not flow and inversion in FLOW_INVERSIONS:
+        raise ValueError(
+            f"--inversion {inversion} inverts a flow model (SD3, Flux); {family.title} is "
+            "DDIM-inverted: use --inversion ddim or null-text"
+        )
 
 
 def _check_inversion_flags(args: argparse.Namespace, inversion: str) -> None:
