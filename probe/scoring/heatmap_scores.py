@@ -130,7 +130,8 @@ class SegmentReport:
             )
         left = max((s["left_out"] for s in self.summary().values()), default=0)
         if left:
-            lines.append(f"\n{left:.0f} image(s) left out: the judges found no object in them.")
+            why = self.settings.get("left_out_reason", "the judges found no object in them")
+            lines.append(f"\n{left:.0f} image(s) left out: {why}.")
         return "\n".join(lines)
 
     def save(self, folder: str | Path) -> tuple[Path, Path]:
