@@ -214,3 +214,119 @@ def test_report_links_a_figure_to_its_explorer_page(tmp_path):
     with_maps, without = body.split("</figure>")[:2]
     assert f'<a href="figures/{EXPLORER}"><img alt="With maps"' in with_maps
     assert "Explore these maps" in with_maps and "<a href" not in without
+
+
+# -- the dataset's probe grid and the sweep's edit grid ---------------------------------------
+
+
+def probe_results_for(maps, layers=None) -> object:
+    """Synthetic probe results over ``maps``' layers and steps (one cell missing, for nan)."""
+    from probe.probing.results import ProbeResults, ProbeRow
+
+    layers = layers or maps.recorded_layers("cross")
+    rows = []
+    for li, layer in enumerate(layers):
+        for si, step in enumerate(maps.steps):
+            if (li, si) == (0, 1):
+                continue
+            acc = 0.5 + 0.1 * li + 0.01 * si
+            rows.append(ProbeRow(layer, step, float(step), "cross", "linear", acc, 0.0, 0.5,
+                                 float("nan"), acc - 0.5, 0.5, 4, 16))  # fmt: skip
+    return ProbeResults(rows, "colour")
+
+
+def test_probe_grid_is_the_results_grid(tiny_run):
+    from probe.viz.explorer.grids import probe_grid
+
+    maps, _ = tiny_run
+    results = probe_results_for(maps)
+    grid = probe_grid(results)
+    layers, steps, acc = results.grid("cross")
+    cross = grid["kinds"]["cross"]
+    assert grid["label"] == "colour" and list(grid["kinds"]) == ["cross"]
+    assert cross["layers"] == layers and cross["steps"] == steps
+    assert cross["acc"][0][1] is None  # the missing cell: no nan in JSON
+    expected = [[None if np.isnan(v) else v for v in row] for row in acc.tolist()]
+    assert cross["acc"] == expected and cross["chance"] == 0.5
+
+
+def test_cli_view_of_a_probed_dataset_adds_its_probe_grid(tiny_pipe, two_colours, tmp_path):
+    from probe.recording.dataset import record_dataset
+    from probe.recording.store import AttentionDataset
+    from probe.viz.explorer.grids import probe_grid
+
+    ds = tmp_path / "ds"
+    record_dataset(tiny_pipe, two_colours, range(2), ds, model="tiny", layers="0,13",
+                   num_steps=2, batch_size=8, progress=False)  # fmt: skip
+    out = tmp_path / "page.html"
+    assert main(["view", str(ds), "--out", str(out)]) == 0
+    assert page_data(ExplorerPage(out.read_text(encoding="utf-8")))["probe"] is None
+    maps = AttentionDataset(ds).load(0)
+    results = probe_results_for(maps)
+    results.to_csv(ds / "probe" / "results.csv")
+    assert main(["view", str(ds), "--out", str(out)]) == 0
+    data = page_data(ExplorerPage(out.read_text(encoding="utf-8")))
+    assert data["probe"] == probe_grid(results)
+    # every cell names a layer and a step the page's sliders hold
+    cross = data["probe"]["kinds"]["cross"]
+    assert set(cross["layers"]) <= {entry["index"] for entry in data["layers"]}
+    assert set(cross["steps"]) <= {entry["index"] for entry in data["steps"]}
+
+
+def write_sweep(folder, images: bool) -> None:
+    from PIL import Image
+
+    from editing.sweep.table import FIELDS, append_rows
+
+    folder.mkdir(parents=True)
+    (folder / "sweep.json").write_text('{"model": "toy", "num_steps": 4}')
+    rows = []
+    for rng, layers in (("none", ""), ("all", "0-15")):
+        for seed in (0, 1):
+            for target, word in (("a blue car", "blue"), ("a red car", "red")):
+                success = rng == "all" and (seed == 0 or word == "blue")
+                rows.append({k: "" for k in FIELDS} | {
+                    "kind": "self", "range": rng, "layers": layers, "step_fraction": 0.8,
+                    "seed": seed, "source": "a green car", "target": target,
+                    "target_word": word, "judged": True, "success": success,
+                    "iou": 0.9 - 0.1 * seed, "shape_distance": 1.0, "background_psnr": 30.0,
+                })  # fmt: skip
+    append_rows(folder / "sweep.csv", rows)
+    if images:
+        (folder / "images" / "source").mkdir(parents=True)
+        (folder / "images" / "self_all_0.8").mkdir(parents=True)
+        Image.new("RGB", (8, 8), "green").save(folder / "images/source/s0_a_green_car.png")
+        Image.new("RGB", (8, 8), "blue").save(
+            folder / "images/self_all_0.8/s0_a_green_car_to_blue.png"
+        )
+
+
+def test_sweep_grid_means_over_seeds_and_carries_saved_images(tmp_path):
+    from probe.viz.explorer.grids import sweep_grid
+
+    write_sweep(tmp_path / "sweep", images=True)
+    grid = sweep_grid(tmp_path / "sweep")
+    assert grid["ranges"] == ["self · none · 0.8", "self · all · 0.8"]
+    assert grid["pairs"] == ["a green car → a blue car", "a green car → a red car"]
+    assert grid["settings"]["model"] == "toy"
+    blue, red = grid["cells"]["1,0"], grid["cells"]["1,1"]
+    assert blue["success"] == 1.0 and red["success"] == 0.5 and grid["cells"]["0,0"]["success"] == 0
+    assert blue["iou"] == pytest.approx(0.85) and blue["seeds"] == 2 and blue["layers"] == "0-15"
+    assert [what for what, _ in blue["images"]] == ["source", "edit"]
+    assert blue["images"][1][1].startswith("data:image/png;base64,")
+    assert "images" not in grid["cells"]["0,0"]  # the sweep saved none for "none"
+    assert sweep_grid(tmp_path / "sweep", max_image_bytes=10)["left_out"]
+
+
+def test_cli_view_of_a_sweep_writes_its_edit_grid(tmp_path, capsys):
+    from probe.viz.explorer.grids import sweep_grid
+
+    write_sweep(tmp_path / "sweep", images=False)
+    out = tmp_path / "sweep.html"
+    assert main(["view", str(tmp_path / "sweep"), "--out", str(out)]) == 0
+    assert "explorer: " in capsys.readouterr().out
+    text = out.read_text(encoding="utf-8")
+    data = page_data(ExplorerPage(text))
+    assert data == json.loads(json.dumps(sweep_grid(tmp_path / "sweep")))
+    assert all("images" not in cell for cell in data["cells"].values())
+    assert "<script src" not in text and 'id="edit-grid"' in text

@@ -218,3 +218,53 @@ def test_clicking_a_pixel_of_an_svd_recording_draws_its_rank_k_row(browser, tiny
     assert np.abs(canvas_levels(browser) - levels(row)).max() <= 1
     assert len(browser.find_elements("css selector", "#components canvas")) == 3
     assert "rank-3 SVD" in browser.find_element("id", "readout").text
+
+
+def test_clicking_a_probe_grid_cell_shows_that_layer_and_step(browser, toy_run, tmp_path):
+    from probe.probing.results import ProbeResults, ProbeRow
+
+    maps, _, _ = toy_run
+    rows = []
+    for layer in maps.recorded_layers("cross"):
+        for si, step in enumerate(maps.steps):
+            acc = 0.5 + 0.02 * si
+            nan = float("nan")
+            rows.append(
+                ProbeRow(layer, step, step, "cross", "linear", acc, 0, 0.5, nan, 0, 0.5, 8, 1)
+            )
+    page = explorer_page(maps, None, probe=ProbeResults(rows, "colour"))
+    open_page(browser, page.save(tmp_path / "probed.html"))
+    cells = browser.find_elements("css selector", "#probe-grid td.cell")
+    assert len(cells) == len(rows)
+    layer, step = 10, 5
+    browser.find_element(
+        "css selector", f'#probe-grid td.cell[data-layer="{layer}"][data-step="{step}"]'
+    ).click()
+    sliders = browser.execute_script(
+        "return [document.getElementById('layer').value, document.getElementById('step').value]"
+    )
+    assert sliders == [str(layer_slider(maps, layer)), str(maps.steps.index(step) + 1)]
+    chosen = browser.execute_script("return attnprobeExplorer.state.probeCell")
+    assert chosen == {"kind": "cross", "layer": layer, "step": step, "shownStep": step}
+    got = canvas_levels(browser)  # the default token, "car", at that layer and step
+    want = maps.cross(layer, step).mean(0)[..., 3].numpy()
+    assert got.shape == maps.resolution(layer)
+    assert np.abs(got - levels(quantised(want))).max() <= 1
+    assert f"layer {layer} ·" in browser.find_element("id", "readout").text
+    errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert errors == []
+
+
+def test_clicking_a_sweep_cell_shows_its_images_or_its_scores(browser, tmp_path):
+    from probe.viz.explorer.grids import sweep_page
+    from tests.test_explorer import write_sweep
+
+    write_sweep(tmp_path / "sweep", images=True)
+    browser.get(sweep_page(tmp_path / "sweep").save(tmp_path / "sweep.html").as_uri())
+    assert browser.execute_script("return document.documentElement.dataset.ready") == "1"
+    assert len(browser.find_elements("css selector", "#edit-grid td.cell")) == 4
+    browser.find_element("css selector", '#edit-grid td.cell[data-key="1,0"]').click()
+    assert len(browser.find_elements("css selector", "#cell-detail img")) == 2
+    browser.find_element("css selector", '#edit-grid td.cell[data-key="0,1"]').click()
+    assert browser.find_elements("css selector", "#cell-detail img") == []
+    assert "no images saved" in browser.find_element("id", "cell-detail").text

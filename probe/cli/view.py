@@ -3,6 +3,10 @@
 attnprobe record --prompt "a red car" --out runs/red_car
 attnprobe view runs/red_car --out runs/red_car/explorer.html
 attnprobe view runs/colour_car --sample 3 --out sample3.html     # one sample of a dataset
+attnprobe view runs/sweep --out sweep.html                        # a sweep's edit grid
+
+A dataset probed by ``attnprobe probe --data DATASET`` (``DATASET/probe/results.csv``) adds its
+probe grid to the page, each cell a click to that layer and step's maps.
 """
 
 from __future__ import annotations
@@ -49,10 +53,20 @@ def read_run(run: Path, sample: int = 0) -> tuple[Any, Any, int]:
 
 
 def _cmd_view(args: argparse.Namespace) -> int:
+    from probe.probing.results import ProbeResults
     from probe.viz.explorer import explorer_page
+    from probe.viz.explorer.grids import find_probe_results, sweep_page
 
-    maps, image, sample = read_run(Path(args.run), args.sample)
-    page = explorer_page(maps, image, sample=sample, max_bytes=int(args.max_mb * 1e6))
+    run = Path(args.run)
+    if run.is_dir() and any((run / f).is_file() for f in ("sweep.json", "sweep.csv")):
+        page = sweep_page(run)
+    else:
+        maps, image, sample = read_run(run, args.sample)
+        found = find_probe_results(run) if run.is_dir() else None
+        probe = ProbeResults.from_csv(found) if found is not None else None
+        page = explorer_page(
+            maps, image, sample=sample, max_bytes=int(args.max_mb * 1e6), probe=probe
+        )
     out = page.save(args.out)
     print(f"explorer: {out} ({page.nbytes / 1e6:.2f} MB)")
     for line in page.left_out:
@@ -65,7 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "view", help="an interactive explorer of a recording: one self-contained HTML page"
     )
-    p.add_argument("run", help="a record/demo folder, a dataset folder or a maps .safetensors")
+    p.add_argument(
+        "run",
+        help="a record/demo folder, a dataset folder (with its probe grid, if probed), a maps "
+        ".safetensors or a sweep's folder (its edit grid)",
+    )
     p.add_argument("--out", required=True, help="the HTML page to write")
     p.add_argument("--sample", type=int, default=0, help="which recorded sample (default 0)")
     p.add_argument(

@@ -46,7 +46,7 @@
   }
   await Promise.all(jobs);
 
-  const state = { layer: 0, step: 0, token: defaultToken(), pixel: null, mode: "cross", preview: null };
+  const state = { layer: 0, step: 0, token: defaultToken(), pixel: null, mode: "cross", preview: null, probeCell: null };
 
   function defaultToken() {
     for (let i = nTok - 1; i >= 0; i--) if (!/^<.*>$/.test(data.tokens[i])) return i;
@@ -248,6 +248,61 @@
   $("self-hint").textContent = { full: "", pool: " (pooled maps: the cell's row)",
     svd: ` (a rank-${K} SVD: the row it rebuilds, and its components below)` }[data.self_mode]
     ?? " (this recording has no self-attention)";
+
+  // -- the dataset's probe grid: a click on a (layer, step) cell sets the sliders to it --
+  function probeGrid() {
+    const box = $("probe-grid"), probe = data.probe;
+    if (!probe) return;
+    const h = document.createElement("div");
+    h.className = "hint";
+    h.textContent = `Probe accuracy (${probe.label}), layers × steps: click a cell for that layer and step's maps.`;
+    box.append(h);
+    for (const [kind, g] of Object.entries(probe.kinds)) {
+      const low = 0;  // as the toolkit's heatmap: 0 → the colour map's first colour, 1 → its last
+      const table = document.createElement("table");
+      table.className = "grid";
+      table.dataset.kind = kind;
+      const head = table.insertRow();
+      const corner = document.createElement("th");
+      corner.textContent = `${kind}: layer \\ step`;
+      head.append(corner);
+      for (const s of g.steps) { const th = document.createElement("th"); th.textContent = String(s); head.append(th); }
+      g.layers.forEach((layer, li) => {
+        const tr = table.insertRow();
+        const th = document.createElement("th");
+        th.textContent = String(layer);
+        tr.append(th);
+        g.steps.forEach((step, si) => {
+          const td = tr.insertCell(), acc = g.acc[li][si];
+          td.className = "cell";
+          td.dataset.kind = kind; td.dataset.layer = String(layer); td.dataset.step = String(step);
+          if (acc === null) return;
+          const c = Math.round(Math.min(Math.max((acc - low) / Math.max(1 - low, 1e-9), 0), 1) * 255);
+          td.style.background = `rgb(${LUT[3 * c]}, ${LUT[3 * c + 1]}, ${LUT[3 * c + 2]})`;
+          td.title = `layer ${layer} · step ${step} · accuracy ${acc.toFixed(3)}` +
+            (g.shuffled[li][si] === null ? "" : ` (shuffled ${g.shuffled[li][si].toFixed(3)})`);
+          td.addEventListener("click", () => chooseCell(kind, layer, step, td));
+        });
+      });
+      box.append(table);
+    }
+  }
+
+  function chooseCell(kind, layer, step, td) {
+    const li = layers.findIndex((l) => l.index === layer);
+    // the page may keep a thinned set of steps: the nearest one kept
+    let si = 0;
+    steps.forEach((s, i) => { if (Math.abs(s.index - step) < Math.abs(steps[si].index - step)) si = i; });
+    state.probeCell = { kind, layer, step, shownStep: steps[si].index };
+    for (const el of document.querySelectorAll("#probe-grid .cell")) el.classList.toggle("active", el === td);
+    if (kind === "cross" || !state.pixel) { state.mode = "cross"; } else { state.mode = "self"; }
+    state.layer = li + 1;
+    state.step = si + 1;
+    layerSlider.value = String(state.layer);
+    stepSlider.value = String(state.step);
+    draw();
+  }
+  probeGrid();
 
   draw();
   window.attnprobeExplorer = {

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 from matplotlib import colormaps
 
+from probe.probing.results import ProbeResults
 from probe.viz.explorer.data import DEFAULT_MAX_BYTES, explorer_data
+from probe.viz.explorer.grids import probe_grid
 from probe.viz.explorer.recording import RecordedMaps
 from probe.viz.layout import as_image
 
@@ -68,6 +70,7 @@ def explorer_page(
     sample: int = 0,
     title: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    probe: ProbeResults | None = None,
 ) -> ExplorerPage:
     """The interactive explorer of one recorded sample, as a self-contained HTML page.
 
@@ -82,6 +85,8 @@ def explorer_page(
         title: the page's heading (default: the sample's prompt, read from its tokens).
         max_bytes: the page's size budget; what does not fit is named on the page and in
             :attr:`ExplorerPage.left_out`.
+        probe: the dataset's probe results: the page adds their accuracy grid (layers × steps
+            per kind), a click on a cell sets the layer and step sliders to it.
 
     Returns:
         The :class:`ExplorerPage`.
@@ -97,6 +102,7 @@ def explorer_page(
     picture, aspect = _image_tag(image, maps.latent_hw)
     data = explorer_data(maps, sample, max_bytes, reserved=len(picture))
     data["lut"] = _lut(COLOURMAP)
+    data["probe"] = probe_grid(probe) if probe is not None and len(probe) else None
     if data["self_mode"] == "svd":
         data["svd_k"] = int(maps.svd(maps.recorded_layers("self")[0], maps.steps[0])[1].shape[-1])
     title = title or _prompt(data["tokens"]) or "attention explorer"
