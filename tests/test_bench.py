@@ -289,3 +289,19 @@ def test_bench_command_writes_a_toy_benchmark_and_tables(tmp_path, capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "| fpe | ddim | 1 | missing | nan |" in out and "5000.00" in out
+
+
+@pytest.mark.slow
+def test_bench_run_on_tiny_flux_every_flow_inversion_and_flowedit(tmp_path, flux):
+    from editing.bench.run import FLOW_INVERSIONS, flowedit_n_max, read_rows, run_bench
+    from editing.bench.toy_pie import write_toy_pie_bench
+
+    assert flowedit_n_max(flux, 7) == 6 and flowedit_n_max(flux, None) is None
+    data, out = tmp_path / "data", tmp_path / "run"
+    write_toy_pie_bench(data, per_type=1, world="v2", size=128)  # tiny-flux works at 128 px
+    run_bench(flux, data, out, ["fpe", "flowedit"], FLOW_INVERSIONS, num_steps=3, limit=1)
+    rows = read_rows(out)
+    assert [(r["method"], r["inversion"]) for r in rows] == [
+        *(("fpe", i) for i in FLOW_INVERSIONS), ("flowedit", "none")]  # fmt: skip
+    for row in rows:
+        assert (out / row["image"]).is_file() and 0 < row["psnr_unedit_part"] <= MAX_PSNR
