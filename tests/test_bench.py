@@ -305,3 +305,62 @@ def test_bench_run_on_tiny_flux_every_flow_inversion_and_flowedit(tmp_path, flux
         *(("fpe", i) for i in FLOW_INVERSIONS), ("flowedit", "none")]  # fmt: skip
     for row in rows:
         assert (out / row["image"]).is_file() and 0 < row["psnr_unedit_part"] <= MAX_PSNR
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_write_the_rows_of_one(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from editing.bench.run import read_rows
+    from editing.bench.toy_pie import write_toy_pie_bench
+
+    data = tmp_path / "data"
+    write_toy_pie_bench(data, per_type=1, world="v2")
+    bin_dir = Path(sys.executable).parent
+    cli = shutil.which("attnprobe", path=str(bin_dir)) or "attnprobe"
+    run = [cli, "bench", "run", str(data), "--model", "toy-v2", "--device", "cpu",
+           "--method", "fpe", "none", "--num-steps", "3", "--out"]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    subprocess.run([*run, str(tmp_path / "one")], check=True, env=env)
+    torchrun = shutil.which("torchrun", path=str(bin_dir))
+    two = str(tmp_path / "two")
+    if torchrun:
+        launch = [torchrun, "--standalone", "--nproc_per_node", "2", "--no-python"]
+        subprocess.run([*launch, *run, two], check=True, env=env)
+    else:  # two --shard processes, as torchrun's ranks would be
+        procs = [subprocess.Popen([*run, two, "--shard", f"{i}/2"], env=env) for i in (0, 1)]
+        assert [p.wait() for p in procs] == [0, 0]
+    assert sorted(p.name for p in (tmp_path / "two").glob("rows*")) == [
+        "rows.0-of-2.jsonl", "rows.1-of-2.jsonl"]  # fmt: skip
+
+    def key(row):
+        return (row["method"], row["inversion"], row["id"])
+
+    def strip(rows):  # the time of an edit differs between runs
+        return sorted(({k: v for k, v in r.items() if k != "seconds"} for r in rows), key=key)
+
+    one, sharded = read_rows(tmp_path / "one"), read_rows(two)
+    assert len(one) == 6 and strip(sharded) == strip(one)
+    from editing.bench.tables import write_tables
+
+    write_tables(two)
+    assert "| fpe | ddim | 3 |" in (tmp_path / "two" / "tables.md").read_text()
+
+
+def test_read_rows_merges_shard_files_once_per_job(tmp_path):
+    from editing.bench.run import done_keys, read_rows
+
+    def row(method, item):
+        return json.dumps({"id": item, "method": method, "inversion": "ddim"}) + "\n"
+
+    (tmp_path / "rows.jsonl").write_text(row("fpe", "a"))
+    (tmp_path / "rows.0-of-2.jsonl").write_text(row("fpe", "b") + row("fpe", "a"))
+    (tmp_path / "rows.1-of-2.jsonl").write_text(row("none", "a") + '{"id": "to')  # torn
+    assert [(r["method"], r["id"]) for r in read_rows(tmp_path)] == [
+        ("fpe", "a"), ("fpe", "b"), ("none", "a")]  # fmt: skip
+    assert done_keys(tmp_path) == {("fpe", "ddim", "a"), ("fpe", "ddim", "b"),
+                                   ("none", "ddim", "a")}  # fmt: skip

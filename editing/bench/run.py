@@ -8,6 +8,12 @@ Each (method, inversion, item) is one line of ``rows.jsonl``, appended and flush
 it is scored; a rerun skips every line already there, so an interrupted run loses at most the
 item it was on. Edited images go to ``images/<method>+<inversion>/<id>.png``.
 
+Sharded (``shard=(i, n)``, or ``--shard i/n``, or the ``RANK``/``WORLD_SIZE`` that ``torchrun``
+and ``accelerate launch`` set): shard ``i`` takes every n-th (method, inversion, item) of the
+whole job list from ``i`` and appends to its own ``rows.<i>-of-<n>.jsonl`` in the same folder;
+every shard skips what any ``rows*.jsonl`` there already holds, and :func:`read_rows` (so the
+tables) merges them in job order.
+
 Methods run with their authors' defaults through :func:`editing.editor.edit`, after the
 inversion asked (UNets: ``ddim`` with the prompt the method's source branch runs on, or
 ``null-text``; flow models: ``euler``, ``rf-inversion``, ``rf-solver``, ``fireflow``);
@@ -138,18 +144,18 @@ def flowedit_n_max(pipe: Any, num_steps: int | None) -> int | None:
     return max(1, min(num_steps, round(authors.n_max * num_steps / authors.num_steps)))
 
 
-def done_keys(rows_path: Path) -> set[tuple[str, str, str]]:
-    """(method, inversion, id) of every line already in ``rows.jsonl`` (a torn last line,
-    from a killed run, is ignored and redone)."""
-    keys = set()
-    if rows_path.is_file():
-        for line in rows_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            keys.add((row["method"], row["inversion"], row["id"]))
-    return keys
+def rows_files(out: str | Path) -> list[Path]:
+    """A run's row files: ``rows.jsonl`` and every shard's ``rows.<i>-of-<n>.jsonl``."""
+    root = Path(out)
+    shards = sorted(root.glob("rows.*-of-*.jsonl"), key=lambda p: [
+        int(n) if n.isdigit() else n for n in p.name.replace("-", ".").split(".")])  # fmt: skip
+    return [p for p in [root / "rows.jsonl", *shards] if p.is_file()]
+
+
+def done_keys(out: str | Path) -> set[tuple[str, str, str]]:
+    """(method, inversion, id) of every line already in the run's row files (a torn last
+    line, from a killed run, is ignored and redone)."""
+    return {(row["method"], row["inversion"], row["id"]) for row in _read_lines(out)}
 
 
 def _drop_torn_tail(rows_path: Path) -> None:
@@ -172,6 +178,7 @@ def run_bench(
     limit: int | None = None,
     seed: int = 0,
     num_steps: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Path:
     """Edit every item with every (method, inversion) and score it; resumable.
 
@@ -184,9 +191,11 @@ def run_bench(
         types: edit type ids to run (default all); ``limit``: the first N items of those.
         seed: the edit's seed (only generated noise reads it; an inverted image has none).
         num_steps: inversion and edit steps (default: the model's).
+        shard: ``(i, n)``: run every n-th (method, inversion, item) from ``i`` only, into
+            ``rows.<i>-of-<n>.jsonl`` (see the module docstring).
 
     Returns:
-        The path of ``rows.jsonl``.
+        The path of the row file this process wrote (``rows.jsonl`` unsharded).
 
     Example:
         >>> run_bench(load_pipeline("toy-v2"), "runs/toy_pie", "runs/bench", ["fpe"])
@@ -196,10 +205,14 @@ def run_bench(
     scorer = scorer or PieScorer()
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    rows_path = root / "rows.jsonl"
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: give 0 <= i < n")
+    rows_path = root / ("rows.jsonl" if count == 1 else f"rows.{index}-of-{count}.jsonl")
     _drop_torn_tail(rows_path)
-    done = done_keys(rows_path)
-    todo = [(m, i, item) for m, i in jobs for item in items if (m, i, item.id) not in done]
+    done = done_keys(root)
+    every = [(m, i, item) for m, i in jobs for item in items][index::count]
+    todo = [(m, i, item) for m, i, item in every if (m, i, item.id) not in done]
     with rows_path.open("a") as rows:
         for method, inversion, item in tqdm(todo, desc="bench", unit="edit"):
             job = (method, inversion, seed, num_steps)
@@ -237,14 +250,28 @@ def _bench_row(
     return row
 
 
-def read_rows(out: str | Path) -> list[dict[str, Any]]:
-    """Every complete line of a run's ``rows.jsonl``."""
+def _read_lines(out: str | Path) -> list[dict[str, Any]]:
     rows = []
-    for line in (Path(out) / "rows.jsonl").read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    for path in rows_files(out):
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def read_rows(out: str | Path) -> list[dict[str, Any]]:
+    """Every complete line of a run's row files (``rows.jsonl`` and the shards'), one per
+    (method, inversion, id): unsharded, in the order they ran; sharded, ``rows.jsonl``'s, then
+    shard 0's, shard 1's, …"""
+    seen: set[tuple[str, str, str]] = set()
+    rows = []
+    for row in _read_lines(out):
+        key = (row["method"], row["inversion"], row["id"])
+        if key not in seen:
+            seen.add(key)
+            rows.append(row)
     return rows
 
 
