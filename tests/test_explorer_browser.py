@@ -256,7 +256,7 @@ def test_clicking_a_probe_grid_cell_shows_that_layer_and_step(browser, toy_run, 
 
 
 def test_clicking_a_sweep_cell_shows_its_images_or_its_scores(browser, tmp_path):
-    from probe.viz.explorer.grids import sweep_page
+    from probe.viz.explorer.sweep_page import sweep_page
     from tests.test_explorer import write_sweep
 
     write_sweep(tmp_path / "sweep", images=True)

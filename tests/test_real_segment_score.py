@@ -1,4 +1,4 @@
-"""attnprobe segment-score --images DIR (probe.scoring.real_heatmaps): a hand-made folder of two
+"""attnprobe segment-score --images DIR (editing.scoring.real_heatmaps): a hand-made folder of two
 images with masks, scored on tiny (a UNet: DDIM inversion) and tiny-flux (flow inversion, concept
 maps); the table written; a missing mask, prompts file or word refused; a mask of another size
 resized with a note."""
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from probe.scoring.real_heatmaps import read_folder, score_folder
+from editing.scoring.real_heatmaps import read_folder, score_folder
 
 
 def _folder(root: Path, size: int, mask_size: int | None = None) -> Path:

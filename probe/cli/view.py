@@ -55,7 +55,8 @@ def read_run(run: Path, sample: int = 0) -> tuple[Any, Any, int]:
 def _cmd_view(args: argparse.Namespace) -> int:
     from probe.probing.results import ProbeResults
     from probe.viz.explorer import explorer_page
-    from probe.viz.explorer.grids import find_probe_results, sweep_page
+    from probe.viz.explorer.grids import find_probe_results
+    from probe.viz.explorer.sweep_page import sweep_page
 
     run = Path(args.run)
     if run.is_dir() and any((run / f).is_file() for f in ("sweep.json", "sweep.csv")):

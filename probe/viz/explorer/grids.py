@@ -1,18 +1,16 @@
 """The explorer's grids: a dataset's probe accuracy grid, a sweep's edit grid.
 
 probe_grid(ProbeResults.from_csv("runs/colour/probe/results.csv"))   # in the dataset's page
-sweep_page("runs/sweep").save("sweep.html")                           # a sweep's own page
+sweep_page("runs/sweep").save("sweep.html")   # a sweep's own page (probe.viz.explorer.sweep_page)
 """
 
 from __future__ import annotations
 
 import base64
 import csv
-import html
 import json
 import math
 from collections import defaultdict
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -142,20 +140,3 @@ def _cell_images(images: Path, row: dict[str, str]) -> list[tuple[str, str]]:
 
 def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-def sweep_page(folder: str | Path) -> Any:
-    """A sweep's page: its edit grid (success coloured, IoU written), a click shows the cell's
-    images if the sweep saved them, else its scores."""
-    from probe.viz.explorer.page import ExplorerPage
-
-    data = sweep_grid(folder)
-    asset = files("probe.viz.explorer")
-    page = (
-        asset.joinpath("sweep.html").read_text(encoding="utf-8")
-        .replace("__CSS__", asset.joinpath("explorer.css").read_text(encoding="utf-8"))
-        .replace("__JS__", asset.joinpath("grids.js").read_text(encoding="utf-8"))
-        .replace("__TITLE__", html.escape(f"attnprobe · sweep {data['title']}"))
-        .replace("__DATA__", json.dumps(data, separators=(",", ":")).replace("</", "<\\/"))
-    )  # fmt: skip
-    return ExplorerPage(page, list(data["left_out"]))

@@ -15,7 +15,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     spec = args.model or default_model()
     pipe = load_pipeline(spec)
     if args.images:
-        from probe.scoring.real_heatmaps import score_folder
+        from editing.scoring.real_heatmaps import score_folder
 
         report = score_folder(pipe, args.images, num_steps=args.steps,
                               progress=not args.no_progress, settings={"model": spec})  # fmt: skip
