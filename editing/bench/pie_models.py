@@ -13,10 +13,12 @@
   normalisation, as the reference does (its published numbers depend on it); ``scale="unit"``
   divides by 255 first, which is what the network was trained on. Whole images, no mask.
 - **LPIPS** (:class:`SqueezeLpips`): LPIPS v0.1 on SqueezeNet 1.1, inputs ``2x − 1`` of the
-  masked ``[0, 1]`` images. Its folder holds ``squeezenet1_1.pth`` (torchvision's ImageNet
-  weights, ``features.*``) and ``squeeze.pth`` (the ``lpips`` package's linear heads,
-  ``lin0.model.1.weight`` …). Neither ``lpips`` nor torchvision is a dependency: the network is
-  rebuilt here from those two files.
+  masked ``[0, 1]`` images (what the reference hands torchmetrics' LPIPS, ``normalize=False``),
+  each layer's map averaged over its positions. Its folder holds ``squeezenet1_1.pth``
+  (torchvision's ImageNet weights, ``features.*``) and ``squeeze.pth`` (the ``lpips`` package's
+  linear heads, ``lin0.model.1.weight`` …). Neither ``lpips`` nor torchvision is a dependency:
+  the network is rebuilt here from those two files. It gives the genuine ``lpips`` 0.1.4 code's
+  values bit for bit on a seeded backbone (``tests/test_lpips_reference.py``).
 - **CLIP score** (:class:`~editing.scoring.clip_dino.ClipMetrics`: ``100·max(cos, 0)``) of the
   whole edit and of the edit region (``uint8(image · mask)``: outside blacked out), against the
   editing prompt without brackets, and of the source against the original prompt.
