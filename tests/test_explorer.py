@@ -115,7 +115,7 @@ def test_a_short_budget_leaves_out_the_finest_self_layers(tiny_run):
     page = explorer_page(maps, image, max_bytes=budget)
     assert page.nbytes <= budget
     data = page_data(page)
-    kept = sorted(map(int, data["self"]))
+    kept = sorted(map(int, data["samples"][0]["self"]))
     dropped = sorted(set(maps.recorded_layers("self")) - set(kept))
     assert kept and dropped, "two thirds of the budget hold some self layers, not all"
     area = {i: np.prod(maps.resolution(i)) for i in maps.recorded_layers("self")}
@@ -144,7 +144,7 @@ def test_svd_recording_keeps_components(tiny_pipe):
     data = page_data(explorer_page(maps, image))
     assert data["self_mode"] == "svd" and data["svd_k"] == 3
     layer = maps.recorded_layers("self")[0]
-    entry = data["self"][str(layer)]
+    entry = data["samples"][0]["self"][str(layer)]
     q = int(np.prod(maps.resolution(layer)))
     frame = unpack(entry["blob"], 2 * q * 3)[0]
     u = dequantise(frame[: q * 3].reshape(q, 3), entry["scales"][0][0], signed=True)
@@ -250,7 +250,7 @@ def test_probe_grid_is_the_results_grid(tiny_run):
     assert cross["acc"] == expected and cross["chance"] == 0.5
 
 
-def test_cli_view_of_a_probed_dataset_adds_its_probe_grid(tiny_pipe, two_colours, tmp_path):
+def test_cli_view_of_a_probed_dataset_adds_its_probe_grid(tiny_pipe, two_colours, tmp_path, capsys):
     from probe.recording.dataset import record_dataset
     from probe.recording.store import AttentionDataset
     from probe.viz.explorer.grids import probe_grid
@@ -271,6 +271,37 @@ def test_cli_view_of_a_probed_dataset_adds_its_probe_grid(tiny_pipe, two_colours
     cross = data["probe"]["kinds"]["cross"]
     assert set(cross["layers"]) <= {entry["index"] for entry in data["layers"]}
     assert set(cross["steps"]) <= {entry["index"] for entry in data["steps"]}
+    # probed: one sample of each class of the label, each showing its own label word first
+    captions = [s["caption"] for s in data["samples"]]
+    assert captions == ["sample 0 · colour=red · a red car (seed 0)",
+                        "sample 2 · colour=blue · a blue car (seed 0)"]  # fmt: skip
+    assert [s["tokens"][s["token"]] for s in data["samples"]] == ["red", "blue"]
+    assert main(["view", str(ds), "--sample", "1", "--out", str(out)]) == 0
+    one = page_data(ExplorerPage(out.read_text(encoding="utf-8")))
+    assert [s["caption"] for s in one["samples"]] == ["sample 1 · colour=red · a red car (seed 1)"]
+    assert main(["view", str(ds), "--sample", "1", "--sample", "4", "--out", str(out)]) == 2
+    assert "--sample 4: " in capsys.readouterr().err
+
+
+def test_samples_share_the_budget_and_the_steps(tiny_pipe):
+    from probe.viz.explorer import SampleView, samples_page
+
+    with record_attention(tiny_pipe, self_reduce="full") as maps:
+        tiny_pipe(["a red car", "a blue bird"], num_inference_steps=4,
+                  generator=torch.Generator().manual_seed(0))  # fmt: skip
+    one = explorer_page(maps, sample=1)
+    budget = one.nbytes * 3 // 2  # less than two whole samples
+    page = samples_page([SampleView(maps, sample=0), SampleView(maps, sample=1)], max_bytes=budget)
+    data = page_data(page)
+    assert page.nbytes <= budget
+    assert [s["tokens"][2] for s in data["samples"]] == ["red", "blue"]
+    assert [s["index"] for s in data["steps"]] == maps.steps  # one set of steps for both
+    for sample in data["samples"]:  # each sample's maps are its own
+        assert sample["cross"].keys() == page_data(one)["samples"][0]["cross"].keys()
+    assert data["samples"][1]["cross"] == page_data(one)["samples"][0]["cross"]
+    assert any("the 2 samples share the page's budget" in line for line in page.left_out)
+    with pytest.raises(ValueError, match="no samples to show"):
+        samples_page([])
 
 
 def write_sweep(folder, images: bool) -> None:

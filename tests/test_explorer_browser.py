@@ -123,6 +123,7 @@ def test_page_loads_without_console_errors(browser, toy_run):
     assert errors == []
     assert browser.find_element("id", "readout").text.startswith("cross-attention of “car”")
     assert len(browser.find_elements("css selector", ".token")) == 5
+    assert not browser.find_element("id", "sample-row").is_displayed()  # one sample: no selector
 
 
 @pytest.mark.parametrize("layer", [13, 10])  # 16x16 and 8x8
@@ -268,3 +269,50 @@ def test_clicking_a_sweep_cell_shows_its_images_or_its_scores(browser, tmp_path)
     browser.find_element("css selector", '#edit-grid td.cell[data-key="0,1"]').click()
     assert browser.find_elements("css selector", "#cell-detail img") == []
     assert "no images saved" in browser.find_element("id", "cell-detail").text
+
+
+def test_a_grid_click_keeps_the_chosen_sample(browser, tiny_pipe, tmp_path):
+    from selenium.webdriver.support.ui import Select
+
+    from probe.probing.results import ProbeResults, ProbeRow
+    from probe.recording.recorder import record_attention
+    from probe.viz.explorer import SampleView, samples_page
+
+    with record_attention(tiny_pipe) as maps:
+        images = tiny_pipe(["a red car", "a blue car"], num_inference_steps=3,
+                           generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    nan = float("nan")
+    rows = [ProbeRow(layer, step, step, "cross", "linear", 0.7, 0, 0.5, nan, 0, 0.5, 8, 1)
+            for layer in maps.recorded_layers("cross") for step in maps.steps]  # fmt: skip
+    views = [SampleView(maps, images[i], i, f"sample {i} · colour={c}", token=2)
+             for i, c in enumerate(["red", "blue"])]  # fmt: skip
+    page = samples_page(views, "two samples", probe=ProbeResults(rows, "colour"))
+    open_page(browser, page.save(tmp_path / "samples.html"))
+    first_image = browser.find_element("id", "picture").get_attribute("src")
+    Select(browser.find_element("id", "sample")).select_by_visible_text("sample 1 · colour=blue")
+    assert browser.find_element("id", "picture").get_attribute("src") != first_image
+    assert "“blue”" in browser.find_element("id", "readout").text
+    layer = max(maps.recorded_layers("cross"), key=lambda i: np.prod(maps.resolution(i)))
+    step = maps.steps[1]
+    browser.find_element(
+        "css selector", f'#probe-grid td.cell[data-layer="{layer}"][data-step="{step}"]'
+    ).click()
+    state = browser.execute_script("return attnprobeExplorer.state")
+    assert (state["sample"], state["token"]) == (1, 2)  # the click kept the sample and its word
+    assert (state["layer"], state["step"]) == (layer_slider(maps, layer), 2)
+    want = maps.cross(layer, step, sample=1).mean(0)[..., 2].numpy()  # "blue" in sample 1
+    assert np.abs(canvas_levels(browser) - levels(quantised(want))).max() <= 1
+    readout = browser.find_element("id", "readout").text
+    assert readout.startswith("cross-attention of “blue” · sample 1 · colour=blue · layer")
+    # and back to sample 0: the layer and step stay, the map is sample 0's "red"
+    Select(browser.find_element("id", "sample")).select_by_index(0)
+    assert browser.find_element("id", "picture").get_attribute("src") == first_image
+    state = browser.execute_script("return attnprobeExplorer.state")
+    assert (state["sample"], state["layer"], state["step"]) == (0, layer_slider(maps, layer), 2)
+    want = maps.cross(layer, step, sample=0).mean(0)[..., 2].numpy()
+    assert np.abs(canvas_levels(browser) - levels(quantised(want))).max() <= 1
+    log = browser.get_log("browser")  # less Chromium's hint on this test's own repeated readback
+    errors = [
+        e for e in log if e["level"] in ("SEVERE", "WARNING") and "getImageData" not in e["message"]
+    ]
+    assert errors == []

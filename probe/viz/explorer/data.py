@@ -2,6 +2,8 @@
 
 data = explorer_data(maps, sample=0, max_bytes=5_000_000)
 data["cross"]["13"]["blob"], data["steps"], data["left_out"]
+page = samples_data([(maps_a, 0), (maps_b, 0)], max_bytes=5_000_000)   # a dataset's samples
+page["samples"][1]["tokens"], page["steps"]                              # steps shared by all
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def explorer_data(
     sample: int = 0,
     max_bytes: int = DEFAULT_MAX_BYTES,
     reserved: int = 0,
+    steps: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Everything the page shows of ``maps``' sample ``sample``, in at most ``max_bytes``.
 
@@ -46,6 +49,7 @@ def explorer_data(
         sample: which recorded sample.
         max_bytes: the page's size budget (bytes).
         reserved: bytes already taken elsewhere in the page (the image).
+        steps: the steps to show, thinned further if they do not fit (default: every step).
 
     Returns:
         A JSON-ready dict: ``tokens``, ``layers``, ``steps``, ``cross`` and ``self`` (layer →
@@ -62,7 +66,7 @@ def explorer_data(
         raise ValueError(f"nothing to explore: {maps} has neither cross nor self maps")
     budget = max_bytes - PAGE_OVERHEAD - reserved
     left_out: list[str] = []
-    steps = maps.steps
+    steps = list(maps.steps if steps is None else steps)
     cross: dict[str, Any] = {}
     if "cross" in kinds:
         steps, cross = _cross_within(maps, sample, steps, budget // 2, left_out)
@@ -79,6 +83,42 @@ def explorer_data(
         "self": self_maps,
         "self_mode": self_mode(maps) if self_maps else None,
         "left_out": left_out,
+    }
+
+
+def samples_data(
+    views: Sequence[tuple[RecordedMaps, int]], max_bytes: int = DEFAULT_MAX_BYTES, reserved: int = 0
+) -> dict[str, Any]:
+    """The page's data for several recorded samples (a dataset's), sharing one budget and one
+    set of steps: each ``(maps, sample)`` gets an equal share of ``max_bytes``.
+
+    Returns:
+        ``layers``, ``steps``, ``self_mode`` and ``left_out`` of the page, and ``samples``: per
+        view its ``tokens``, ``cross`` and ``self`` (as :func:`explorer_data` gives them).
+
+    Raises:
+        ValueError: no views, or as :func:`explorer_data`.
+    """
+    if not views:
+        raise ValueError("no samples to show: pass at least one (maps, sample)")
+    share = (max_bytes - PAGE_OVERHEAD - reserved) // len(views) + PAGE_OVERHEAD
+    steps: list[int] | None = None
+    while True:  # a sample that thins its steps further sets them for all
+        each = [explorer_data(maps, i, share, steps=steps) for maps, i in views]
+        kept = [[s["index"] for s in d["steps"]] for d in each]
+        if all(k == kept[0] for k in kept):
+            break
+        steps = min(kept, key=len)
+    left_out = list(dict.fromkeys(line for d in each for line in d["left_out"]))
+    if left_out and len(views) > 1:
+        left_out.append(f"the {len(views)} samples share the page's budget: {_mb(share)} each")
+    first = each[0]
+    return {
+        "layers": first["layers"],
+        "steps": first["steps"],
+        "self_mode": next((d["self_mode"] for d in each if d["self_mode"]), None),
+        "left_out": left_out,
+        "samples": [{k: d[k] for k in ("tokens", "cross", "self")} for d in each],
     }
 
 
@@ -107,10 +147,11 @@ def _cross_within(
         if size <= budget or len(kept) == 1:
             break
         stride = max(stride + 1, math.ceil(stride * size / budget))
-    if len(kept) < len(steps):
+    if len(kept) < len(maps.steps):
+        every = f"every one in {stride}" if len(steps) == len(maps.steps) else "thinned"
         left_out.append(
-            f"steps: {len(kept)} of the {len(steps)} recorded steps are shown (every "
-            f"one in {stride}, back from the last): all of them would not fit the page's "
+            f"steps: {len(kept)} of the {len(maps.steps)} recorded steps are shown ({every}, "
+            f"back from the last): all of them would not fit the page's "
             f"{_mb(budget * 2)} budget (raise it with --max-mb, or record fewer steps)"
         )
     if size > budget:

@@ -1,5 +1,6 @@
-// attnprobe explorer: draws one recording's attention maps over its image.
-// Data: the JSON in #attnprobe-data (see probe/viz/explorer/payload.py for the blob format).
+// attnprobe explorer: draws recorded attention maps over their image, one sample at a time.
+// Data: the JSON in #attnprobe-data (see probe/viz/explorer/payload.py for the blob format);
+// data.samples holds each sample's tokens and maps (a dataset's page: several, and a selector).
 // window.attnprobeExplorer exposes the state and the maps for tests once the page is ready.
 "use strict";
 (async function () {
@@ -23,33 +24,38 @@
   const LUT = bytesOf(data.lut);
   const layers = data.layers;
   const steps = data.steps;
-  const nTok = data.tokens.length;
+  const samples = data.samples;
+  let S = samples[0], nTok = S.tokens.length;  // the sample drawn
   const svd = data.self_mode === "svd";
   const K = data.svd_k || 0;
 
   // frame sizes: cross [tokens, q]; self whole [q, q]; self SVD u [q, K] + v^T [K, q]
-  function frameSize(kind, layer) {
-    if (kind === "cross") return nTok * layer.hw[0] * layer.hw[1];
+  function frameSize(kind, layer, tokens) {
+    if (kind === "cross") return tokens * layer.hw[0] * layer.hw[1];
     const q = layer.self_hw[0] * layer.self_hw[1];
     return svd ? 2 * q * K : q * q;
   }
 
-  const frames = { cross: {}, self: {} };
+  const decoded = samples.map(() => ({ cross: {}, self: {} }));
   const jobs = [];
-  for (const kind of ["cross", "self"]) {
-    for (const layer of layers) {
-      const entry = data[kind][String(layer.index)];
-      if (!entry) continue;
-      const size = frameSize(kind, layer);
-      jobs.push(inflate(entry.blob, size).then((b) => { frames[kind][layer.index] = b; }));
+  samples.forEach((sample, k) => {
+    for (const kind of ["cross", "self"]) {
+      for (const layer of layers) {
+        const entry = sample[kind][String(layer.index)];
+        if (!entry) continue;
+        const size = frameSize(kind, layer, sample.tokens.length);
+        jobs.push(inflate(entry.blob, size).then((b) => { decoded[k][kind][layer.index] = b; }));
+      }
     }
-  }
+  });
   await Promise.all(jobs);
+  let frames = decoded[0];
 
-  const state = { layer: 0, step: 0, token: defaultToken(), pixel: null, mode: "cross", preview: null, probeCell: null };
+  const state = { sample: 0, layer: 0, step: 0, token: defaultToken(), pixel: null, mode: "cross", preview: null, probeCell: null };
 
   function defaultToken() {
-    for (let i = nTok - 1; i >= 0; i--) if (!/^<.*>$/.test(data.tokens[i])) return i;
+    if (S.token !== null && S.token !== undefined) return S.token;
+    for (let i = nTok - 1; i >= 0; i--) if (!/^<.*>$/.test(S.tokens[i])) return i;
     return 0;
   }
 
@@ -80,14 +86,14 @@
   function crossMap(layer, si, token) {
     const n = layer.hw[0] * layer.hw[1];
     const bytes = frames.cross[layer.index], base = si * nTok * n + token * n;
-    const scale = data.cross[String(layer.index)].scales[si][token] / 255;
+    const scale = S.cross[String(layer.index)].scales[si][token] / 255;
     const out = new Float32Array(n);
     for (let i = 0; i < n; i++) out[i] = bytes[base + i] * scale;
     return out;
   }
 
   function selfRow(layer, si, px, py) {
-    const [h, w] = layer.self_hw, n = h * w, entry = data.self[String(layer.index)];
+    const [h, w] = layer.self_hw, n = h * w, entry = S.self[String(layer.index)];
     const q = Math.min(Math.floor(py * h), h - 1) * w + Math.min(Math.floor(px * w), w - 1);
     const bytes = frames.self[layer.index], out = new Float32Array(n);
     if (!svd) {
@@ -174,14 +180,14 @@
   function describeStep(s) { return `step ${s.index}` + (s.t === null ? "" : ` · t=${Math.round(s.t)}`); }
 
   function draw() {
-    const where = label();
+    const where = (samples.length > 1 ? `${S.caption || `sample ${state.sample}`} · ` : "") + label();
     const m = current();
     const heat = $("heat");
     const selfView = state.mode === "self" && state.preview === null && state.pixel;
     const token = state.preview !== null ? state.preview : state.token;
     const what = selfView
       ? `self-attention of the clicked pixel${svd ? ` (rank-${K} SVD)` : ""}`
-      : `cross-attention of “${data.tokens[token]}”`;
+      : `cross-attention of “${S.tokens[token]}”`;
     if (!m) {
       heat.width = 1; heat.height = 1;
       heat.getContext("2d").clearRect(0, 0, 1, 1);
@@ -201,7 +207,7 @@
     const box = $("components");
     box.replaceChildren();
     if (!svd || state.layer === 0 || state.step === 0) return;
-    const l = layers[state.layer - 1], entry = data.self[String(l.index)];
+    const l = layers[state.layer - 1], entry = S.self[String(l.index)];
     if (!entry) return;
     const [h, w] = l.self_hw, n = h * w, si = state.step - 1;
     const bytes = frames.self[l.index], vb = si * 2 * n * K + n * K;
@@ -216,17 +222,44 @@
   }
 
   // -- controls --
-  const tokens = $("tokens");
-  data.tokens.forEach((t, i) => {
-    const b = document.createElement("button");
-    b.className = "token";
-    b.dataset.index = String(i);
-    b.textContent = t;
-    b.addEventListener("mouseenter", () => { state.preview = i; draw(); });
-    b.addEventListener("mouseleave", () => { state.preview = null; draw(); });
-    b.addEventListener("click", () => { state.token = i; state.mode = "cross"; state.preview = null; draw(); });
-    tokens.append(b);
-  });
+  function tokenButtons() {
+    const tokens = $("tokens");
+    tokens.replaceChildren();
+    S.tokens.forEach((t, i) => {
+      const b = document.createElement("button");
+      b.className = "token";
+      b.dataset.index = String(i);
+      b.textContent = t;
+      b.addEventListener("mouseenter", () => { state.preview = i; draw(); });
+      b.addEventListener("mouseleave", () => { state.preview = null; draw(); });
+      b.addEventListener("click", () => { state.token = i; state.mode = "cross"; state.preview = null; draw(); });
+      tokens.append(b);
+    });
+  }
+  tokenButtons();
+
+  // another sample: its tokens, maps and image; the layer, step, pixel and grid cell stay, and
+  // the token too where the new prompt has the same word there (else the sample's own first)
+  const firstPicture = $("picture") ? $("picture").src : null;
+  function chooseSample(k) {
+    const word = S.tokens[state.token];
+    state.sample = k;
+    S = samples[k];
+    nTok = S.tokens.length;
+    frames = decoded[k];
+    state.token = S.tokens[state.token] === word ? state.token : defaultToken();
+    state.preview = null;
+    if ($("picture")) $("picture").src = k === 0 ? firstPicture : (S.image || firstPicture);
+    $("sample").value = String(k);
+    tokenButtons();
+    draw();
+  }
+  if (samples.length > 1) {
+    const select = $("sample");
+    samples.forEach((sample, k) => select.add(new Option(sample.caption || `sample ${k}`, String(k))));
+    select.addEventListener("change", () => chooseSample(Number(select.value)));
+    $("sample-row").hidden = false;
+  }
   const layerSlider = $("layer"), stepSlider = $("step");
   layerSlider.max = String(layers.length);
   stepSlider.max = String(steps.length);
@@ -255,7 +288,8 @@
     if (!probe) return;
     const h = document.createElement("div");
     h.className = "hint";
-    h.textContent = `Probe accuracy (${probe.label}), layers × steps: click a cell for that layer and step's maps.`;
+    h.textContent = `Probe accuracy (${probe.label}), layers × steps: click a cell for that layer and step's maps` +
+      (samples.length > 1 ? " of the chosen sample (the selector above picks another)." : ".");
     box.append(h);
     for (const [kind, g] of Object.entries(probe.kinds)) {
       const low = 0;  // as the toolkit's heatmap: 0 → the colour map's first colour, 1 → its last
@@ -306,7 +340,7 @@
 
   draw();
   window.attnprobeExplorer = {
-    state, draw, layers, steps, lut: LUT, readyAt: performance.now(),
+    state, draw, layers, steps, lut: LUT, readyAt: performance.now(), chooseSample,
     setLayer(i) { layerSlider.value = String(i); layerSlider.dispatchEvent(new Event("input")); },
     setStep(i) { stepSlider.value = String(i); stepSlider.dispatchEvent(new Event("input")); },
   };

@@ -2,6 +2,7 @@
 
 page = explorer_page(maps, image, title="a red car")
 page.save("page.html")          # or, in Jupyter, the page itself as the cell's output
+samples_page([SampleView(maps_a, image_a), SampleView(maps_b, image_b)], probe=results)
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import base64
 import html
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -19,7 +21,7 @@ import numpy as np
 from matplotlib import colormaps
 
 from probe.probing.results import ProbeResults
-from probe.viz.explorer.data import DEFAULT_MAX_BYTES, explorer_data
+from probe.viz.explorer.data import DEFAULT_MAX_BYTES, samples_data
 from probe.viz.explorer.grids import probe_grid
 from probe.viz.explorer.recording import RecordedMaps
 from probe.viz.layout import as_image
@@ -76,7 +78,8 @@ def explorer_page(
 
     Tokens (hover or click: their cross-attention over the image), sliders for the layer and the
     step (at 0: the mean over all), a click on the image: that pixel's self-attention row (or its
-    rank-K reconstruction and the components, for ``svd:K`` recordings).
+    rank-K reconstruction and the components, for ``svd:K`` recordings). Several samples of a
+    dataset on one page, with a sample selector: :func:`samples_page`.
 
     Args:
         maps: the recording.
@@ -99,30 +102,98 @@ def explorer_page(
         ...     image = pipe("a red car").images[0]
         >>> explorer_page(maps, image).save("explorer.html")
     """
-    picture, aspect = _image_tag(image, maps.latent_hw)
-    data = explorer_data(maps, sample, max_bytes, reserved=len(picture))
+    return samples_page([SampleView(maps, image, sample)], title, max_bytes, probe)
+
+
+@dataclass
+class SampleView:
+    """One recorded sample as the page shows it: the recording and which of its samples, the
+    image, a caption for the sample selector and the token to show first (default: the
+    prompt's last word)."""
+
+    maps: RecordedMaps
+    image: Any = None
+    sample: int = 0
+    caption: str = ""
+    token: int | None = None
+
+
+def samples_page(
+    views: Sequence[SampleView],
+    title: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    probe: ProbeResults | None = None,
+) -> ExplorerPage:
+    """The explorer of several recorded samples (a dataset's), one page: a sample selector
+    chooses whose maps and image are drawn; the layer, the step and a probe-grid cell stay
+    as they are when it changes, and a grid click keeps the chosen sample.
+
+    Args:
+        views: the samples, the first shown first; they share one set of layers and steps.
+        title: the page's heading (default: the first sample's prompt).
+        max_bytes: the page's size budget, shared equally by the samples.
+        probe: the dataset's probe results (see :func:`explorer_page`).
+
+    Returns:
+        The :class:`ExplorerPage`.
+
+    Raises:
+        ValueError: no views, a sample that was not recorded, or a recording with neither
+            cross nor self maps.
+
+    Example:
+        >>> ds = AttentionDataset("runs/colour")
+        >>> views = [SampleView(ds.load(i), caption=ds.entries[i]["prompt"]) for i in (0, 5)]
+        >>> samples_page(views, probe=ProbeResults.from_csv("runs/colour/probe/results.csv"))
+    """
+    if not views:
+        raise ValueError("no samples to show: pass at least one SampleView")
+    first, aspect = _image_src(views[0].image, views[0].maps.latent_hw)
+    picture = f'<img id="picture" alt="the generated image" src="{first}">' if first else ""
+    images = [None] + [_image_src(v.image, v.maps.latent_hw)[0] for v in views[1:]]
+    reserved = len(picture) + sum(len(uri or "") for uri in images)
+    data = samples_data([(v.maps, v.sample) for v in views], max_bytes, reserved)
+    for view, entry, uri in zip(views, data["samples"], images, strict=True):
+        entry.update(caption=view.caption, token=view.token, image=uri)
     data["lut"] = _lut(COLOURMAP)
     data["probe"] = probe_grid(probe) if probe is not None and len(probe) else None
     if data["self_mode"] == "svd":
+        maps = views[0].maps
         data["svd_k"] = int(maps.svd(maps.recorded_layers("self")[0], maps.steps[0])[1].shape[-1])
-    title = title or _prompt(data["tokens"]) or "attention explorer"
-    asset = files("probe.viz.explorer")
-    page = (
-        asset.joinpath("template.html").read_text(encoding="utf-8")
-        .replace("__CSS__", asset.joinpath("explorer.css").read_text(encoding="utf-8"))
-        .replace("__JS__", asset.joinpath("explorer.js").read_text(encoding="utf-8"))
-        .replace("__TITLE__", html.escape(f"attnprobe · {title}"))
-        .replace("__ASPECT__", aspect)
-        .replace("__IMAGE__", picture)
-        .replace("__DATA__", json.dumps(data, separators=(",", ":")).replace("</", "<\\/"))
-    )  # fmt: skip
+    title = title or _prompt(data["samples"][0]["tokens"]) or "attention explorer"
+    page = fill_page("explorer.html", "explorer.js", title, data, ASPECT=aspect, IMAGE=picture)
     return ExplorerPage(page, list(data["left_out"]))
 
 
-def _image_tag(image: Any, latent_hw: tuple[int, int]) -> tuple[str, str]:
-    """``<img>`` with the image as an inline PNG, and the stage's CSS aspect ratio."""
+def fill_page(body: str, script: str, title: str, data: dict[str, Any], **slots: str) -> str:
+    """A whole page: ``shell.html`` (head, heading, notes, data and script) around the body
+    partial ``body``, with the CSS, the script ``script``, ``slots`` (``ASPECT="1 / 1"`` fills
+    ``__ASPECT__``) and, last, ``data`` as JSON.
+
+    Example:
+        >>> fill_page("sweep.html", "grids.js", "sweep runs/s", {"left_out": []})
+    """
+    asset = files("probe.viz.explorer")
+    page = (
+        asset.joinpath("shell.html")
+        .read_text(encoding="utf-8")
+        .replace("__BODY__\n", asset.joinpath(body).read_text(encoding="utf-8"))
+    )
+    page = (
+        page.replace("__CSS__", asset.joinpath("explorer.css").read_text(encoding="utf-8"))
+        .replace("__JS__", asset.joinpath(script).read_text(encoding="utf-8"))
+        .replace("__TITLE__", html.escape(f"attnprobe · {title}"))
+    )
+    for name, value in slots.items():
+        page = page.replace(f"__{name}__", value)
+    return page.replace("__DATA__", json.dumps(data, separators=(",", ":")).replace("</", "<\\/"))
+
+
+def _image_src(image: Any, latent_hw: tuple[int, int]) -> tuple[str | None, str]:
+    """The image as an inline PNG data URI (``None`` for no image), and the stage's CSS aspect
+    ratio."""
     if image is None:
-        return "", f"{latent_hw[1]} / {latent_hw[0]}"
+        return None, f"{latent_hw[1]} / {latent_hw[0]}"
     from PIL import Image
 
     pixels = as_image(image)
@@ -132,9 +203,7 @@ def _image_tag(image: Any, latent_hw: tuple[int, int]) -> tuple[str, str]:
     Image.fromarray(pixels).save(buffer, format="PNG")
     src = base64.b64encode(buffer.getvalue()).decode("ascii")
     h, w = pixels.shape[:2]
-    return f'<img id="picture" alt="the generated image" src="data:image/png;base64,{src}">', (
-        f"{w} / {h}"
-    )
+    return f"data:image/png;base64,{src}", f"{w} / {h}"
 
 
 def _lut(name: str) -> str:
