@@ -345,9 +345,8 @@ def test_two_torchrun_processes_write_the_rows_of_one(tmp_path):
 
     one, sharded = read_rows(tmp_path / "one"), read_rows(two)
     assert len(one) == 6 and strip(sharded) == strip(one)
-    from editing.bench.tables import write_tables
-
-    write_tables(two)
+    # the shards met (through gloo under torchrun, no marker files) and shard 0 wrote the table
+    assert (tmp_path / "two" / ".shards").is_dir() != bool(torchrun)
     assert "| fpe | ddim | 3 |" in (tmp_path / "two" / "tables.md").read_text()
 
 

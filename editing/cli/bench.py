@@ -4,13 +4,16 @@ attnprobe bench toy runs/toy_pie --world v2 --per-type 5
 attnprobe bench run runs/toy_pie --model toy-v2 --out runs/bench --method fpe p2p
 attnprobe bench table runs/bench
 torchrun --nproc_per_node 2 --no-python attnprobe bench run ...   # shards by RANK/WORLD_SIZE
+
+Sharded, every shard writes its own rows file; they meet (:class:`probe.shards.ShardGroup`)
+and shard 0 writes the tables of them all.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from probe.cli.args import add_model_arg, default_model, loading_options
+from probe.cli.args import add_model_arg, add_shard_arg, default_model, loading_options
 
 
 def _cmd_toy(args: argparse.Namespace) -> int:
@@ -26,24 +29,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from editing.bench.run import bench_jobs, run_bench
     from editing.bench.tables import write_tables
     from probe.models import load_pipeline
-    from probe.recording.store import parse_shard
+    from probe.shards import ShardGroup
 
     bench_jobs(args.method, args.inversion)  # refuse a bad name before loading anything
-    shard = parse_shard(args.shard)
     scorer = PieScorer(args.dino, args.clip, args.lpips, args.structure_scale)
     pipe = load_pipeline(args.model or default_model(), **loading_options(args))
-    rows = run_bench(pipe, args.data, args.out, args.method, args.inversion, scorer,
-                     types=args.types, limit=args.limit, seed=args.seed,
-                     num_steps=args.num_steps, shard=shard)  # fmt: skip
+    with ShardGroup.launched(args.shard, args.out) as group:
+        rows = run_bench(pipe, args.data, args.out, args.method, args.inversion, scorer,
+                         types=args.types, limit=args.limit, seed=args.seed,
+                         num_steps=args.num_steps, shard=(group.index, group.count))  # fmt: skip
+        group.barrier(f"bench-{_plan_tag(args)}")  # the table waits for every shard's rows
     for name, why in scorer.missing.items():
         print(f"{name}: missing ({why})")
-    if shard[1] > 1:  # other shards may still run: the table waits for them all
-        print(f"rows (shard {shard[0]}/{shard[1]}): {rows}\n"
-              f"when every shard is done: attnprobe bench table {args.out}")  # fmt: skip
+    if not group.main:
+        print(f"rows (shard {group.index}/{group.count}): {rows}")
         return 0
     _, table = write_tables(args.out)
     print(f"rows: {rows}\ntables: {table}")
     return 0
+
+
+def _plan_tag(args: argparse.Namespace) -> str:
+    """What the run's shards edit, hashed: the name of their barrier in ``--out``."""
+    import hashlib
+    import json
+
+    plan = [args.method, args.inversion, args.types, args.limit, args.seed, args.num_steps]
+    return hashlib.sha256(json.dumps(plan, default=str).encode()).hexdigest()[:12]
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
@@ -79,10 +91,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--limit", type=int, help="only the first N items (of those types)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--num-steps", type=int, help="inversion and edit steps (default: the model's)")
-    r.add_argument(
-        "--shard", help="i/n: run every n-th edit from i into rows.<i>-of-<n>.jsonl "
-        "(default: RANK/WORLD_SIZE under torchrun or accelerate launch)",
-    )  # fmt: skip
+    add_shard_arg(r, "run every N-th edit from I into rows.I-of-N.jsonl",
+                  "shard 0 writes the tables when all are done")  # fmt: skip
     r.add_argument("--dino", help="DINO ViT-B/8 folder (structure distance); else missing")
     r.add_argument("--clip", help="CLIP ViT-L/14 folder (CLIP scores); else missing")
     r.add_argument(

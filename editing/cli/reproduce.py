@@ -6,21 +6,31 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from probe.cli.args import add_model_arg, default_model
+from probe.cli.args import add_model_arg, add_shard_arg, default_model
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from editing.experiment.reproduction import ReproduceConfig, reproduce
+    from probe.shards import ShardGroup
 
     model = args.model or default_model()
     config = ReproduceConfig.preset(model, quick=args.quick)
     if args.clip is not None or args.dino is not None:
         config = replace(config, clip=args.clip, dino=args.dino)
-    report = reproduce(Path(args.out), config, progress=not args.no_progress, workers=args.workers)
+    with ShardGroup.launched(args.shard, args.out) as group:
+        say = print if group.main else _quiet
+        report = reproduce(Path(args.out), config, progress=not args.no_progress,
+                           workers=args.workers, group=group, say=say)  # fmt: skip
+    if not group.main:
+        return 0
     print(f"report: {report}")
     folders = "data/ probe/ selection.json sweep/ sweep_animal/ figures/"
     print(f"  {folders} in {args.out}/ (a rerun resumes)")
     return 0
+
+
+def _quiet(line: str) -> None:
+    """A shard other than 0 says nothing per stage (shard 0 speaks for the run)."""
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -68,6 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "each (default: one per CPU core; 1: everything in this process)",
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_shard_arg(p, "run as shard I of N: every shard records and edits its part",
+                  "shard 0 probes, draws and reports")  # fmt: skip
     p.set_defaults(func=_cmd_reproduce)
 
     c = sub.add_parser(

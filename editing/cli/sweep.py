@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from editing.methods.registry import sweep_kinds
-from probe.cli.args import add_model_arg, default_model, loading_options
+from probe.cli.args import add_model_arg, add_shard_arg, default_model, loading_options
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -18,6 +18,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from probe.models import load_pipeline
     from probe.prompts.templates import load_edit_pairs
     from probe.recording.store import parse_seeds
+    from probe.shards import ShardGroup
     from probe.toy.world.world import lists_name, world_of
 
     seeds = parse_seeds(args.seeds)
@@ -28,12 +29,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     pipe = load_pipeline(model, **options)
     lists = lists_name(world_of(pipe))  # a toy trained on world v2 edits v2's colours
     pairs = select_pairs(load_edit_pairs(args.pairs, lists).pairs, args.max_pairs)
-    rows = sweep(
-        pipe, pairs, args.ranges, kinds=args.kinds, seeds=seeds,
-        step_fractions=args.step_fractions, out=args.out, num_steps=args.num_steps,
-        guidance_scale=args.guidance, batch_size=args.batch_size, model_name=model,
-        save_images=args.save_images, **({"scorer": scorer} if scorer is not None else {}),
-    )  # fmt: skip
+    with ShardGroup.launched(args.shard, args.out) as group:
+        rows = sweep(
+            pipe, pairs, args.ranges, kinds=args.kinds, seeds=seeds,
+            step_fractions=args.step_fractions, out=args.out, num_steps=args.num_steps,
+            guidance_scale=args.guidance, batch_size=args.batch_size, model_name=model,
+            save_images=args.save_images, group=group,
+            **({"scorer": scorer} if scorer is not None else {}),
+        )  # fmt: skip
+    if not group.main:  # shard 0 prints the table of every shard's rows
+        return 0
     print(format_summary(summarise_rows(rows)))
     out = Path(args.out)
     print(f"\n{len(rows)} edits: {out}/sweep.csv, summary.json, tradeoff.png, windows.png")
@@ -134,6 +139,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=None, help="default: the model's")
     p.add_argument("--batch-size", type=int, default=9, help="targets edited together")
     p.add_argument("--save-images", action="store_true", help="also save every edit (images/)")
+    add_shard_arg(p, "edit every N-th (seed, source) from I into sweep.I-of-N.csv",
+                  "shard 0 merges them into sweep.csv when all are done")  # fmt: skip
     p.add_argument(
         "--clip", default=None, metavar="DIR",
         help="score with CLIP from this local folder instead of the toy judges (real "

@@ -25,27 +25,26 @@ scheduler recording ran on (the model's own).
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from editing.experiment.probe_stages import ANIMAL_SELECTION
 from editing.experiment.settings import ReproduceConfig, RunState
 from probe.families import family_of
 from probe.recording.folders import check_folder_settings
+from probe.shards import ShardGroup
 
 __all__ = ["ReproduceConfig", "Reproduction", "RunState", "pick_pairs", "reproduce"]
 
-log = logging.getLogger(__name__)
-
 STAGES = ("record", "probe", "select", "sweep", "inject", "figures", "report")
 MODEL_STAGES = ("record", "sweep", "inject", "figures")  # the stages that run the model
+SHARDED_STAGES = ("record", "sweep", "inject")  # every shard runs its part (the rest: shard 0)
 PROBE_SETS = {"colour_car": "colour", "animal_park": "animal"}
 SETTINGS = "reproduce.json"
 SAMPLING = "sampling.json"  # the schedulers and sampling defaults the run used
 SKIPPED = "skipped_ranges.json"  # range presets the model's family refuses, and why
-ANIMAL_SELECTION = "selection_animal.json"  # DiTs: blocks selected from the animal probes
 CROSS_ON_JOINT = (
     "replacing cross-attention is a UNet method: a DiT's image→text attention is part of one "
     "joint softmax, and no published edit replaces it (the DiT FPE keeps the target's own text "
@@ -64,12 +63,13 @@ class Reproduction:
 
     def __init__(
         self, out: str | Path, config: ReproduceConfig, progress: bool = True,
-        workers: int | None = None,
+        workers: int | None = None, group: ShardGroup | None = None,
     ) -> None:  # fmt: skip
         self.out = Path(out)
         self.config = config
         self.progress = progress
         self.workers = workers
+        self.group = group or ShardGroup(folder=self.out)
         self._pipe: Any = None
         self._pool: Any = None
 
@@ -91,7 +91,7 @@ class Reproduction:
 
         if self.workers is not None:
             return cpu_workers(self.workers)
-        if self.config.quick:
+        if self.config.quick or self.group.sharded:  # a shard is one process of many
             return 1
         return affordable_workers(self.pipe)
 
@@ -149,7 +149,7 @@ class Reproduction:
         if self.config.random_control and self.config.colour_seeds:
             control = None if self.pool() is not None else random_init_like(self.pipe, seed=0)
             jobs.append(("colour_car_random", control, self.config.colour_seeds, 0))
-        if self.pool() is not None:
+        if self.pool() is not None and not self.group.sharded:
             record_on_pool(self.pool(), self.out / "data", jobs, self._record_args(steps),
                            self.progress, self.lists())  # fmt: skip
             return
@@ -157,7 +157,7 @@ class Reproduction:
             record_dataset(
                 pipe, load_template(name.removesuffix("_random"), self.lists()), list(seeds),
                 self.out / "data" / name, random_init=random_init, progress=self.progress,
-                **self._record_args(steps),
+                shard=(self.group.index, self.group.count), **self._record_args(steps),
             )  # fmt: skip
 
     def _record_args(self, steps: list[int]) -> dict[str, Any]:
@@ -165,81 +165,18 @@ class Reproduction:
                 "num_steps": self.num_steps()}  # fmt: skip
 
     def probe(self) -> None:
-        """Probe every recorded set; write ``probe/<set>/results.csv`` and its figures."""
-        from probe.probing.features import build_features
-        from probe.probing.probes import ProbeConfig, run_probes
-        from probe.recording.store import AttentionDataset
-        from probe.viz.probe_figures import save_probe_figures
+        """Probe every recorded set (:mod:`editing.experiment.probe_stages`)."""
+        from editing.experiment.probe_stages import probe_recorded_sets
 
-        config = ProbeConfig(folds=self.config.folds, max_iter=self.config.probe_max_iter)
-        for name, (label, _) in self.probe_sets().items():
-            features = build_features(
-                AttentionDataset(self.out / "data" / name), label, progress=self.progress
-            )
-            control = None
-            control_dir = self.out / "data" / f"{name}_random"
-            if (control_dir / "index.jsonl").is_file():
-                control = build_features(
-                    AttentionDataset(control_dir), label, progress=self.progress
-                )
-            results = run_probes(
-                features, config, control, jobs=self.worker_count(), progress=self.progress
-            )  # probes fit on the CPU, whatever the model's device
-            results.to_csv(self.out / "probe" / name / "results.csv")
-            save_probe_figures(results, self.out / "probe" / name)
+        labels = {name: label for name, (label, _) in self.probe_sets().items()}
+        probe_recorded_sets(self.out, labels, self.config, self.worker_count(), self.progress)
 
     def select(self) -> None:
-        """Choose FPE's layers from the colour probes (low-leak rule); fall back to ``fpe``.
+        """FPE's layers from the probes, never loading the model
+        (:func:`~editing.experiment.probe_stages.select_from_probes`)."""
+        from editing.experiment.probe_stages import select_from_probes
 
-        On a DiT, where every block's image→image maps carry the label above the rule's
-        threshold, the threshold is the blocks' median (:func:`select_below_median`), and the
-        animal probes choose the animal sweep's blocks the same way (``selection_animal.json``).
-        Layer specs resolve against the table the probes ran on (saved with their results), so
-        this stage never loads the model.
-        """
-        from probe.families import family_of_table
-
-        colour = self._probe_results("colour_car")
-        joint = family_of_table(colour.layer_table).joint_attention
-        self._select(colour, joint, fallback=True).save(self.out / "selection.json")
-        animal_csv = self.out / "probe" / "animal_park" / "results.csv"
-        if joint and animal_csv.is_file():
-            try:
-                animal = self._select(self._probe_results("animal_park"), joint, fallback=False)
-            except ValueError as err:
-                log.warning("no animal selection (%s)", err)
-            else:
-                animal.save(self.out / ANIMAL_SELECTION)
-
-    def _probe_results(self, name: str) -> Any:
-        from probe.probing.probes import ProbeResults
-        from probe.recording.store import AttentionDataset
-
-        results = ProbeResults.from_csv(self.out / "probe" / name / "results.csv")
-        if not results.layer_table:  # probed before tables were saved: the dataset has it
-            results.layer_table = AttentionDataset(self.out / "data" / name).load(0).layers
-        return results
-
-    def _select(self, results: Any, joint: bool, fallback: bool) -> Any:
-        from probe.attention.layers import resolve_layers
-        from probe.probing.selection import LayerSelection, select_below_median, select_layers
-
-        within = None if self.config.within == "all" else self.config.within
-        model = self.config.model
-        try:
-            return select_layers(results, within=within, model=model)
-        except ValueError as err:
-            if joint:
-                log.warning("%s; a DiT: threshold at the blocks' median", err)
-                return select_below_median(results, within=within, model=model)
-            if not fallback:
-                raise
-            log.warning("no probe selection (%s); using the 'fpe' preset", err)
-            table = results.layer_table
-            return LayerSelection(
-                resolve_layers(table, "fpe"), rule="fallback: fpe preset",
-                evidence={"reason": str(err)}, model=model, layer_table=list(table),
-            )  # fmt: skip
+        select_from_probes(self.out, self.config)
 
     def edit_pairs(self) -> tuple[list[Any], list[Any]]:
         """The colour and the animal edit pairs of the sweep (no animal pairs: ``[]``)."""
@@ -274,7 +211,8 @@ class Reproduction:
         animal edits over the presets, self-attention and cross ``all``."""
         from editing.sweep.run import sweep
 
-        self.save_sampling()
+        if self.group.main:
+            self.save_sampling()
         pairs, animals = self.edit_pairs()
         ranges = self.sweep_ranges(bool(animals))
         common = {**self.sweep_args(), "out": self.out / "sweep"}
@@ -301,6 +239,7 @@ class Reproduction:
             "model_name": self.config.model, "progress": self.progress,
             **({"scorer": scorer} if scorer is not None else {}),
             "pool": self.pool() if scorer is None else None,  # a CLIP scorer stays here
+            "group": self.group,
         }  # fmt: skip
 
     def inject(self) -> None:
@@ -329,7 +268,8 @@ class Reproduction:
         if family_of(self.pipe).joint_attention:  # no cross-attention replacement on a DiT yet
             skipped["cross"] = {"reason": CROSS_ON_JOINT, "sweeps": ["cross_ranges"]}
             kept["cross_ranges"] = []
-        (self.out / SKIPPED).write_text(json.dumps(skipped, indent=2) + "\n")
+        if self.group.main:
+            (self.out / SKIPPED).write_text(json.dumps(skipped, indent=2) + "\n")
         return kept
 
     def figures(self) -> None:
@@ -349,26 +289,36 @@ class Reproduction:
 
     # -- running -------------------------------------------------------------------------------
     def run(self, say: Callable[[str], None] = print) -> Path:
-        """Run the unfinished stages in order; returns the report's path."""
+        """Run the unfinished stages in order; returns the report's path.
+
+        Sharded (``group``), every shard records and edits its part of the ``record``,
+        ``sweep`` and ``inject`` stages; shard 0 alone probes, selects, draws and reports,
+        and writes ``run_state.json``; the shards meet after every stage.
+        """
+        group = self.group
         state = RunState.load(self.out)
         if any(stage not in state.done for stage in MODEL_STAGES):
             self.check_words()
         check_folder_settings(self.out, SETTINGS, self.config.to_json(), "a reproduce run")
         for i, stage in enumerate(STAGES, start=1):
+            head = f"[{i}/{len(STAGES)}] {stage}"
             if stage in state.done and stage != "report":
-                say(
-                    f"[{i}/{len(STAGES)}] {stage}: done before ({state.done[stage]:.0f} s), skipped"
-                )
+                say(f"{head}: done before ({state.done[stage]:.0f} s), skipped")
                 continue
-            say(f"[{i}/{len(STAGES)}] {stage} ...")
+            mine = group.main or stage in SHARDED_STAGES
+            say(f"{head} ..." if mine else f"{head}: shard 0 runs it, waiting")
             start = time.perf_counter()
             try:
-                getattr(self, stage)()
+                if mine:
+                    getattr(self, stage)()
+                group.barrier(f"reproduce-{stage}")
             except BaseException:
                 self.close()
                 raise
-            state.finish(stage, time.perf_counter() - start)
-            say(f"[{i}/{len(STAGES)}] {stage}: {state.done[stage]:.0f} s")
+            seconds = time.perf_counter() - start
+            if group.main:
+                state.finish(stage, seconds)
+            say(f"{head}: {seconds:.0f} s")
         self.close()
         return self.out / "report.html"
 
@@ -405,7 +355,12 @@ def pick_pairs(pairs: list[Any], sources: int, targets_per_source: int) -> list[
 
 
 def reproduce(
-    out: str | Path, config: ReproduceConfig, progress: bool = True, workers: int | None = None
+    out: str | Path,
+    config: ReproduceConfig,
+    progress: bool = True,
+    workers: int | None = None,
+    group: ShardGroup | None = None,
+    say: Callable[[str], None] = print,
 ) -> Path:
     """Run (or resume) the whole experiment into ``out`` and write ``report.html``.
 
@@ -415,7 +370,10 @@ def reproduce(
         progress: show progress bars.
         workers: processes that record, probe and edit side by side, one torch thread each
             (:mod:`probe.workers`; default: one per CPU core, 1 for a quick run; 1: all in
-            this process).
+            this process; a shard of ``group`` runs one unless told).
+        group: run as one shard of several processes (:class:`probe.shards.ShardGroup`;
+            see :meth:`Reproduction.run`).
+        say: where each stage's progress line goes.
 
     Returns:
         The path of ``report.html``.
@@ -431,4 +389,4 @@ def reproduce(
         >>> reproduce("runs/demo", ReproduceConfig.preset("tiny", quick=True))
         PosixPath('runs/demo/report.html')
     """
-    return Reproduction(out, config, progress, workers).run()
+    return Reproduction(out, config, progress, workers, group).run(say)

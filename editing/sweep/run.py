@@ -18,6 +18,7 @@ structure against success and ``windows.png`` both along sliding windows of laye
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -40,13 +41,21 @@ from editing.sweep.ranges import (
     vital_blocks,
     vital_ranges,
 )
-from editing.sweep.table import append_rows, load_table, row_key, summarise_rows
+from editing.sweep.table import (
+    append_rows,
+    load_all,
+    load_table,
+    merge_shard_tables,
+    row_key,
+    summarise_rows,
+)
 from probe.attention.layer_files import save_layer_table
 from probe.attention.layers import resolve_layers
 from probe.models import defaults_origin, run_layer_table
 from probe.models.vocabulary import check_known_words
 from probe.recording.folders import check_folder_settings
 from probe.recording.store import parse_seeds
+from probe.shards import ShardGroup
 from probe.workers import ModelPool
 
 LAYER_TABLE = "layer_table.json"  # the sweep's layer table, in its folder
@@ -89,6 +98,16 @@ def _plan(
     ]
 
 
+def _units(jobs: list[_Job]) -> list[list[_Job]]:
+    """The plan's jobs by (seed, source, its targets): what a shard takes whole, so that it
+    batches its edits as one process would (the same edits, bit for bit)."""
+    units: dict[tuple[Any, ...], list[_Job]] = {}
+    for job in jobs:
+        key = (job.seed, job.source, tuple(pair.target for pair in job.pairs))
+        units.setdefault(key, []).append(job)
+    return list(units.values())
+
+
 def _format_layers(layers: list[int]) -> str:
     return ",".join(map(str, layers)) if layers else "none"
 
@@ -110,6 +129,7 @@ def sweep(
     save_images: bool = False,
     scorer: Callable[..., Any] | None = None,
     pool: ModelPool | None = None,
+    group: ShardGroup | None = None,
 ) -> list[dict[str, Any]]:
     """Edit every pair with attention replaced in each layer range, and score every edit.
 
@@ -141,10 +161,16 @@ def sweep(
             of the model's world, :func:`toy_scorer`; for a real checkpoint
             :class:`editing.scoring.clip_scorer.ClipEditScorer`). Its ``name`` attribute is
             saved in ``sweep.json``: a resume with another scorer is refused.
+        group: shards of this sweep run in other processes (:class:`probe.shards.ShardGroup`):
+            this one edits every n-th (seed, source) of the plan from its index (every range,
+            kind and fraction of it, batched as one process would) into
+            ``sweep.<i>-of-<n>.csv``; when every shard is done, shard 0 folds those into
+            ``sweep.csv`` (in plan order) and writes the summary. Needs ``out``.
 
     Returns:
         One row per (kind, range, step fraction, seed, pair): the columns of
-            :data:`editing.sweep.table.FIELDS`.
+            :data:`editing.sweep.table.FIELDS` (with ``out``: every row of its ``sweep.csv``,
+            every shard's included).
 
     Raises:
         ValueError: an unknown kind, a range that does not fit the UNet, bad seeds, or an
@@ -160,6 +186,9 @@ def sweep(
     """
     from tqdm.auto import tqdm
 
+    group = group or ShardGroup()
+    if group.sharded and out is None:
+        raise ValueError(f"a sharded sweep ({group}) needs out=: its shards meet in one folder")
     bad = [k for k in kinds if k not in KIND_METHODS]
     if bad or not kinds:
         raise ValueError(f"kinds {list(kinds)}: use any of {', '.join(KIND_METHODS)}")
@@ -180,9 +209,12 @@ def sweep(
     rows, done, csv_path = _open_out(
         out, num_steps, guidance_scale, model_name, scorer_name, (sampling, _legacy_ok(pipe))
     )
-    if csv_path is not None:  # what select-from-sweep resolves --base against
+    if csv_path is not None and group.main:  # what select-from-sweep resolves --base against
         save_layer_table(csv_path.parent / LAYER_TABLE, table)
-    work = [(job, [p for p in job.pairs if _key(job, p) not in done]) for job in jobs]
+    if csv_path is not None:
+        csv_path = csv_path.with_name(f"sweep{group.suffix}.csv")  # this shard's own rows
+    mine = [job for unit in group.take(_units(jobs)) for job in unit]
+    work = [(job, [p for p in job.pairs if _key(job, p) not in done]) for job in mine]
     work = [(job, batch) for job, batch in work if batch]
     keep = save_images and csv_path is not None
     settings = EditSettings(num_steps, guidance_scale, scorer, keep, batch_size)
@@ -201,9 +233,21 @@ def sweep(
             rows += new
             next_job += 1
     bar.close()
-    if out is not None:
-        write_sweep_summary(rows, Path(out))
-    return rows
+    if out is None:
+        return rows
+    return _gather(Path(out), jobs, group)
+
+
+def _gather(folder: Path, jobs: list[_Job], group: ShardGroup) -> list[dict[str, Any]]:
+    """Once every shard has edited its jobs: shard 0 folds the shard tables into
+    ``sweep.csv`` and writes the summary; then every shard reads the whole table."""
+    keys = [_key(job, pair) for job in jobs for pair in job.pairs]
+    tag = hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:12]  # this plan's barriers
+    group.barrier(f"sweep-{tag}-edited")
+    if group.main:
+        write_sweep_summary(merge_shard_tables(folder / "sweep.csv", keys), folder)
+    group.barrier(f"sweep-{tag}-merged")
+    return load_table(folder / "sweep.csv")
 
 
 def toy_scorer(pipe: Any) -> Callable[..., Any]:
@@ -270,7 +314,7 @@ def _open_out(
         "a sweep run", legacy,
     )  # fmt: skip
     path = folder / "sweep.csv"
-    rows = load_table(path)
+    rows = load_all(path)  # shard tables too: a sharded run resumes, sharded or not
     return rows, {row_key(r) for r in rows}, path
 
 

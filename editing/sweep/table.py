@@ -78,6 +78,51 @@ def load_table(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def shard_tables(path: Path) -> list[Path]:
+    """The shard tables beside ``sweep.csv`` (``sweep.<i>-of-<n>.csv``), in shard order."""
+
+    def order(p: Path) -> tuple[int, int]:
+        index, count = p.name.split(".")[1].split("-of-")
+        return int(count), int(index)
+
+    return sorted(path.parent.glob(f"{path.stem}.*-of-*.csv"), key=order)
+
+
+def load_all(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``sweep.csv`` and of every shard table beside it, each edit once."""
+    rows, seen = [], set()
+    for table in [path, *shard_tables(path)]:
+        for row in load_table(table):
+            if (key := row_key(row)) not in seen:
+                seen.add(key)
+                rows.append(row)
+    return rows
+
+
+def merge_shard_tables(path: Path, order: Sequence[tuple[str, ...]]) -> list[dict[str, Any]]:
+    """Fold the shard tables beside ``path`` into it and delete them: its own rows first, then
+    the shards' in ``order`` (row keys; rows outside it after them, as read). The table is
+    replaced in one rename, so a crash leaves either the old files or the merged table.
+
+    Returns:
+        Every row of the merged table.
+    """
+    shards = shard_tables(path)
+    rows = load_all(path)
+    if not shards:
+        return rows
+    own = len(load_table(path))
+    rank = {key: i for i, key in enumerate(order)}
+    rows[own:] = sorted(rows[own:], key=lambda r: rank.get(row_key(r), len(rank)))
+    tmp = path.with_suffix(".csv.merging")
+    tmp.unlink(missing_ok=True)
+    append_rows(tmp, rows)
+    tmp.replace(path)
+    for shard in shards:
+        shard.unlink(missing_ok=True)
+    return rows
+
+
 def _header(path: Path) -> list[str]:
     with open(path, newline="") as f:
         return next(csv.reader(f), [])

@@ -59,3 +59,13 @@ def loading_options(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": args.dtype,
         "offload": args.offload,
     }
+
+
+def add_shard_arg(parser: argparse.ArgumentParser, takes: str, then: str = "") -> None:
+    """``--shard I/N`` (:mod:`probe.shards`): what shard I takes, and what happens once every
+    shard is done (none: the shards never meet)."""
+    meet = f"; {then} (shards started by hand meet through files in --out)" if then else ""
+    parser.add_argument(
+        "--shard", default=None, metavar="I/N",
+        help=f"{takes}{meet}; default: RANK/WORLD_SIZE under torchrun or accelerate launch",
+    )  # fmt: skip

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from probe.cli.args import add_model_arg, default_model, loading_options
+from probe.cli.args import add_model_arg, add_shard_arg, default_model, loading_options
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
@@ -125,11 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="--prompt: the noise seed")
     p.add_argument("--seeds", default="0-31", help="--template: seeds, e.g. '0-31' or '0,4,9'")
-    p.add_argument(
-        "--shard",
-        default=None,
-        help="i/n: record shard i of n (default: RANK/WORLD_SIZE under accelerate)",
-    )
+    add_shard_arg(p, "record every N-th sample from I")
     p.add_argument("--batch-size", type=int, default=8, help="samples per pipeline call")
     p.add_argument(
         "--budget", default="4GiB", help="memory the maps (of one batch, for --template) may take"
