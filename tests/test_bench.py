@@ -363,3 +363,27 @@ def test_read_rows_merges_shard_files_once_per_job(tmp_path):
         ("fpe", "a"), ("fpe", "b"), ("none", "a")]  # fmt: skip
     assert done_keys(tmp_path) == {("fpe", "ddim", "a"), ("fpe", "ddim", "b"),
                                    ("none", "ddim", "a")}  # fmt: skip
+
+
+def test_direct_inversion_forces_the_source_row_of_every_method(tiny_pipe, tmp_path, monkeypatch):
+    import editing.editor
+    from editing.bench.run import edit_item
+    from editing.bench.toy_pie import write_toy_pie_bench
+
+    write_toy_pie_bench(tmp_path, per_type=1, world="v1")
+    item = read_pie_bench(tmp_path, ["6"])[0]
+    image, _ = item.load(tmp_path)
+    calls = []
+    real = editing.editor.edit
+    monkeypatch.setattr(editing.editor, "edit", lambda *a, **k: calls.append(k) or real(*a, **k))
+    images = {}
+    for method in ("p2p", "masactrl"):
+        for inversion in ("ddim", "direct"):
+            images[method, inversion] = edit_item(tiny_pipe, item, image, method, inversion,
+                                                  num_steps=6)  # MasaCtrl acts from step 4
+    branches = [(c.get("source_branch"), c["inversion"].prompt) for c in calls]
+    source = item.source_prompt
+    # p2p inverts with the source prompt, MasaCtrl with "" (PnP-Inversion's prompts[0])
+    assert branches == [(None, source), ("forced", source), (None, ""), ("forced", "")]
+    for method in ("p2p", "masactrl"):  # a free source row and a forced one edit differently
+        assert images[method, "ddim"].tobytes() != images[method, "direct"].tobytes()

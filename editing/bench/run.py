@@ -15,8 +15,12 @@ every shard skips what any ``rows*.jsonl`` there already holds, and :func:`read_
 tables) merges them in job order.
 
 Methods run with their authors' defaults through :func:`editing.editor.edit`, after the
-inversion asked (UNets: ``ddim`` with the prompt the method's source branch runs on, or
-``null-text``; flow models: ``euler``, ``rf-inversion``, ``rf-solver``, ``fireflow``);
+inversion asked (UNets: ``ddim`` with the prompt the method's source branch runs on, then
+each method's own source row; ``direct``: the same DDIM inversion with the source row forced
+onto it, Ju et al.'s Direct Inversion as PnP-Inversion runs it for every method
+(``directinversion+p2p``, ``directinversion+masactrl``; FPE forces it after ``ddim`` too, so
+its two rows are the same edit); or ``null-text``; flow models: ``euler``, ``rf-inversion``,
+``rf-solver``, ``fireflow``);
 ``flowedit`` inverts nothing (its inversion is ``none``). Prompt-to-Prompt takes the settings
 of PnP-Inversion's PIE-Bench runner (``run_editing_p2p.py``): word swap when the two prompts
 have as many words, else refine; cross-attention replaced for 0.4 of the steps, self-attention
@@ -39,7 +43,7 @@ from editing.bench.pie_metrics import nan_mean
 from editing.bench.pie_models import METRIC_COLUMNS, PieScorer
 
 FLOW_INVERSIONS = ("euler", "rf-inversion", "rf-solver", "fireflow")
-UNET_INVERSIONS = ("ddim", "null-text")
+UNET_INVERSIONS = ("ddim", "null-text", "direct")
 TOY_COLUMNS = ("toy_success", "toy_kept", "toy_iou")
 
 
@@ -88,7 +92,7 @@ def invert(
 
     by_source = get_method(method).source_prompt_on_real_image == "source"
     prompt = source if by_source else ""
-    if inversion == "ddim":
+    if inversion in ("ddim", "direct"):
         from editing.inversion import ddim_invert
 
         return ddim_invert(pipe, image, prompt=prompt, num_steps=num_steps)
@@ -126,8 +130,9 @@ def edit_item(
     from editing.editor import edit
 
     inverted = invert(pipe, image, inversion, method, item.source_prompt, num_steps)
+    branch = {"source_branch": "forced"} if inversion == "direct" else {}
     result = edit(pipe, item.source_prompt, [item.target_prompt], method=method, seed=seed,
-                  inversion=inverted, source_branch_prompt="inversion",
+                  inversion=inverted, source_branch_prompt="inversion", **branch,
                   **method_options(method, item))  # fmt: skip
     return result.targets[0]
 

@@ -85,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--method", nargs="+", default=["fpe"], help="edit methods (fpe p2p ...)")
     r.add_argument(
         "--inversion", nargs="+", default=["ddim"],
-        help="ddim / null-text on UNets; euler / rf-inversion / rf-solver / fireflow on flows",
+        help="ddim / direct / null-text on UNets; euler / rf-inversion / rf-solver / fireflow "
+        "on flows",
     )  # fmt: skip
     r.add_argument("--types", nargs="+", help="editing_type_id values to run (default all)")
     r.add_argument("--limit", type=int, help="only the first N items (of those types)")
