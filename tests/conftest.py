@@ -13,7 +13,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# OMP_NUM_THREADS, where set, wins: two threads on a busy two-core machine run ten times slower
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))
 
 REPLICAS = Path(__file__).parent / "replicas"  # real checkpoints' configs, see replicas/build.py
 
@@ -28,8 +29,8 @@ def tiny_pipe():
 @pytest.fixture(scope="session")
 def replica(tmp_path_factory):
     """``replica(name)``: the folder of a replica checkpoint (``sd15``, ``sd21-base``, ``sd21``,
-    ``sdxl-base``, ``toy-sd15``; see ``tests/replicas/build.py``), built once per session into a
-    temporary folder. Tests must not change it: copy it first."""
+    ``sdxl-base``, ``sd3-medium``, ``flux-dev``, ``toy-sd15``; see ``tests/replicas/build.py``),
+    built once per session into a temporary folder. Tests must not change it: copy it first."""
     from tests.replicas.build import build_replica
 
     root = tmp_path_factory.mktemp("replicas")
@@ -39,6 +40,21 @@ def replica(tmp_path_factory):
         if name not in built:
             built[name] = build_replica(name, root)
         return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def loaded(replica):
+    """``loaded(name)``: the replica through ``load_pipeline``, loaded once per module."""
+    from probe.models import load_pipeline
+
+    pipes: dict = {}
+
+    def get(name: str):
+        if name not in pipes:
+            pipes[name] = load_pipeline(replica(name))
+        return pipes[name]
 
     return get
 

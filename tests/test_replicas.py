@@ -20,7 +20,7 @@ from probe.families.unet import unet_layers
 from probe.models import layer_table, load_pipeline
 from probe.recording.recorder import record_attention
 from tests.conftest import empty_unet
-from tests.replicas.build import HERE, NAMES, SD_REPLICAS, real_config
+from tests.replicas.build import DIT_REPLICAS, HERE, SD_REPLICAS, UNET_NAMES, real_config
 
 SD_FOLDERS = ["sd15", "sd21-base", "sd21", "toy-sd15"]  # the ones load_pipeline loads
 SHIPPED_SCHEDULER = {
@@ -31,19 +31,6 @@ SHIPPED_SCHEDULER = {
     "toy-sd15": "PNDMScheduler",
 }
 PADS_WITH_BANG = {"sd21-base", "sd21"}  # OpenCLIP's tokenizer pads with '!' (id 0)
-
-
-@pytest.fixture(scope="module")
-def loaded(replica):
-    """``loaded(name)``: the replica through ``load_pipeline``, loaded once per module."""
-    pipes: dict = {}
-
-    def get(name: str):
-        if name not in pipes:
-            pipes[name] = load_pipeline(replica(name))
-        return pipes[name]
-
-    return get
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +53,7 @@ def recorded(loaded):
 # --- the folders as downloaded --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", SD_REPLICAS)
+@pytest.mark.parametrize("name", [*SD_REPLICAS, *DIT_REPLICAS])
 def test_every_config_is_the_real_one_with_only_its_size_keys_replaced(replica, name):
     folder, spec = replica(name), json.loads((HERE / name / "tiny.json").read_text())
     for src in sorted((HERE / name).rglob("*.json")):
@@ -211,7 +198,7 @@ def test_toy_dressed_as_sd15_runs_the_toy_weights(replica, loaded):
 # --- commands and recording -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", UNET_NAMES)  # the DiTs': tests/test_dit_replicas.py
 def test_cli_layers_runs_on_replica(replica, capsys, name):
     assert main(["layers", "--model", str(replica(name))]) == 0
     rows = capsys.readouterr().out.strip().splitlines()[2:]

@@ -131,7 +131,7 @@ def _edit_image_itself(args: argparse.Namespace) -> int:
     check_known_words(pipe, [args.source, *args.target])
     results = [
         flowedit(pipe, args.image, args.source, target, num_steps=args.num_steps,
-                 seed=args.seed, **options)
+                 seed=args.seed, **image_size(args.image), **options)
         for target in args.target
     ]  # fmt: skip
     h, w = results[0].settings["height"], results[0].settings["width"]
@@ -208,22 +208,44 @@ def _invert(pipe: Any, args: argparse.Namespace) -> Any:
 
 
 def _flow_invert(pipe: Any, args: argparse.Namespace, inversion: str, prompt: str) -> Any:
+    """``--image`` inverted at its own size (:func:`image_size`)."""
+    size = image_size(args.image)
     if inversion == "euler":
         from editing.flow_inversion import flow_invert
 
-        return flow_invert(pipe, args.image, prompt, args.num_steps, nudge=args.nudge)
+        return flow_invert(pipe, args.image, prompt, args.num_steps, nudge=args.nudge, **size)
     if inversion == "rf-inversion":
         from editing.rf_inversion import rf_invert
 
         given = {"gamma": args.gamma, "eta": args.eta, "start": args.eta_start,
                  "stop": args.eta_stop}  # fmt: skip
         kwargs = {k: v for k, v in given.items() if v is not None}
-        return rf_invert(pipe, args.image, prompt, args.num_steps, **kwargs)
+        return rf_invert(pipe, args.image, prompt, args.num_steps, **kwargs, **size)
     from editing.rf_solver import solver_invert
 
     inject = getattr(args, _dest("inject_steps"), None)  # store as many steps as injected
     return solver_invert(pipe, args.image, prompt, args.num_steps, solver=inversion,
-                         inject_steps=None if inject is None else int(inject))  # fmt: skip
+                         inject_steps=None if inject is None else int(inject), **size)  # fmt: skip
+
+
+def image_size(image: str) -> dict[str, int]:
+    """``height`` and ``width`` of the image file ``image``: SD3 and Flux edit a real image at
+    its own size, as FlowEdit's and RF-Solver's scripts do (a side the VAE and the patches do
+    not divide is refused with the crop that fixes it). Empty where the file cannot be read:
+    the inversion's reader then says why.
+
+    Example:
+        >>> image_size("car512.png")
+        {'height': 512, 'width': 512}
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image) as opened:
+            width, height = opened.size
+    except (OSError, UnidentifiedImageError):
+        return {}
+    return {"height": height, "width": width}
 
 
 def _check_inversion_family(family: Any, inversion: str) -> None:
@@ -278,7 +300,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--num-steps", type=int, default=None, help="default: the model's")
     p.add_argument("--guidance", type=float, default=None, help="default: the model's")
-    p.add_argument("--image", default=None, help="a real image to edit (inverted first)")
+    p.add_argument(
+        "--image", default=None,
+        help="a real image to edit (inverted first); SD3 and Flux edit it at its own size, "
+        "other models at theirs",
+    )  # fmt: skip
     p.add_argument(
         "--inversion", default=None, choices=("ddim", "null-text", *FLOW_INVERSIONS),
         help="for --image: DDIM inversion with the empty prompt (FPE's official path), "

@@ -111,7 +111,8 @@ def flowedit(
         seed: seed of the noise draws.
         height, width: the image's size in pixels (default: the model's).
         (``None``: the authors' value for the family, :data:`FLOWEDIT_DEFAULTS`; a family
-        without one takes SD3's.)
+        without one takes SD3's. ``n_max`` at another ``num_steps`` keeps the authors' fraction
+        of the steps: :func:`authors_n_max`.)
 
     Returns:
         :class:`FlowEditResult`.
@@ -131,8 +132,9 @@ def flowedit(
     family = family_of(pipe)
     given = {"num_steps": num_steps, "n_max": n_max, "n_min": n_min, "n_avg": n_avg, "seed": seed,
              "source_guidance": source_guidance, "target_guidance": target_guidance}  # fmt: skip
-    authors = asdict(FLOWEDIT_DEFAULTS.get(family.name, FLOWEDIT_DEFAULTS["sd3"]))
-    settings = {k: authors[k] if v is None else v for k, v in given.items()}
+    authors = FLOWEDIT_DEFAULTS.get(family.name, FLOWEDIT_DEFAULTS["sd3"])
+    given["n_max"] = n_max if n_max is not None else authors_n_max(authors, num_steps)
+    settings = {k: asdict(authors)[k] if v is None else v for k, v in given.items()}
     size, latent_hw = flow_size(pipe, height, width)
     sampler = flow_sampler(pipe, int(settings["num_steps"]), latent_hw, "flowedit (FlowEdit)")
     _check_counts(settings)
@@ -147,6 +149,20 @@ def flowedit(
                  "height": size[0], "width": size[1], "scheduler": sampler.settings()}  # fmt: skip
     result = edited.to(family.denoiser(pipe).dtype)
     return FlowEditResult(sampler.decode(result)[0], result, x_src, settings)
+
+
+def authors_n_max(authors: FlowEditDefaults, num_steps: int | None) -> int:
+    """The authors' ``n_max`` at ``num_steps``: their own at their step count (or ``None``),
+    else the same fraction of the steps, at least 1 (24 of 28 on FLUX.1-dev: 6 of 7; 33 of
+    50 on SD3), so that another step count keeps their share of the trajectory edited.
+
+    Example:
+        >>> authors_n_max(FLOWEDIT_DEFAULTS["flux"], 7)
+        6
+    """
+    if num_steps is None or num_steps == authors.num_steps:
+        return authors.n_max
+    return max(1, min(num_steps, round(authors.n_max * num_steps / authors.num_steps)))
 
 
 def _check_counts(settings: dict[str, Any]) -> None:

@@ -171,6 +171,23 @@ class FlowSampler(Sampler):
             kwargs["sigmas"] = sigmas
         scheduler.set_timesteps(num_steps, device=execution_device(pipe), **kwargs)
         super().__init__(family, pipe, scheduler, latent_hw, None)
+        self.mu = mu
+
+    def settings(self) -> dict[str, Any]:
+        """As :meth:`Sampler.settings`; with dynamic shifting (FLUX.1-dev) also the config's
+        ``base_shift``, ``max_shift``, ``base_image_seq_len``, ``max_image_seq_len`` and the
+        ``mu`` this image size gave, without which the sigmas cannot be told from the file
+        (the static ``shift`` is then unused)."""
+        said = super().settings()
+        config = self.scheduler.config
+        if config.get("use_dynamic_shifting") and self.mu is not None:
+            said["config"] |= {key: config[key] for key in DYNAMIC_SHIFT_KEYS}
+            said["mu"] = self.mu
+        return said
+
+
+DYNAMIC_SHIFT_KEYS = ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
+"""The flow-match config keys that set ``mu`` from the image's token count."""
 
 
 def flow_shift(config: Any, tokens: int, max_shift: float) -> float:

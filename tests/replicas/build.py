@@ -6,8 +6,10 @@ from the Hugging Face hub, with small random weights, for tests.
 
 Replicas: ``sd15`` (stable-diffusion-v1-5/stable-diffusion-v1-5), ``sd21-base``
 (stabilityai/stable-diffusion-2-1-base, 512 px, epsilon), ``sd21`` (stabilityai/stable-diffusion-2-1,
-768 px, v-prediction), ``sdxl-base`` (stabilityai/stable-diffusion-xl-base-1.0) and ``toy-sd15``
-(the toy's trained weights dressed as an SD 1.5 folder).
+768 px, v-prediction), ``sdxl-base`` (stabilityai/stable-diffusion-xl-base-1.0), the DiTs
+``sd3-medium`` (stabilityai/stable-diffusion-3-medium-diffusers: three text encoders, T5
+included) and ``flux-dev`` (black-forest-labs/FLUX.1-dev), and ``toy-sd15`` (the toy's trained
+weights dressed as an SD 1.5 folder).
 
 ``tests/replicas/<name>/`` holds the real folder's configs, full size and as shipped, in the real
 layout (``model_index.json``, ``scheduler/scheduler_config.json``, ``unet/config.json``, ...). Each
@@ -17,8 +19,11 @@ meta device). ``<name>/tiny.json`` says what the build changes: the size keys of
 (channels, text hidden sizes, text layer counts, the vocabulary), the seed, and which weight files
 to write. The tokenizers get the toy's words (``probe.models.loading.tiny_words``) through
 :func:`probe.models.clip_tokenizer.write_clip_tokenizer`, beside the real ``tokenizer_config.json``
-and ``special_tokens_map.json``. Every weight file is safetensors, fp32 and its ``fp16`` variant
-(and SD 1.5's ``non_ema``) where the real folder has them.
+and ``special_tokens_map.json``; a T5 tokenizer folder (``extra_ids`` in its config) gets the
+same words as a ``tokenizer.json`` (:func:`probe.models.tiny_dit.tiny_t5_tokenizer`) and no
+``spiece.model``. Every weight file is safetensors, fp32 and its ``fp16`` variant (and SD 1.5's
+``non_ema``) where the real folder has them, split into shards with their index where the real
+one is (``tiny.json``'s ``shards``: the DiTs' T5 and FLUX.1-dev's transformer).
 
 ``toy-sd15``: SD 1.5's ``model_index.json`` (safety checker and feature extractor listed), its
 PNDM ``scheduler_config.json``, feature extractor and tokenizer configs and a tiny random safety
@@ -47,10 +52,13 @@ if str(HERE.parents[1]) not in sys.path:  # run as a script from anywhere
 from probe.models.clip_tokenizer import write_clip_tokenizer  # noqa: E402
 from probe.models.loading import TOY_DIR  # noqa: E402
 from probe.models.tiny import tiny_words  # noqa: E402
+from probe.models.tiny_dit import tiny_t5_tokenizer  # noqa: E402
 
 SD_REPLICAS = ("sd15", "sd21-base", "sd21", "sdxl-base")
+DIT_REPLICAS = ("sd3-medium", "flux-dev")
 TOY_REPLICA = "toy-sd15"
-NAMES = (*SD_REPLICAS, TOY_REPLICA)
+UNET_NAMES = (*SD_REPLICAS, TOY_REPLICA)
+NAMES = (*SD_REPLICAS, *DIT_REPLICAS, TOY_REPLICA)
 WEIGHT_STEM = {"diffusers": "diffusion_pytorch_model", "transformers": "model"}
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
@@ -94,14 +102,22 @@ def real_config(name: str, rel: str) -> dict[str, Any]:
 
 def _build_random(name: str, folder: Path) -> None:
     spec = _read(HERE / name / "tiny.json")
-    vocab_size = 0
+    vocab_sizes = {}  # text_encoder_N -> the length of tokenizer_N
     for tok in sorted(p.name for p in (HERE / name).glob("tokenizer*")):
-        vocab_size = _write_tokenizer_files(folder / tok)
+        extra_ids = real_config(name, f"{tok}/tokenizer_config.json").get("extra_ids")
+        size = (
+            _write_tokenizer_files(folder / tok)
+            if extra_ids is None
+            else _write_t5_tokenizer_file(folder / tok, int(extra_ids))
+        )
+        vocab_sizes[tok.replace("tokenizer", "text_encoder")] = size
     for src in sorted((HERE / name).rglob("*.json")):
         rel = src.relative_to(HERE / name).as_posix()
         if rel != "tiny.json":
-            _write_config(folder / rel, real_config(name, rel), spec["sizes"].get(rel), vocab_size)
+            vocab = vocab_sizes.get(rel.split("/")[0], 0)
+            _write_config(folder / rel, real_config(name, rel), spec["sizes"].get(rel), vocab)
     _write_weights(folder, spec)
+    _check_t5_vocab(folder, vocab_sizes)
 
 
 def _dress_toy(folder: Path) -> None:
@@ -136,6 +152,30 @@ def _write_tokenizer_files(folder: Path) -> int:
     return len(_read(folder / "vocab.json"))
 
 
+def _write_t5_tokenizer_file(folder: Path, extra_ids: int) -> int:
+    """``tokenizer.json`` of the toy's words, T5-style; returns the length of the tokenizer
+    the folder then loads as (the real ``tokenizer_config.json`` adds its ``extra_ids``)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny_t5_tokenizer(tiny_words()).save_pretrained(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(tmp) / "tokenizer.json", folder / "tokenizer.json")
+    return len(_read(folder / "tokenizer.json")["model"]["vocab"]) + extra_ids
+
+
+def _check_t5_vocab(folder: Path, vocab_sizes: dict[str, int]) -> None:
+    """The T5 tokenizers load with the length their encoders' ``vocab_size`` was given."""
+    from transformers import T5TokenizerFast
+
+    for encoder, size in vocab_sizes.items():
+        tok = folder / encoder.replace("text_encoder", "tokenizer")
+        if (tok / "tokenizer.json").is_file():
+            length = len(T5TokenizerFast.from_pretrained(str(tok)))
+            if length != size:
+                raise RuntimeError(f"{tok}: {length} tokens, but {encoder} was given {size}")
+
+
 def _write_config(path: Path, config: dict, sizes: dict | None, vocab_size: int) -> None:
     if sizes:
         _replace_sizes(config, sizes, path.as_posix())
@@ -165,10 +205,51 @@ def _write_weights(folder: Path, spec: dict) -> None:
             torch.manual_seed(spec["seed"] + i)
             model = _instantiate(library, cls, folder / component)
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        state = _untied(state)
         stem = WEIGHT_STEM.get(library, "model")  # the safety checker is a transformers model
+        shards = int(spec.get("shards", {}).get(component, 1))
         for variant in variants:
             name = f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors"
-            save_file(_as_variant(state, variant), folder / component / name, {"format": "pt"})
+            if shards > 1:
+                _save_shards(_as_variant(state, variant), folder / component / name, shards)
+            else:
+                save_file(_as_variant(state, variant), folder / component / name, {"format": "pt"})
+
+
+def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state without tensors that share storage with an earlier one (T5's
+    ``encoder.embed_tokens`` is its ``shared`` embedding), as ``save_pretrained`` writes it."""
+    seen: set[int] = set()
+    kept = {}
+    for key, value in state.items():
+        if value.data_ptr() not in seen:
+            seen.add(value.data_ptr())
+            kept[key] = value
+    return kept
+
+
+def _save_shards(state: dict[str, torch.Tensor], path: Path, shards: int) -> None:
+    """``state`` in ``shards`` files named as ``save_pretrained`` names them
+    (``<stem>-00001-of-00002.safetensors``), split in key order by bytes, and their
+    ``<stem>.safetensors.index.json``."""
+    stem = path.name.removesuffix(".safetensors")
+    sizes = {k: v.numel() * v.element_size() for k, v in state.items()}
+    total, budget = sum(sizes.values()), sum(sizes.values()) / shards
+    weight_map: dict[str, str] = {}
+    groups: list[dict[str, torch.Tensor]] = [{} for _ in range(shards)]
+    done = 0
+    for key, value in state.items():
+        part = min(int(done // budget), shards - 1)
+        groups[part][key] = value
+        done += sizes[key]
+    for i, group in enumerate(groups):
+        if not group:
+            raise RuntimeError(f"{path.parent.name}: too few tensors for {shards} shards")
+        name = f"{stem}-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file(group, path.with_name(name), {"format": "pt"})
+        weight_map |= dict.fromkeys(group, name)
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    _write_json(path.with_name(f"{path.name}.index.json"), index)
 
 
 def _instantiate(library: str, cls: str, folder: Path) -> torch.nn.Module:
