@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from editing.methods.replace import RowEditor, SelfAttentionReplace
+from editing.methods.replace import RowEditor, SelfAttentionReplace, write_rows
 from probe.attention.controller import AttentionCall, Controller, attention_probs
 from probe.attention.joint import JointEditor
 from probe.attention.layer_info import LayerSpec
@@ -88,9 +88,7 @@ class JointSelfAttentionReplace(RowEditor, JointEditor):
         else:  # the target's split: m_tgt from its own joint softmax
             _, m_tgt = _image_part(q[tgt, :, :n], k[tgt], v[tgt, :, :n], scale)
             rows = image_part * (m_tgt / m_src) + (1 - m_tgt) * text
-        out = out.clone()
-        out[tgt, :, :n] = rows.to(out.dtype)
-        return out
+        return write_rows(out, tgt, rows, queries=n)
 
 
 class MaterialisedJointSelfAttentionReplace(JointSelfAttentionReplace):

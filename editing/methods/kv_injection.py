@@ -73,7 +73,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from editing.methods.replace import RowEditor
+from editing.methods.masactrl import start_layers, start_steps
+from editing.methods.replace import RowEditor, write_rows
 from probe.attention.controller import AttentionCall, HookState
 from probe.attention.joint import JointEditor
 from probe.attention.layer_info import LayerInfo, LayerSpec
@@ -151,9 +152,7 @@ def inject(
     keys[:, :, :n_image] = k[src, :, :n_image]
     values[:, :, :n_image] = v[src, :, :n_image]
     rows = F.scaled_dot_product_attention(q[tgt], keys, values, scale=q.shape[-1] ** -0.5)
-    out = out.clone()
-    out[tgt] = rows.to(out.dtype)
-    return out
+    return write_rows(out, tgt, rows)
 
 
 def vital_blocks_of(pipe: Any, spec: LayerSpec) -> list[int] | None:
@@ -192,22 +191,13 @@ class JointMutualAttention(KVInjection):
         return f"JointMutualAttention(start_step={self.start_step}, start_layer={first})"
 
     def bind(self, layers: list[LayerInfo]) -> None:
-        start = self.start_layer
-        if start is None:
-            start = resolve_layers(layers, "masactrl")[0]
-        if not 0 <= start < len(layers):
-            raise ValueError(
-                f"start_layer {start} does not exist: this transformer has layers "
-                f"0-{len(layers) - 1}"
-            )
-        self.layers = frozenset(range(start, len(layers)))
+        self.layers = start_layers(layers, self.start_layer, "transformer")
 
     def on_unet_call(self, hooks: HookState, first: bool) -> None:
         if self.layers is None or first:
             self.bind(hooks.layers)
         if first:
-            total = hooks.total_steps or 10**6
-            self.steps = frozenset(range(self.start_step, total))
+            self.steps = start_steps(hooks, self.start_step)
 
 
 def joint_mutual_attention(controller: Any) -> JointMutualAttention:

@@ -273,15 +273,8 @@ class MutualSelfAttention(RowEditor):
         )
 
     def bind(self, layers: list[LayerInfo]) -> None:
-        start = self.start_layer
-        if start is None:
-            start = resolve_layers(layers, "masactrl")[0]
-        if not 0 <= start < len(layers):
-            raise ValueError(
-                f"start_layer {start} does not exist: this UNet has layers 0-{len(layers) - 1}"
-            )
-        self.first_layer = start
-        self.layers = frozenset(range(start, len(layers)))
+        self.layers = start_layers(layers, self.start_layer, "UNet")
+        self.first_layer = min(self.layers)
         if self.mask is not None:
             self.mask.bind(layers)
 
@@ -293,8 +286,7 @@ class MutualSelfAttention(RowEditor):
         if self.layers is None or first:  # the table of this run (its generated size)
             self.bind(hooks.layers)
         if first:
-            total = hooks.total_steps or 10**6
-            self.steps = frozenset(range(self.start_step, total))
+            self.steps = start_steps(hooks, self.start_step)
             if self.mask is not None:
                 self.mask.reset()
 
@@ -343,6 +335,30 @@ class MutualSelfAttention(RowEditor):
             mismatch = queries[t][:, None] != keys[None, :]
             bias[row, 0] = torch.where(mismatch, blocked, 0.0)
         return bias
+
+
+def start_layers(layers: list[LayerInfo], start_layer: int | None, model: str) -> frozenset[int]:
+    """MasaCtrl's layers: ``start_layer`` and every later one (``None``: from the first layer of
+    the family's ``masactrl`` preset), on a UNet and carried to a DiT alike.
+
+    Raises:
+        ValueError: a start layer the ``model`` (``"UNet"``, ``"transformer"``) does not have.
+    """
+    start = start_layer
+    if start is None:
+        start = resolve_layers(layers, "masactrl")[0]
+    if not 0 <= start < len(layers):
+        raise ValueError(
+            f"start_layer {start} does not exist: this {model} has layers 0-{len(layers) - 1}"
+        )
+    return frozenset(range(start, len(layers)))
+
+
+def start_steps(hooks: HookState, start_step: int) -> frozenset[int]:
+    """MasaCtrl's steps: ``start_step`` … N−1 of the run the hooks count (every later step
+    where the run's length is unknown)."""
+    total = hooks.total_steps or 10**6
+    return frozenset(range(start_step, total))
 
 
 def masactrl(

@@ -29,6 +29,22 @@ from probe.attention.steps import StepSpec, as_step_fraction, fraction_steps, re
 Rows = tuple[list[int], list[int]]  # (source rows, target rows), paired per guidance half
 
 
+def write_rows(out: Tensor, rows: list[int], values: Tensor, queries: int | None = None) -> Tensor:
+    """A copy of an attention output ``out`` ``[batch, heads, tokens, head_dim]`` with the rows
+    ``rows`` (their first ``queries`` tokens, a joint block's image queries; ``None``: every
+    token) set to ``values``, cast to ``out``'s dtype: how a joint editor returns its targets.
+
+    Example:
+        >>> out = write_rows(out, tgt, SDPA(q[tgt], k[src], v[tgt]), queries=n_image)
+    """
+    out = out.clone()
+    if queries is None:
+        out[rows] = values.to(out.dtype)
+    else:
+        out[rows, :, :queries] = values.to(out.dtype)
+    return out
+
+
 class RowEditor(Controller):
     """Base for editors acting on target rows in some layers, kinds and steps.
 

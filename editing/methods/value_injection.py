@@ -51,6 +51,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from editing.methods.replace import write_rows
 from probe.attention.controller import AttentionCall, HookState, Kind
 from probe.attention.joint import JointEditor
 from probe.attention.layer_info import LayerInfo, LayerSpec
@@ -277,9 +278,7 @@ class ValueInjection(SolverCalls):
         injected = F.scaled_dot_product_attention(
             q[rows], k[rows], values, scale=q.shape[-1] ** -0.5
         )
-        out = out.clone()
-        out[rows] = injected.to(out.dtype)
-        return out
+        return write_rows(out, rows, injected)
 
 
 def _check_shape(stored: Tensor, v: Tensor, call: AttentionCall) -> None:
