@@ -189,6 +189,8 @@ def sweep(
     group = group or ShardGroup()
     if group.sharded and out is None:
         raise ValueError(f"a sharded sweep ({group}) needs out=: its shards meet in one folder")
+    if group.folder is None and out is not None:
+        group.folder = Path(out)  # where hand-started shards leave their markers
     bad = [k for k in kinds if k not in KIND_METHODS]
     if bad or not kinds:
         raise ValueError(f"kinds {list(kinds)}: use any of {', '.join(KIND_METHODS)}")
