@@ -2,7 +2,7 @@
 downloaded with every config as shipped: they load offline with the scheduler they ship (SD3
 Medium: flow-match Euler, shift 3.0; FLUX.1-dev: dynamic shifting by image size), and a real image
 goes through every flow inversion and DiT method on the user's path (``load_pipeline(folder)``
-and the Python API, at 64 px: the CLI reads images at the model's native 1024 px).
+and the Python API, and ``attnprobe edit --image``), at 64 px and 3 steps.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ INVERSIONS = {
         pipe, image, SOURCE, STEPS, solver="fireflow", height=SIZE, width=SIZE
     ),
 }
+METHODS_IDENTITY = {"none": {}, "fpe": {"layers": "all", "step_fraction": 1}}
 METHODS_AFTER = {  # the methods run after each inversion besides fpe, with their options
     "euler": {"stable-flow": {"layers": "all"}, "masactrl": {"start_step": 0, "start_layer": 0}},
     "rf-solver": {"rf-solver": {}},
@@ -169,10 +170,11 @@ def test_generation_and_edits_use_the_folders_shifted_schedule(loaded, image, na
                            unshifted)  # fmt: skip
     with TransformerCalls(pipe) as generated:
         pipe(SOURCE, num_inference_steps=STEPS, height=SIZE, width=SIZE, output_type="latent")
-    inv = INVERSIONS["euler"](pipe, image)
+    with TransformerCalls(pipe) as inverted:
+        inv = INVERSIONS["euler"](pipe, image)
     with TransformerCalls(pipe) as edited:
         result = edit(pipe, SOURCE, [TARGET], method="fpe", inversion=inv)
-    for seen in (generated.timesteps, edited.timesteps):
+    for seen in (generated.timesteps, inverted.timesteps, edited.timesteps):
         assert sorted(set(seen), reverse=True) == pytest.approx(expected, rel=1e-6)
     said = result.settings["scheduler"]
     assert said["config"]["shift"] == 3.0
@@ -184,26 +186,15 @@ def test_flux_settings_say_the_dynamic_shift_it_ran_with(loaded, image):
     shift that ran (``mu``, from the config's base/max shift and the image's token count)."""
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-    said = edit(
-        loaded("flux-dev"),
-        SOURCE,
-        [TARGET],
-        inversion=INVERSIONS["euler"](loaded("flux-dev"), image),
-    ).settings["scheduler"]
+    flux, sd3 = loaded("flux-dev"), loaded("sd3-medium")
+    said = edit(flux, SOURCE, [TARGET], inversion=INVERSIONS["euler"](flux, image)).settings
+    said = said["scheduler"]
     shipped = real_config("flux-dev", "scheduler/scheduler_config.json")
     keys = ("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len")
     assert {k: said["config"][k] for k in keys} == {k: shipped[k] for k in keys}
     assert said["mu"] == pytest.approx(calculate_shift((SIZE // 16) ** 2, 256, 4096, 0.5, 1.15))
-    sd3 = edit(
-        loaded("sd3-medium"),
-        SOURCE,
-        [TARGET],
-        inversion=INVERSIONS["euler"](loaded("sd3-medium"), image),
-    )
-    assert (
-        "mu" not in sd3.settings["scheduler"]
-        and "base_shift" not in sd3.settings["scheduler"]["config"]
-    )
+    other = edit(sd3, SOURCE, [TARGET], inversion=INVERSIONS["euler"](sd3, image)).settings
+    assert "mu" not in other["scheduler"] and "base_shift" not in other["scheduler"]["config"]
 
 
 # --- a real image through every inversion and method ----------------------------------------
@@ -227,14 +218,15 @@ def test_every_inversion_edits_and_reconstructs_a_real_image(loaded, image, name
     assert edited.settings["inversion"] == inversion and edited.settings["height"] == SIZE
     for method, options in METHODS_AFTER.get(inversion, {}).items():
         assert_images(edit(pipe, SOURCE, [TARGET], method=method, inversion=inv, **options))
-    for method, options in {"none": {}, "fpe": {"layers": "all", "step_fraction": 1}}.items():
+    for method, options in METHODS_IDENTITY.items():
         direct = edit(pipe, SOURCE, [SOURCE], method=method, inversion=inv,
                       source_branch="direct", source_branch_prompt="source", **options)  # fmt: skip
         for row in direct.latents:  # the identity edit returns the inverted image
             torch.testing.assert_close(row, inv.trajectory[-1][0], atol=1e-5, rtol=0)
-        free = edit(pipe, SOURCE, [SOURCE], method=method, inversion=inv, source_branch="free",
-                    source_branch_prompt="source", **options)  # fmt: skip
-        torch.testing.assert_close(free.latents[1], free.latents[0], atol=1e-5, rtol=0)
+    fpe = METHODS_IDENTITY["fpe"]  # a free source row: the edited target row is the source row
+    free = edit(pipe, SOURCE, [SOURCE], method="fpe", inversion=inv, source_branch="free",
+                source_branch_prompt="source", **fpe)  # fmt: skip
+    torch.testing.assert_close(free.latents[1], free.latents[0], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", DIT_REPLICAS)

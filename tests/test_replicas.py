@@ -102,14 +102,15 @@ def test_fp16_variant_files_hold_the_same_weights_in_half_precision(replica):
     assert model.dtype == torch.float16
 
 
-def test_build_is_deterministic(replica, tmp_path):
+@pytest.mark.parametrize("name", ["sd21-base", "flux-dev"])  # flux-dev: shards and T5
+def test_build_is_deterministic(replica, tmp_path, name):
     from tests.replicas.build import build_replica
 
     def digest(folder):
         return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
                 for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
 
-    assert digest(build_replica("sd21-base", tmp_path)) == digest(replica("sd21-base"))
+    assert digest(build_replica(name, tmp_path)) == digest(replica(name))
 
 
 # --- loading --------------------------------------------------------------------------------
