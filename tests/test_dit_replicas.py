@@ -118,10 +118,25 @@ def test_replica_loads_offline_with_what_it_ships(replica, loaded, name):
     assert type(text[-1]).__name__ == "T5EncoderModel"  # SD3's third encoder is really there
     assert {m.dtype for m in (pipe.transformer, pipe.vae, *text)} == {torch.float32}
     if name == "flux-dev":
-        assert pipe.transformer.config.guidance_embeds and not family_of(pipe).guides_with_rows(
-            pipe
-        )
+        assert pipe.transformer.config.guidance_embeds  # FLUX.1-dev: no unconditional rows
+        assert not family_of(pipe).guides_with_rows(pipe)
         assert family_of(pipe).text_key_count(pipe) == 512
+
+
+FULL_SIZE = {  # blocks, last block, width
+    "sd3-medium": (24, "transformer_blocks.23", 1536),
+    "flux-dev": (57, "single_transformer_blocks.37", 3072),
+}
+
+
+@pytest.mark.parametrize("name", DIT_REPLICAS)
+def test_the_committed_config_folder_is_the_full_size_table(name):
+    """The replica's configs in the repo are a weightless model folder of the real size: SD3
+    Medium's 24 joint blocks, FLUX.1-dev's 19 + 38, 24 heads, 64x64 patches at 1024 px."""
+    blocks, last, width = FULL_SIZE[name]
+    table = layer_table(HERE / name)
+    assert (len(table), table[-1].name) == (blocks, last)
+    assert {(lay.heads, lay.channels, lay.resolution) for lay in table} == {(24, width, (64, 64))}
 
 
 def test_sd3_replica_reads_t5_into_the_joint_text(loaded):
