@@ -130,9 +130,9 @@ def edit_item(
     from editing.editor import edit
 
     inverted = invert(pipe, image, inversion, method, item.source_prompt, num_steps)
-    branch = {"source_branch": "forced"} if inversion == "direct" else {}
+    branch = "forced" if inversion == "direct" else None  # None: the method's own
     result = edit(pipe, item.source_prompt, [item.target_prompt], method=method, seed=seed,
-                  inversion=inverted, source_branch_prompt="inversion", **branch,
+                  inversion=inverted, source_branch=branch, source_branch_prompt="inversion",
                   **method_options(method, item))  # fmt: skip
     return result.targets[0]
 
