@@ -77,6 +77,9 @@ def main() -> None:
     parser.add_argument("--renders", type=int, default=16)
     parser.add_argument("--inversions-only", action="store_true",
                         help="redo the inversions and reconstructions only, keep the edits")  # fmt: skip
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="redo only these methods' edits; keep every other row and the "
+                        "inversions' table of the last run")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)  # one thread: 2 threads on a shared 2-core machine ran 10x slower
     pipe = load_pipeline("toy-flux")
@@ -105,12 +108,13 @@ def main() -> None:
             inversions.append({"inversion": name, "steps": inv.num_steps, "seconds": seconds,
                                "reconstruction": psnr(round_trip, rec),
                                "render_psnr": psnr(render.image, rec)})  # fmt: skip
-            for method in (m for m in methods if m in method_names() and not args.inversions_only):
+            chosen = [m for m in methods if m in method_names() and not args.inversions_only]
+            for method in (m for m in chosen if args.methods is None or m in args.methods):
                 result, t = timed(lambda m=method, inv=inv: edit(
                     pipe, source_prompt, [target_prompt], method=m, inversion=inv,
                     guidance_scale=GUIDANCE))  # fmt: skip
                 score(result.targets[0], f"{name} + {method}", t, name)
-        if not args.inversions_only:
+        if not args.inversions_only and args.methods is None:
             result, t = timed(lambda: flowedit(pipe, render.image, source_prompt, target_prompt))
             score(result.image, "FlowEdit", t, "none")
         print(f"render {i + 1}/{args.renders} done", flush=True)
@@ -119,6 +123,10 @@ def main() -> None:
     if args.inversions_only:  # the edits (and their plain generation) of the last full run
         last = json.loads(out.read_text())
         rows, edit_plain = last["edits"], last["plain_generation_seconds"]["edits"]
+    if args.methods is not None:  # the other methods' rows and the inversions of the last run
+        last = json.loads(out.read_text())
+        kept = [r for r in last["edits"] if r["arm"].split(" + ")[-1] not in args.methods]
+        rows, inversions = kept + rows, last["inversions"]
     plain = {"edits": edit_plain, "inversions": plain_times}
     summary = _tables(rows, inversions, {k: float(np.median(v)) for k, v in plain.items()})
     out.write_text(json.dumps({"summary": summary, "edits": rows, "inversions": inversions,

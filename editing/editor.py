@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 from torch import Tensor
 
@@ -91,6 +92,7 @@ def edit(
     source_branch: str | None = None,
     source_branch_prompt: str | None = None,
     micro_conditioning: MicroConditioning | None = None,
+    source_guidance_scale: float | None = None,
     **options: Any,
 ) -> EditResult:
     """Edit a generated (or, with ``inversion``, a real) image from ``source`` to each of
@@ -130,6 +132,11 @@ def edit(
             ``"inversion"`` (the prompt the image was inverted with, ``""`` by default, as the
             FPE and MasaCtrl code) or ``"source"`` (``source``, as Prompt-to-Prompt). Default:
             the method's (``source_prompt_on_real_image``). The controllers prepare for it.
+        source_guidance_scale: the source row's own guidance, the targets' staying
+            ``guidance_scale`` (on FLUX.1-dev its guidance input, elsewhere classifier-free
+            guidance per row). Default: the method's authors' on a real image
+            (``source_guidance_on_real_image``: Stable Flow's reference row at 1), else
+            ``guidance_scale`` for every row.
         options: the method's own options (``mode``, ``weights``, ``start_step``, ...); one it
             does not take is refused.
         height, width: image size in pixels (default: the model's; a real image keeps its
@@ -167,8 +174,12 @@ def edit(
     if inversion is not None:
         inversion.check_pipeline(pipe)  # DDIM on a flow, a flow inversion on a UNet: refused
     _hand_inversion(chosen, inversion)
+    source_scale = _source_guidance(method_settings["method"], inversion, source_guidance_scale)
+    scales = guidance_scale if source_scale is None else _row_guidance(
+        source_scale, guidance_scale, len(targets))  # fmt: skip
     # FLUX.1 is guidance-distilled: its guidance is a transformer input, no unconditional half
-    guided = guidance_scale > 1.0 and family.guides_with_rows(pipe)
+    top = max(guidance_scale, source_scale or guidance_scale)
+    guided = top > 1.0 and family.guides_with_rows(pipe)
     branch, branch_prompt = _source_branch(
         method_settings["method"], inversion, source_branch, source_branch_prompt, source
     )
@@ -182,9 +193,9 @@ def edit(
     sampler = family.sampler(pipe, num_steps, latent_hw)
     if inversion is None:
         latents = sampler.noise(seed, len(prompts))
-        final = denoise(pipe, embeddings, latents, layout, chosen, num_steps, guidance_scale)
+        final = denoise(pipe, embeddings, latents, layout, chosen, num_steps, scales)
     else:
-        final = _edit_inverted(pipe, inversion, embeddings, layout, chosen, guidance_scale, branch)
+        final = _edit_inverted(pipe, inversion, embeddings, layout, chosen, scales, branch)
         num_steps = inversion.num_steps
     images = decode(pipe, final)
     settings = {
@@ -195,6 +206,7 @@ def edit(
         "seed": seed,
         "num_steps": num_steps,
         "guidance_scale": guidance_scale,
+        "source_guidance_scale": guidance_scale if source_scale is None else source_scale,
         **_real_image_settings(inversion, branch, branch_prompt),
         "micro_conditioning": None if micro_conditioning is None else asdict(micro_conditioning),
         "height": int(final.shape[-2]) * pipe.vae_scale_factor,
@@ -203,6 +215,19 @@ def edit(
         "defaults": defaults_origin(pipe),
     }
     return EditResult(images[0], images[1:], settings, final)
+
+
+def _source_guidance(method: str, inversion: Inversion | None, given: float | None) -> float | None:
+    """The source row's own guidance: ``given``, else the method's authors' on a real image,
+    else ``None`` (every row at the edit's guidance)."""
+    if given is not None or inversion is None or method == "custom":
+        return given
+    return get_method(method).source_guidance_on_real_image
+
+
+def _row_guidance(source: float, targets: float, n: int) -> Tensor:
+    """One guidance per sample row: the source's, then each target's."""
+    return torch.tensor([float(source)] + [float(targets)] * n)
 
 
 def _hand_inversion(controllers: Sequence[Controller], inversion: Inversion | None) -> None:
@@ -303,7 +328,7 @@ def _edit_inverted(
     embeddings: Conditioning,
     layout: BatchLayout,
     controllers: Sequence[Controller],
-    guidance_scale: float,
+    guidance_scale: float | Tensor,
     branch: str | None,
 ) -> Tensor:
     start = inversion.trajectory[0].repeat(layout.num_samples, 1, 1, 1).clone()

@@ -118,7 +118,7 @@ class ControlledReverse:
 
     def __call__(
         self, sampler: Any, i: int, t: Tensor, latents: Tensor, cond: Conditioning,
-        guided: bool, guidance_scale: float,
+        guided: bool, guidance_scale: float | Tensor,
     ) -> Tensor:  # fmt: skip
         output = sampler.predict(t, latents, cond, guided, guidance_scale)
         if self.eta and i in self.steps:

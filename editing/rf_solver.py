@@ -126,7 +126,7 @@ class SolverStep:
 
     def __call__(
         self, sampler: Any, i: int, t: Tensor, latents: Tensor, cond: Conditioning,
-        guided: bool, guidance_scale: float,
+        guided: bool, guidance_scale: float | Tensor,
     ) -> Tensor:  # fmt: skip
         sigmas = sampler.scheduler.sigmas
         reuse = None if i == 0 or self.solver != "fireflow" else self.velocity
@@ -139,7 +139,7 @@ class SolverStep:
 
 def solver_step(
     sampler: FlowSampler, x: Tensor, sigma: float, sigma_next: float, cond: Conditioning,
-    guided: bool, guidance_scale: float, velocity: Tensor | None = None,
+    guided: bool, guidance_scale: float | Tensor, velocity: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One midpoint step of the flow ODE from ``x`` ``[n, C, h, w]`` at ``sigma`` to
     ``sigma_next`` (see the module).
@@ -163,7 +163,7 @@ def solver_step(
 
 def _velocity(
     sampler: FlowSampler, x: Tensor, sigma: float, cond: Conditioning, guided: bool,
-    guidance_scale: float,
+    guidance_scale: float | Tensor,
 ) -> Tensor:  # fmt: skip
     """The guided velocity at ``sigma`` (timestep ``sigma · num_train_timesteps``), float32."""
     scale = float(sampler.scheduler.config.num_train_timesteps)

@@ -40,13 +40,13 @@ class StepRule(Protocol):
 
     def __call__(
         self, sampler: Any, i: int, t: Tensor, latents: Tensor, cond: Conditioning,
-        guided: bool, guidance_scale: float,
+        guided: bool, guidance_scale: float | Tensor,
     ) -> Tensor: ...  # fmt: skip
 
 
 def plain_step(
     sampler: Any, i: int, t: Tensor, latents: Tensor, cond: Conditioning, guided: bool,
-    guidance_scale: float,
+    guidance_scale: float | Tensor,
 ) -> Tensor:  # fmt: skip
     """The family's own step: the guided model output, then the scheduler's step."""
     return sampler.denoise_step(t, latents, cond, guided, guidance_scale)
@@ -129,7 +129,7 @@ def denoise(
     layout: BatchLayout,
     controllers: Sequence[Controller],
     num_steps: int,
-    guidance_scale: float,
+    guidance_scale: float | Tensor,
     source_trajectory: Sequence[Tensor] | None = None,
     uncond_embeddings: Sequence[Tensor] | None = None,
     source_branch: str = "forced",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -198,17 +199,19 @@ def unpack(x: Tensor, side: int) -> Tensor:
     return x.reshape(b, c4 // 4, side, side)
 
 
-def euler(ref: RefAttention, x: Tensor, sigmas: Tensor, guided: bool, scale: float,
+def euler(ref: RefAttention, x: Tensor, sigmas: Tensor, guided: bool, scale: Any,
           velocity: Callable[[Tensor, Tensor], Tensor]) -> Tensor:  # fmt: skip
     """The flow-match Euler loop: ``velocity(model input, timestep = 1000 σ)`` on ``[x; x]``
-    under guidance (unconditional half first), ``x += (σ_next − σ) · v``."""
+    under guidance (unconditional half first), ``x += (σ_next − σ) · v``; ``scale`` one
+    guidance, or a list of one per row (Stable Flow's reference row at 1)."""
     for i in range(len(sigmas) - 1):
         ref.step = i
         model_in = torch.cat([x, x]) if guided else x
         v = velocity(model_in, (sigmas[i] * 1000).expand(model_in.shape[0]))
         if guided:
             uncond, cond = v.chunk(2)
-            v = uncond + scale * (cond - uncond)
+            per_row = torch.tensor(scale).reshape(-1, *[1] * (cond.dim() - 1))
+            v = uncond + per_row * (cond - uncond)
         x = x + (sigmas[i + 1] - sigmas[i]) * v
     return x
 
@@ -222,19 +225,20 @@ def image_ids(grid: int) -> Tensor:
 
 
 @torch.no_grad()
-def run_flux_reference(pipe, prompts: list[str], guidance_scale: float, steps: int,
+def run_flux_reference(pipe, prompts: list[str], guidance_scale: Any, steps: int,
                        make_ref: Callable[[bool], RefAttention]) -> Tensor:  # fmt: skip
     """Final latents ``[samples, 16, h, w]``; ``make_ref(guided)`` gives the attention (guided:
-    the batch has unconditional rows first)."""
+    the batch has unconditional rows first); ``guidance_scale`` one, or one per prompt."""
     transformer = pipe.transformer
     distilled = bool(transformer.config.guidance_embeds)  # guidance is an input, no uncond rows
-    guided = not distilled and guidance_scale > 1
+    guided = not distilled and max(torch.tensor(guidance_scale).reshape(-1)) > 1
     texts = [""] * len(prompts) * guided + prompts  # unconditional rows first
     embeds, pooled, _ = pipe.encode_prompt(prompt=texts, prompt_2=None, max_sequence_length=512)
     side = SIZE // pipe.vae_scale_factor
     x = pack(shared_noise(transformer.config.in_channels // 4, side)).repeat(len(prompts), 1, 1)
     ids = {"img_ids": image_ids(side // 2), "txt_ids": torch.zeros(embeds.shape[1], 3)}
-    guidance = torch.full([len(texts)], guidance_scale) if distilled else None
+    scales = torch.tensor(guidance_scale, dtype=torch.float32).reshape(-1)
+    guidance = scales.expand(len(texts)).clone() if distilled else None  # one per row
     ref = make_ref(guided)
     names = [f"transformer_blocks.{i}" for i in range(transformer.config.num_layers)]
     names += [f"single_transformer_blocks.{j}" for j in range(transformer.config.num_single_layers)]
@@ -255,11 +259,12 @@ def run_flux_reference(pipe, prompts: list[str], guidance_scale: float, steps: i
 
 
 @torch.no_grad()
-def run_sd3_reference(pipe, prompts: list[str], guidance_scale: float, steps: int,
+def run_sd3_reference(pipe, prompts: list[str], guidance_scale: Any, steps: int,
                       make_ref: Callable[[bool], RefAttention]) -> Tensor:  # fmt: skip
-    """Final latents ``[samples, 16, h, w]`` (``make_ref`` as :func:`run_flux_reference`)."""
+    """Final latents ``[samples, 16, h, w]`` (``make_ref``, ``guidance_scale`` as
+    :func:`run_flux_reference`)."""
     transformer = pipe.transformer
-    guided = guidance_scale > 1
+    guided = max(torch.tensor(guidance_scale).reshape(-1)) > 1
     cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
         prompt=prompts, prompt_2=None, prompt_3=None, do_classifier_free_guidance=guided
     )

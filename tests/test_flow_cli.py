@@ -40,6 +40,7 @@ def test_each_flow_inversion_runs_from_the_command_line(flags, kind, tmp_path):
      (["--inversion", "rf-inversion", "--eta", "1.5"], "eta=1.5"),
      (["--inversion", "euler", "--method", "rf-solver"], "stored"),
      (["--method", "flowedit", "--eta", "0.5"], "--eta: --method flowedit inverts nothing"),
+     (["--method", "flowedit", "--source-row-guidance", "1"], "--source-row-guidance: --method"),
      (["--inversion", "ddim"], "--inversion ddim does not apply to Flux, a flow model: use")],
 )  # fmt: skip
 def test_inversion_flags_go_with_their_inversion(flags, message, tmp_path, capsys):
@@ -53,3 +54,12 @@ def test_a_flow_inversion_on_a_unet_is_refused(tmp_path, capsys):
                  "--image", str(tmp_path / "car.png"), "--inversion", "fireflow",
                  "--out", str(tmp_path / "out")]) == 2  # fmt: skip
     assert "--inversion fireflow inverts a flow model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "source_guidance"),
+                         [([], 1.0), (["--source-row-guidance", "2.5"], 2.5)])  # fmt: skip
+def test_stable_flow_guides_its_reference_row_apart(flags, source_guidance, tmp_path):
+    flags = ["--method", "stable-flow", "--layers", "0", "--guidance", "3", *flags]
+    assert _edit(tmp_path, "--inversion", "euler", *flags) == 0
+    settings = json.loads((tmp_path / "out" / "settings.json").read_text())
+    assert (settings["source_guidance_scale"], settings["guidance_scale"]) == (source_guidance, 3)

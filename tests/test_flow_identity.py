@@ -46,14 +46,17 @@ def test_identity_edit_of_a_real_image_returns_it(model, inversion, models):
     pipe = models[model]
     inv = INVERSIONS[inversion](pipe)
     guidance = 1.0 if model == "flux" else 2.0  # unconditional rows where the family has them
-    for method, options in METHODS.items():
+    for method, options in METHODS.items():  # one guidance for every row (Stable Flow's own
+        # real-image edit guides its source row at 1 and its targets at `guidance`)
         direct = edit(pipe, PROMPT, [PROMPT, PROMPT], method=method, inversion=inv,
                       guidance_scale=guidance, source_branch="direct",
-                      source_branch_prompt="source", **options)  # fmt: skip
+                      source_branch_prompt="source", source_guidance_scale=guidance,
+                      **options)  # fmt: skip
         for row in direct.latents:
             torch.testing.assert_close(row, inv.trajectory[-1][0], atol=1e-5, rtol=0,
                                        msg=f"{method}: direct")  # fmt: skip
         free = edit(pipe, PROMPT, [PROMPT], method=method, inversion=inv, guidance_scale=guidance,
-                    source_branch="free", source_branch_prompt="source", **options)  # fmt: skip
+                    source_branch="free", source_branch_prompt="source",
+                    source_guidance_scale=guidance, **options)  # fmt: skip
         torch.testing.assert_close(free.latents[1], free.latents[0], atol=1e-5, rtol=0,
                                    msg=f"{method}: free")  # fmt: skip

@@ -17,6 +17,7 @@ import json
 import pytest
 import torch
 from diffusers import FluxTransformer2DModel
+from PIL import Image
 from torch import Tensor
 
 from editing import edit
@@ -189,3 +190,38 @@ def test_unsupported_methods_on_a_dit_say_why(flux):
         run(flux, 3.5, method="p2p")
     with pytest.raises(NotImplementedError, match="mask.*not carried to joint attention"):
         run(flux, 3.5, method="masactrl", mask_word="car")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_stable_flow_with_its_reference_row_at_guidance_one(case, request):
+    """Stable Flow's real-image edit guides its reference row at 1 and its edits at 3: per-row
+    guidance (FLUX.1-dev's guidance input per row; classifier-free guidance per row on SD3
+    and a true-CFG Flux) matches the reference loop given one guidance per row."""
+    name, scale, reference, layers, _ = CASES[case]
+    pipe = request.getfixturevalue(name)
+    ours = run(pipe, scale, method="stable-flow", layers=layers, source_guidance_scale=1.0)
+    assert ours.settings["source_guidance_scale"] == 1.0
+    chosen = {int(i) for i in layers.split(",")}
+    ref = reference(pipe, PROMPTS, [1.0, scale], STEPS, stable_flow_ref(chosen))
+    assert max_diff(ours.latents, ref) <= TOL, max_diff(ours.latents, ref)
+    one = run(pipe, scale, method="stable-flow", layers=layers)  # one guidance: another edit
+    assert max_diff(one.latents[0], ref[0]) > 10 * TOL
+    alone = run(pipe, 1.0, method="none")  # the source row as if generated at guidance 1
+    assert max_diff(alone.latents[0], ref[0]) <= TOL
+
+
+def test_stable_flow_guides_the_reference_row_at_one_on_a_real_image_only(flux):
+    from editing.flow_inversion import flow_invert
+
+    inv = flow_invert(flux, Image.new("RGB", (SIZE, SIZE), (200, 40, 40)), PROMPTS[0], STEPS)
+    real = edit(flux, PROMPTS[0], PROMPTS[1:], method="stable-flow", layers="0",
+                inversion=inv, guidance_scale=3.0)  # fmt: skip
+    assert (real.settings["source_guidance_scale"], real.settings["guidance_scale"]) == (1.0, 3.0)
+    fpe = edit(flux, PROMPTS[0], PROMPTS[1:], method="fpe", layers="0", inversion=inv,
+               guidance_scale=3.0)  # fmt: skip
+    assert fpe.settings["source_guidance_scale"] == 3.0  # FPE: one guidance for every row
+    generated = run(flux, 3.0, method="stable-flow", layers="0")
+    assert generated.settings["source_guidance_scale"] == 3.0
+    told = edit(flux, PROMPTS[0], PROMPTS[1:], method="stable-flow", layers="0", inversion=inv,
+                guidance_scale=3.0, source_guidance_scale=3.0)  # fmt: skip
+    assert max_diff(told.latents[1], real.latents[1]) > 10 * TOL  # the row's guidance matters

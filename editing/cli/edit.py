@@ -70,7 +70,8 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     inversion = _invert(pipe, args) if args.image else None
     result = edit(
         pipe, args.source, args.target, method=args.method, seed=args.seed or 0,
-        num_steps=args.num_steps, guidance_scale=args.guidance, inversion=inversion, **kwargs,
+        num_steps=args.num_steps, guidance_scale=args.guidance, inversion=inversion,
+        source_guidance_scale=args.source_row_guidance, **kwargs,
     )  # fmt: skip
     settings = {**result.settings, "model": args.model or default_model(), "image": args.image}
     settings |= {"dtype": args.dtype, "offload": args.offload}
@@ -113,7 +114,8 @@ def _edit_image_itself(args: argparse.Namespace) -> int:
         raise ValueError(f"--method {args.method} edits a real image: add --image IMAGE")
     flags = {"--inversion": args.inversion is not None, "--nudge": args.nudge != 1.0,
              "--source-branch": args.source_branch is not None,
-             "--source-branch-prompt": args.source_branch_prompt is not None}  # fmt: skip
+             "--source-branch-prompt": args.source_branch_prompt is not None,
+             "--source-row-guidance": args.source_row_guidance is not None}  # fmt: skip
     flags |= {f"--{n.replace('_', '-')}": getattr(args, n) is not None for n in _RF_FLAGS}
     given = [flag for flag, present in flags.items() if present]
     if given:
@@ -300,6 +302,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--num-steps", type=int, default=None, help="default: the model's")
     p.add_argument("--guidance", type=float, default=None, help="default: the model's")
+    p.add_argument(
+        "--source-row-guidance", type=float, default=None, metavar="G",
+        help="the source row's own guidance, the targets' staying --guidance (default: the "
+        "method's authors' on a real image, Stable Flow's 1; else --guidance)",
+    )  # fmt: skip
     p.add_argument(
         "--image", default=None,
         help="a real image to edit (inverted first); SD3 and Flux edit it at its own size, "

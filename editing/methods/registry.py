@@ -44,7 +44,7 @@ RESERVED = frozenset(
     ("layers", "step_fraction", "method", "controllers", "inversion", "seed", "num_steps",
      "guidance_scale", "guidance", "source", "target", "targets", "pipe", "model", "device",
      "image", "out", "source_branch", "source_branch_prompt", "height", "width",
-     "micro_conditioning")
+     "micro_conditioning", "source_guidance_scale", "source_row_guidance")
 )  # fmt: skip
 
 SOURCE_BRANCHES = ("forced", "free", "direct")
@@ -82,6 +82,9 @@ class EditMethod:
             (one of :data:`SOURCE_BRANCHES`), as the method's authors run it.
         source_prompt_on_real_image: the prompt that source branch runs on (one of
             :data:`SOURCE_PROMPTS`), as the authors run it.
+        source_guidance_on_real_image: the source row's own guidance on a real image, where
+            the authors give it one apart from the targets' (Stable Flow: 1), else ``None``
+            (every row at ``guidance_scale``).
         edits_image: the method edits a real image itself, without an inversion and without
             controllers (FlowEdit): ``edit()`` refuses it and points to its own function;
             ``attnprobe edit --method NAME --image`` runs it.
@@ -100,6 +103,7 @@ class EditMethod:
     sweep_kind: str | None = None
     source_on_real_image: str = "forced"
     source_prompt_on_real_image: str = "inversion"
+    source_guidance_on_real_image: float | None = None
     edits_image: bool = False
 
     def __post_init__(self) -> None:
@@ -447,8 +451,9 @@ register(EditMethod(
     + _STABLE_FLOW + ")",
     authors_step_fraction="1.0 (every step; " + _STABLE_FLOW + ")",
     # invert_and_save: inverted with the source prompt at guidance 1, the reference row put
-    # back on the inverted latents after every step
+    # back on the inverted latents after every step, and denoised at guidance 1 (the edits: 3)
     source_on_real_image="forced", source_prompt_on_real_image="source",
+    source_guidance_on_real_image=1.0,
     options=(
         MethodOption("injected_half", choice("injected_half", _HALVES), "cond",
                      "with unconditional rows (SD3, a true-CFG Flux): inject the conditional "

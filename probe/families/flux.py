@@ -195,9 +195,10 @@ class FluxFamily(JointDiTFamily):
             cond.embeddings.shape[1], 3, device=model_in.device, dtype=model_in.dtype
         )
         guidance = None
-        if pipe.transformer.config.guidance_embeds:
-            scale = float(extra.get("guidance_scale", self.generation_defaults["guidance_scale"]))
-            guidance = torch.full([n], scale, device=model_in.device, dtype=torch.float32)
+        if pipe.transformer.config.guidance_embeds:  # one scale, or one per row (both halves)
+            scale = extra.get("guidance_scale", self.generation_defaults["guidance_scale"])
+            guidance = torch.as_tensor(scale, device=model_in.device, dtype=torch.float32)
+            guidance = guidance.reshape(-1).repeat(n // guidance.numel())
         velocity = pipe.transformer(
             hidden_states=packed, timestep=t.expand(n).to(packed.dtype) / 1000,
             guidance=guidance, txt_ids=txt_ids, img_ids=img_ids, return_dict=False,

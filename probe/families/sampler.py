@@ -108,16 +108,17 @@ class Sampler:
         return noise.repeat(n, 1, 1, 1)
 
     def predict(self, t: Tensor, latents: Tensor, cond: Conditioning, guided: bool,
-                guidance_scale: float) -> Tensor:  # fmt: skip
+                guidance_scale: float | Tensor) -> Tensor:  # fmt: skip
         """The guided model output for ``latents`` ``[n, C, h, w]`` (both halves under
-        classifier-free guidance, combined)."""
+        classifier-free guidance, combined). ``guidance_scale``: one scale, or one per row
+        ``[n]`` (Stable Flow's reference row at 1, its edits at 3)."""
         model_in = torch.cat([latents] * 2) if guided else latents
         if hasattr(self.scheduler, "scale_model_input"):
             model_in = self.scheduler.scale_model_input(model_in, t)
         out = self.family.predict(self.pipe, model_in, t, cond, guidance_scale=guidance_scale)
         if guided:
             uncond, text = out.chunk(2)
-            out = uncond + guidance_scale * (text - uncond)
+            out = uncond + row_scales(guidance_scale, text) * (text - uncond)
         return out
 
     def step(self, output: Tensor, t: Tensor, latents: Tensor) -> Tensor:
@@ -126,7 +127,7 @@ class Sampler:
         return self.scheduler.step(output, t, latents, return_dict=False, **kwargs)[0]
 
     def denoise_step(self, t: Tensor, latents: Tensor, cond: Conditioning, guided: bool,
-                     guidance_scale: float) -> Tensor:  # fmt: skip
+                     guidance_scale: float | Tensor) -> Tensor:  # fmt: skip
         """:meth:`predict` then :meth:`step`: the latents one step later."""
         return self.step(self.predict(t, latents, cond, guided, guidance_scale), t, latents)
 
@@ -207,3 +208,18 @@ def decode_latents(pipe: Any, latents: Tensor) -> list[Image.Image]:
     shift = config.get("shift_factor") or 0.0
     images = pipe.vae.decode(latents / config.scaling_factor + shift).sample
     return pipe.image_processor.postprocess(images, output_type="pil")
+
+
+def row_scales(scale: float | Tensor, like: Tensor) -> float | Tensor:
+    """A guidance scale to multiply rows ``[n, ...]`` of ``like`` by: a float as it is, one
+    scale per row ``[n]`` shaped ``[n, 1, …]`` on ``like``'s device and dtype.
+
+    Raises:
+        ValueError: per-row scales of another count than the rows'.
+    """
+    if not isinstance(scale, Tensor):
+        return scale
+    n = like.shape[0]
+    if scale.shape != (n,):
+        raise ValueError(f"{scale.numel()} guidance scales for {n} rows: give one per row")
+    return scale.to(like.device, like.dtype).view(n, *[1] * (like.dim() - 1))
