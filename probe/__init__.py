@@ -43,6 +43,7 @@ _PUBLIC = {
     "AttentionMaps": "probe.recording.maps",
     "AttentionDataset": "probe.recording.store",
     "record_dataset": "probe.recording.dataset",
+    "ShardGroup": "probe.shards",
     "load_template": "probe.prompts.templates",
     "load_edit_pairs": "probe.prompts.templates",
     "find_word": "probe.prompts.words",
@@ -71,6 +72,7 @@ __all__ = [
     "LayerSelection",
     "ProbeConfig",
     "ProbeResults",
+    "ShardGroup",
     "UnknownWordError",
     "allow_unknown_words",
     "build_features",
@@ -119,6 +121,7 @@ if TYPE_CHECKING:
     from probe.recording.random_control import random_init_like
     from probe.recording.recorder import BudgetError, record_attention
     from probe.recording.store import AttentionDataset
+    from probe.shards import ShardGroup
 
 
 def __getattr__(name: str) -> Any:
