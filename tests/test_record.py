@@ -219,3 +219,26 @@ def test_svd_of_large_maps_matches_the_exact_top_components():
     optimal = full_s[8:].square().sum().sqrt()
     residual = torch.linalg.norm(x - u @ torch.diag(s) @ v.T)
     assert residual <= optimal * 1.001
+
+
+def test_record_command_takes_the_image_size(tmp_path, capsys):
+    import json
+
+    from probe.cli.main import main
+    from probe.recording.maps import AttentionMaps as Maps
+
+    one = ["record", "--model", "tiny", "--num-steps", "2", "--layers", "0"]
+    assert main([*one, "--prompt", "a red car", "--height", "128", "--width", "96",
+                 "--out", str(tmp_path / "one")]) == 0  # fmt: skip
+    settings = json.loads((tmp_path / "one" / "settings.json").read_text())
+    assert (settings["height"], settings["width"]) == (128, 96)
+    maps = Maps.load(tmp_path / "one" / "maps.safetensors")
+    assert maps.latent_hw == (16, 12)  # the tiny VAE's factor 8
+    assert main([*one, "--template", "colour_car", "--seeds", "0", "--height", "96", "--width",
+                 "128", "--out", str(tmp_path / "set")]) == 0  # fmt: skip
+    entry = json.loads((tmp_path / "set" / "index.jsonl").read_text().splitlines()[0])
+    assert entry["settings"]["latent_hw"] == [12, 16]
+    with pytest.raises(SystemExit) as exited:  # argparse refuses it, as any bad flag
+        main([*one, "--prompt", "a red car", "--height", "100", "--out", str(tmp_path)])
+    assert exited.value.code == 2
+    assert "100 pixels: give a positive multiple of 16, e.g. 96" in capsys.readouterr().err

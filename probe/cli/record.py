@@ -30,6 +30,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         gen["num_inference_steps"] = args.num_steps
     if args.guidance is not None:
         gen["guidance_scale"] = args.guidance
+    gen |= {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}
     out = Path(args.out)
     kinds = tuple(k.strip() for k in args.kinds.split(","))
     with record_attention(
@@ -78,6 +79,8 @@ def _cmd_record_dataset(args: argparse.Namespace) -> int:
         self_reduce=args.self_reduce,
         num_steps=args.num_steps,
         guidance=args.guidance,
+        height=args.height,
+        width=args.width,
         batch_size=args.batch_size,
         shard=shard,
         budget_bytes=parse_bytes(args.budget) or 0,
@@ -95,6 +98,16 @@ def _cmd_record_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pixels(text: str) -> int:
+    """A positive multiple of 16 pixels (every family's latent and patch size divides it)."""
+    value = int(text)
+    if value <= 0 or value % 16:
+        raise argparse.ArgumentTypeError(
+            f"{text} pixels: give a positive multiple of 16, e.g. {max(16, value // 16 * 16)}"
+        )
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``record`` to the ``attnprobe`` command line."""
     p = sub.add_parser(
@@ -109,6 +122,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", default="all", help="layer spec (default all)")
     p.add_argument("--steps", default="all", help="step spec (default all)")
     p.add_argument("--kinds", default="cross,self")
+    for side in ("height", "width"):
+        p.add_argument(
+            f"--{side}", type=_pixels, default=None, metavar="PX",
+            help=f"image {side} in pixels (default: the model's, e.g. 1024 for SDXL, SD3, Flux)",
+        )  # fmt: skip
     p.add_argument("--heads", default="mean", help="'mean' or 'all'")
     p.add_argument("--self-reduce", default="auto", help="auto | full | svd:K | pool:R")
     p.add_argument(
