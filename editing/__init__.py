@@ -43,7 +43,7 @@ _PUBLIC = {
     "sweep_windows": "editing.sweep.plots",
     "edit_grid": "editing.experiment.edit_figures",
     "ReproduceConfig": "editing.experiment.reproduction",
-    "pick_pairs": "editing.experiment.reproduction",
+    "pick_pairs": "editing.sweep.ranges",
     "reproduce": "editing.experiment.reproduction",
 }
 
@@ -77,7 +77,7 @@ __all__ = [
 if TYPE_CHECKING:
     from editing.editor import EditResult, edit, make_controller
     from editing.experiment.edit_figures import edit_grid
-    from editing.experiment.reproduction import ReproduceConfig, pick_pairs, reproduce
+    from editing.experiment.reproduction import ReproduceConfig, reproduce
     from editing.flow_inversion import FlowInversion, flow_invert
     from editing.inversion import Inversion, ddim_invert, load_image
     from editing.methods.flowedit import flowedit
@@ -87,6 +87,7 @@ if TYPE_CHECKING:
     from editing.scoring.toy_metrics import score_edit
     from editing.sweep.leaks import select_from_sweep
     from editing.sweep.plots import sweep_tradeoff, sweep_windows
+    from editing.sweep.ranges import pick_pairs
     from editing.sweep.table import format_summary, read_rows, summarise_rows
 
 

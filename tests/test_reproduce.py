@@ -8,6 +8,7 @@ import io
 import json
 import math
 import re
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -217,3 +218,22 @@ def test_quick_reproduce_resumes_without_redoing_stages(quick_run, capsys):
     assert {k: v for k, v in after.items() if k != "report"} == {
         k: v for k, v in before.items() if k != "report"
     }
+
+
+def test_reproduce_loads_in_the_dtype_asked_and_keeps_it_as_a_setting(quick_run, capsys, tmp_path):
+    import torch
+
+    from editing.experiment.reproduction import Reproduction
+    from probe.cli.main import main
+
+    run = ["reproduce", "--out", str(quick_run), "--model", "tiny", "--quick"]
+    assert main([*run, "--dtype", "bfloat16"]) == 2  # another dtype: another run
+    assert "dtype: None → 'bfloat16'" in capsys.readouterr().err
+    saved = json.loads((quick_run / SETTINGS).read_text())
+    del saved["dtype"]  # a folder from before dtype was a setting resumes as float32
+    (quick_run / SETTINGS).write_text(json.dumps(saved))
+    assert main(run) == 0
+    half = Reproduction(tmp_path, ReproduceConfig.preset("tiny", quick=True), workers=2)
+    half.config = replace(half.config, dtype="bfloat16")
+    assert half.pipe.unet.dtype == torch.bfloat16
+    assert half.pool() is None  # workers load float32: a half-precision run stays here

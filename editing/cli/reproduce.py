@@ -11,16 +11,21 @@ from probe.cli.args import add_model_arg, add_shard_arg, default_model
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from editing.experiment.reproduction import ReproduceConfig, reproduce
+    from probe.models import resolve_device
     from probe.shards import ShardGroup
 
     model = args.model or default_model()
     config = ReproduceConfig.preset(model, quick=args.quick)
     if args.clip is not None or args.dino is not None:
         config = replace(config, clip=args.clip, dino=args.dino)
+    if args.dtype != "float32":
+        config = replace(config, dtype=args.dtype)
+    device = resolve_device(args.device)
     with ShardGroup.launched(args.shard, args.out) as group:
         say = print if group.main else _quiet
         report = reproduce(Path(args.out), config, progress=not args.no_progress,
-                           workers=args.workers, group=group, say=say)  # fmt: skip
+                           workers=args.workers, group=group, say=say, device=device,
+                           offload=args.offload)  # fmt: skip
     if not group.main:
         return 0
     print(f"report: {report}")
@@ -57,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "reproduce",
         help="the paper's experiment end to end: record, probe, select, sweep, report.html",
     )
-    add_model_arg(p)
+    add_model_arg(p, device=True)
     p.add_argument("--out", required=True, help="output folder (a rerun resumes it)")
     p.add_argument(
         "--quick", action="store_true",

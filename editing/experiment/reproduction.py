@@ -32,6 +32,7 @@ from typing import Any
 
 from editing.experiment.probe_stages import ANIMAL_SELECTION
 from editing.experiment.settings import ReproduceConfig, RunState
+from editing.sweep.ranges import pick_pairs
 from probe.families import family_of
 from probe.recording.folders import check_folder_settings
 from probe.shards import ShardGroup
@@ -64,12 +65,14 @@ class Reproduction:
     def __init__(
         self, out: str | Path, config: ReproduceConfig, progress: bool = True,
         workers: int | None = None, group: ShardGroup | None = None,
+        device: Any = None, offload: str = "none",
     ) -> None:  # fmt: skip
         self.out = Path(out)
         self.config = config
         self.progress = progress
         self.workers = workers
         self.group = group or ShardGroup(folder=self.out)
+        self.device, self.offload = device, offload
         self._pipe: Any = None
         self._pool: Any = None
 
@@ -80,7 +83,8 @@ class Reproduction:
         from probe.workers import ModelPool
 
         workers = self.worker_count()
-        if self._pool is None and workers > 1 and self.pipe.device.type == "cpu":
+        plain = self.config.dtype in (None, "float32") and self.offload == "none"  # as workers load
+        if self._pool is None and workers > 1 and plain and self.pipe.device.type == "cpu":
             self._pool = ModelPool(self.config.model, workers)
         return self._pool
 
@@ -101,7 +105,10 @@ class Reproduction:
         if self._pipe is None:
             from probe.models import load_pipeline
 
-            self._pipe = load_pipeline(self.config.model)
+            self._pipe = load_pipeline(
+                self.config.model, device=self.device, dtype=self.config.dtype,
+                offload=self.offload,
+            )  # fmt: skip
         return self._pipe
 
     def lists(self) -> str | None:
@@ -299,7 +306,9 @@ class Reproduction:
         state = RunState.load(self.out)
         if any(stage not in state.done for stage in MODEL_STAGES):
             self.check_words()
-        check_folder_settings(self.out, SETTINGS, self.config.to_json(), "a reproduce run")
+        check_folder_settings(
+            self.out, SETTINGS, self.config.to_json(), "a reproduce run", {"dtype": None}
+        )  # a run from before dtype was a setting
         for i, stage in enumerate(STAGES, start=1):
             head = f"[{i}/{len(STAGES)}] {stage}"
             if stage in state.done and stage != "report":
@@ -329,31 +338,6 @@ class Reproduction:
             self._pool = None
 
 
-def pick_pairs(pairs: list[Any], sources: int, targets_per_source: int) -> list[Any]:
-    """``sources`` source prompts, evenly spread, each with ``targets_per_source`` targets.
-
-    Raises:
-        ValueError: counts below 1.
-    """
-    if sources < 1 or targets_per_source < 1:
-        raise ValueError(
-            f"sources={sources}, targets_per_source={targets_per_source}: need at least 1 each"
-        )
-    by_source: dict[str, list[Any]] = {}
-    for pair in pairs:
-        by_source.setdefault(pair.source, []).append(pair)
-    names = list(by_source)
-    step = max(1, len(names) // sources)
-    chosen = names[::step][:sources]
-    out = []
-    for k, name in enumerate(chosen):
-        group = by_source[name]
-        stride = max(1, len(group) // targets_per_source)
-        offset = k % stride  # vary the targets between sources
-        out += group[offset::stride][:targets_per_source]
-    return out
-
-
 def reproduce(
     out: str | Path,
     config: ReproduceConfig,
@@ -361,6 +345,8 @@ def reproduce(
     workers: int | None = None,
     group: ShardGroup | None = None,
     say: Callable[[str], None] = print,
+    device: Any = None,
+    offload: str = "none",
 ) -> Path:
     """Run (or resume) the whole experiment into ``out`` and write ``report.html``.
 
@@ -374,6 +360,8 @@ def reproduce(
         group: run as one shard of several processes (:class:`probe.shards.ShardGroup`;
             see :meth:`Reproduction.run`).
         say: where each stage's progress line goes.
+        device, offload: where the model computes (default: the CPU) and diffusers' CPU
+            offload onto it (``load_pipeline``'s); its dtype is ``config.dtype``.
 
     Returns:
         The path of ``report.html``.
@@ -389,4 +377,4 @@ def reproduce(
         >>> reproduce("runs/demo", ReproduceConfig.preset("tiny", quick=True))
         PosixPath('runs/demo/report.html')
     """
-    return Reproduction(out, config, progress, workers, group).run(say)
+    return Reproduction(out, config, progress, workers, group, device, offload).run(say)

@@ -35,6 +35,8 @@ class ReproduceConfig:
         clip, dino: local CLIP (and DINO) folders: the sweep scores its edits with CLIP
             (:func:`editing.scoring.clip_scorer.clip_scorer`) instead of the toy judges, for
             a real checkpoint.
+        dtype: the weights' dtype (``"float16"``, ``"bfloat16"``; ``None``: float32); part of
+            the run's settings, as it moves every number a little.
 
     A range preset the model's family gives no meaning (``paper`` on SDXL) is left out of the
     sweeps and named in the report (``skipped_ranges.json``).
@@ -59,6 +61,7 @@ class ReproduceConfig:
     within: str = "fpe"  # the official code's layers (probe.families.unet.positions_rule)
     clip: str | None = None
     dino: str | None = None
+    dtype: str | None = None  # the weights' dtype (None: float32), as load_pipeline takes it
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -178,3 +178,28 @@ def vital_blocks(pipe: Any, table: Sequence[Any]) -> list[int]:
 
     saved = saved_vital_blocks(pipe)
     return saved if saved is not None else resolve_layers(list(table), "vital")
+
+
+def pick_pairs(pairs: list[Any], sources: int, targets_per_source: int) -> list[Any]:
+    """``sources`` source prompts, evenly spread, each with ``targets_per_source`` targets.
+
+    Raises:
+        ValueError: counts below 1.
+    """
+    if sources < 1 or targets_per_source < 1:
+        raise ValueError(
+            f"sources={sources}, targets_per_source={targets_per_source}: need at least 1 each"
+        )
+    by_source: dict[str, list[Any]] = {}
+    for pair in pairs:
+        by_source.setdefault(pair.source, []).append(pair)
+    names = list(by_source)
+    step = max(1, len(names) // sources)
+    chosen = names[::step][:sources]
+    out = []
+    for k, name in enumerate(chosen):
+        group = by_source[name]
+        stride = max(1, len(group) // targets_per_source)
+        offset = k % stride  # vary the targets between sources
+        out += group[offset::stride][:targets_per_source]
+    return out
