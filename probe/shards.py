@@ -24,6 +24,8 @@ already passed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -37,6 +39,12 @@ T = TypeVar("T")
 
 BARRIER_HOURS = 48.0  # how long a shard waits for the others at a barrier
 MARKERS = ".shards"  # the folder of the file barriers, in the job's output folder
+
+
+def plan_tag(plan: Any) -> str:
+    """A short name for a job list (anything JSON can write): its shards' barriers are named
+    by it, so shards of another plan in the same folder never meet them."""
+    return hashlib.sha256(json.dumps(plan, default=str).encode()).hexdigest()[:12]
 
 
 class ShardGroup:
@@ -88,10 +96,6 @@ class ShardGroup:
     def take(self, items: Sequence[T]) -> list[T]:
         """This shard's part of ``items``: every n-th from ``i``."""
         return list(items[self.index :: self.count])
-
-    def uses_launcher(self) -> bool:
-        """Whether the barriers go through torch.distributed (a launcher's processes)."""
-        return self.sharded and self._process_group()
 
     def barrier(self, name: str) -> None:
         """Wait until every shard has reached barrier ``name`` (at once when unsharded).

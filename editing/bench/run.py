@@ -138,15 +138,16 @@ def edit_item(
 
 
 def flowedit_n_max(pipe: Any, num_steps: int | None) -> int | None:
-    """FlowEdit's ``n_max`` for ``num_steps`` other than the authors': the same fraction of
-    the steps run (24 of 28 on FLUX.1-dev: 6 of 7), so fewer steps keep a valid count."""
+    """FlowEdit's ``n_max`` for ``num_steps`` (``None``: the authors' step count and theirs):
+    the authors' fraction of the steps, the rule ``flowedit`` applies itself
+    (:func:`editing.methods.flowedit.authors_n_max`)."""
     if num_steps is None:
         return None
-    from editing.methods.flowedit import FLOWEDIT_DEFAULTS
+    from editing.methods.flowedit import FLOWEDIT_DEFAULTS, authors_n_max
     from probe.families import family_of
 
     authors = FLOWEDIT_DEFAULTS.get(family_of(pipe).name, FLOWEDIT_DEFAULTS["sd3"])
-    return max(1, min(num_steps, round(authors.n_max * num_steps / authors.num_steps)))
+    return authors_n_max(authors, num_steps)
 
 
 def rows_files(out: str | Path) -> list[Path]:

@@ -51,11 +51,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _plan_tag(args: argparse.Namespace) -> str:
     """What the run's shards edit, hashed: the name of their barrier in ``--out``."""
-    import hashlib
-    import json
+    from probe.shards import plan_tag
 
     plan = [args.method, args.inversion, args.types, args.limit, args.seed, args.num_steps]
-    return hashlib.sha256(json.dumps(plan, default=str).encode()).hexdigest()[:12]
+    return plan_tag(plan)
 
 
 def _cmd_table(args: argparse.Namespace) -> int:

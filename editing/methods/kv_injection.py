@@ -29,7 +29,9 @@ What Stable Flow does (Avrahami et al., CVPR 2025; read from snap-research/stabl
   step N − i, two noise levels above the one the row has reached, and the very latent of the
   first inversion step after step 0); attnprobe forces the source onto the inverted latent of
   the level reached, as the FPE code does. Their edit rows run at guidance 3 and the reference
-  at 1 (a per-row guidance input); attnprobe's edit has one guidance for every row.
+  at 1 (a per-row guidance input); so do attnprobe's real-image edits with this method (the
+  registry's ``source_guidance_on_real_image``, :func:`editing.editor.edit`'s
+  ``source_guidance_scale``).
 
 Swapping before the norm and RoPE is the same as swapping after them, which is where
 attnprobe's :class:`~probe.attention.joint.JointEditor` sees ``q, k``: the RMS norm acts on each

@@ -18,7 +18,6 @@ structure against success and ``windows.png`` both along sliding windows of laye
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -55,7 +54,7 @@ from probe.models import defaults_origin, run_layer_table
 from probe.models.vocabulary import check_known_words
 from probe.recording.folders import check_folder_settings
 from probe.recording.store import parse_seeds
-from probe.shards import ShardGroup
+from probe.shards import ShardGroup, plan_tag
 from probe.workers import ModelPool
 
 LAYER_TABLE = "layer_table.json"  # the sweep's layer table, in its folder
@@ -244,7 +243,7 @@ def _gather(folder: Path, jobs: list[_Job], group: ShardGroup) -> list[dict[str,
     """Once every shard has edited its jobs: shard 0 folds the shard tables into
     ``sweep.csv`` and writes the summary; then every shard reads the whole table."""
     keys = [_key(job, pair) for job in jobs for pair in job.pairs]
-    tag = hashlib.sha256(json.dumps(keys).encode()).hexdigest()[:12]  # this plan's barriers
+    tag = plan_tag(keys)
     group.barrier(f"sweep-{tag}-edited")
     if group.main:
         write_sweep_summary(merge_shard_tables(folder / "sweep.csv", keys), folder)
